@@ -1,0 +1,1 @@
+"""Runtime backends behind fox_edge.runner.Runner: one module per runtime."""

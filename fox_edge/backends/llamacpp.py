@@ -1,0 +1,245 @@
+"""The llama.cpp backend: a thin layer over llama-cpp-python's C API bindings.
+
+It uses the low-level API rather than `llama_cpp.Llama` so that logits are computed only where asked
+(a 256K vocabulary makes all-position logits cost 1 MB per token) and the KV cache is kept and trimmed
+by us across chat turns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp as C
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.spec import END_OF_TURN_TOKENS
+
+_log_lines: list[str] = []
+_verbose = bool(os.environ.get("FOX_EDGE_VERBOSE"))
+
+
+@C.llama_log_callback
+def _log(level: int, text: bytes, user_data) -> None:
+    line = text.decode("utf-8", errors="replace")
+    if _verbose:
+        sys.stderr.write(line)
+    _log_lines.append(line)
+    del _log_lines[:-50]
+
+
+C.llama_log_set(_log, ctypes.c_void_p(0))
+C.llama_backend_init()
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def default_gpu_layers() -> int:
+    """All layers on Metal on Apple Silicon when this llama.cpp build has GPU offload; CPU elsewhere."""
+    on_apple_silicon = sys.platform == "darwin" and platform.machine() == "arm64"
+    return -1 if on_apple_silicon and C.llama_supports_gpu_offload() else 0
+
+
+class LlamaCppRunner:
+    backend = "llama.cpp"
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        gpu_layers: int | None = None,
+        vocab_only: bool = False,
+    ):
+        self.path = Path(path)
+        model_params = C.llama_model_default_params()
+        model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+        model_params.vocab_only = vocab_only
+        _log_lines.clear()
+        self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self._model:
+            reason = next((line.strip() for line in reversed(_log_lines) if "error" in line.lower() or "failed" in line.lower()), "")
+            raise FoxEdgeError(
+                f"llama.cpp cannot load {self.path}{': ' + reason if reason else ''}; the file is truncated, corrupt or of an "
+                "architecture this llama.cpp does not know: re-create it with `fox-edge convert`"
+            )
+        self._vocab = C.llama_model_get_vocab(self._model)
+        self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
+        self.metadata = self._read_metadata()
+        self.bos_id = _token_or_none(C.llama_vocab_bos(self._vocab))
+        self.eos_id = _token_or_none(C.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.chat_template = self.metadata.get("tokenizer.chat_template") or None
+        self.stop_ids = frozenset(self._stop_ids())
+        self.n_evaluated = 0
+        self._ctx = None
+        self.n_ctx = 0
+        if vocab_only:
+            return
+
+        n_train = C.llama_model_n_ctx_train(self._model)
+        self.n_ctx = min(n_ctx, n_train) if n_ctx > 0 else n_train
+        self.n_batch = min(n_batch, self.n_ctx)
+        ctx_params = C.llama_context_default_params()
+        ctx_params.n_ctx = self.n_ctx
+        ctx_params.n_batch = self.n_batch
+        ctx_params.n_ubatch = self.n_batch
+        ctx_params.n_threads = ctx_params.n_threads_batch = n_threads or default_threads()
+        ctx_params.no_perf = True
+        self._ctx = C.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            raise FoxEdgeError(f"llama.cpp cannot create a {self.n_ctx}-token context for {self.path}; lower --ctx-size")
+        self._memory = C.llama_get_memory(self._ctx)
+        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self._cached: list[int] = []  # the tokens whose keys and values the KV cache holds, in order
+
+    # -- vocabulary ------------------------------------------------------------------------------
+    def _read_metadata(self) -> dict[str, str]:
+        metadata = {}
+        buffer = ctypes.create_string_buffer(1 << 16)
+        for i in range(C.llama_model_meta_count(self._model)):
+            C.llama_model_meta_key_by_index(self._model, i, buffer, len(buffer))
+            key = buffer.value.decode("utf-8", errors="replace")
+            if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "scores", "token_type", "merges")):
+                continue  # arrays: the vocabulary API reads them
+            size = C.llama_model_meta_val_str_by_index(self._model, i, buffer, len(buffer))
+            if size >= len(buffer):
+                big = ctypes.create_string_buffer(size + 1)
+                C.llama_model_meta_val_str_by_index(self._model, i, big, len(big))
+                metadata[key] = big.value.decode("utf-8", errors="replace")
+            else:
+                metadata[key] = buffer.value.decode("utf-8", errors="replace")
+        return metadata
+
+    def _stop_ids(self) -> set[int]:
+        stops = {t for t in (self.eos_id, _token_or_none(C.llama_vocab_eot(self._vocab))) if t is not None}
+        for text in END_OF_TURN_TOKENS:
+            ids = self.tokenize(text, special=True)
+            if len(ids) == 1 and C.llama_vocab_is_control(self._vocab, ids[0]):
+                stops.add(ids[0])
+        return stops
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self._vocab, data, len(data), tokens, capacity, False, special)
+        if n < 0:
+            capacity = -n
+            tokens = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self._vocab, data, len(data), tokens, capacity, False, special)
+        return list(tokens[:n])
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:n]
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._piece(token, special=False)
+
+    def token_text(self, token: int) -> str:
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        array = (C.llama_token * len(tokens))(*tokens)
+        capacity = 4 * len(tokens) + 16
+        buffer = ctypes.create_string_buffer(capacity)
+        n = C.llama_detokenize(self._vocab, array, len(tokens), buffer, capacity, False, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = C.llama_detokenize(self._vocab, array, len(tokens), buffer, -n, False, special)
+        return buffer.raw[:n].decode("utf-8", errors="replace")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _require_context(self) -> None:
+        if self._ctx is None:
+            raise FoxEdgeError(f"{self.path} was opened for its vocabulary only")
+
+    def _decode(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray | None:
+        """Evaluate `tokens` at positions start.. in batches; return logits of every token or of the last."""
+        outputs = []
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            last_chunk = offset + len(chunk) == len(tokens)
+            batch = self._batch
+            batch.n_tokens = len(chunk)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = start + offset + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
+            status = C.llama_decode(self._ctx, batch)
+            if status != 0:
+                raise FoxEdgeError(f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size")
+            n_out = len(chunk) if all_logits else (1 if last_chunk else 0)
+            if n_out:
+                pointer = C.llama_get_logits(self._ctx)
+                outputs.append(np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy())
+        return np.concatenate(outputs) if outputs else None
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        self._require_context()
+        if len(tokens) > self.n_ctx:
+            raise FoxEdgeError(f"a chunk of {len(tokens)} tokens does not fit the {self.n_ctx}-token context")
+        C.llama_memory_clear(self._memory, True)
+        self._cached = []
+        result = self._decode(list(tokens), 0, all_logits=True)
+        self._cached = list(tokens)
+        return result
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        self._require_context()
+        tokens = list(tokens)
+        if not tokens:
+            raise FoxEdgeError("nothing to evaluate: the prompt is empty")
+        if len(tokens) > self.n_ctx:
+            raise FoxEdgeError(f"the prompt is {len(tokens)} tokens, longer than the {self.n_ctx}-token context; shorten it or raise --ctx-size")
+        common = 0
+        for cached, new in zip(self._cached, tokens):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # the last token is always evaluated: its logits are the answer
+        if not C.llama_memory_seq_rm(self._memory, 0, common, -1):
+            C.llama_memory_clear(self._memory, True)
+            common = 0
+        self._cached = tokens[:common]
+        logits = self._decode(tokens[common:], common, all_logits=False)
+        self._cached = tokens
+        self.n_evaluated = len(tokens) - common
+        return logits[-1]
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            C.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _token_or_none(token: int) -> int | None:
+    return None if token < 0 else int(token)

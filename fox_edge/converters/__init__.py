@@ -1,0 +1,1 @@
+"""Converters from a Hugging Face checkpoint to on-device formats: one module per format."""

@@ -1,0 +1,63 @@
+"""Token sampling shared by every backend, so llama.cpp and ONNX Runtime choose tokens identically.
+
+The order follows llama.cpp's default chain: repetition penalty, top-k, top-p, min-p, temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7  # 0: greedy
+    top_k: int = 40  # 0: off
+    top_p: float = 0.95  # 1: off
+    min_p: float = 0.05  # 0: off
+    repeat_penalty: float = 1.1  # 1: off
+    repeat_last_n: int = 64
+    seed: int | None = None
+    max_tokens: int = 512
+
+    @classmethod
+    def greedy(cls, max_tokens: int = 512) -> SamplingParams:
+        return cls(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        p = self.params
+        logits = np.array(logits, dtype=np.float32)
+        if p.repeat_penalty != 1.0 and p.repeat_last_n and history:
+            recent = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64))
+            values = logits[recent]
+            logits[recent] = np.where(values > 0, values / p.repeat_penalty, values * p.repeat_penalty)
+        if p.temperature <= 0:
+            return int(np.argmax(logits))
+
+        candidates = np.arange(logits.size)
+        if 0 < p.top_k < logits.size:
+            candidates = np.argpartition(-logits, p.top_k - 1)[: p.top_k]
+        values = logits[candidates]
+        order = np.argsort(-values, kind="stable")
+        candidates, values = candidates[order], values[order]
+
+        probs = np.exp(values - values[0])
+        probs /= probs.sum()
+        keep = candidates.size
+        if p.top_p < 1.0:
+            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
+        if p.min_p > 0.0:
+            keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
+        candidates, values = candidates[:keep], values[:keep]
+
+        scaled = (values - values[0]) / p.temperature
+        weights = np.exp(scaled)
+        return int(candidates[self.rng.choice(candidates.size, p=weights / weights.sum())])

@@ -1,0 +1,146 @@
+"""Checkpoints with Fox-1's structure built on this machine: for tests (tiny) and benchmarks (full size).
+
+A tiny one has Fox-1's exact structure (GQA 4:1, tied embeddings, a byte-fallback SentencePiece
+tokenizer with Gemma's special tokens and ids, Fox-1's chat template, config.json's disagreeing
+bos/eos ids) at widths small enough to run in milliseconds. Needs torch and transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+from fox_edge.spec import FOX1, FOX1_CHAT_TEMPLATE, LlamaShape
+
+# Widths that K-quants accept (rows a multiple of 256), GQA 4:1 as in Fox-1, head_dim 64.
+TINY_FOX1 = dataclasses.replace(
+    FOX1, hidden_size=256, intermediate_size=512, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=512, context_length=1024
+)
+TINY_SPECIALS = ["<mask>", "<start_of_turn>", "<end_of_turn>"]  # user-defined pieces after pad/eos/bos/unk (ids 0-3)
+
+
+def train_sentencepiece(text: str, vocab_size: int, output: Path) -> None:
+    """A Gemma-like SentencePiece BPE model: byte fallback, identity normalizer, no dummy prefix."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in text.splitlines() if line.strip()]),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=TINY_SPECIALS,
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    output.write_bytes(model.getvalue())
+
+
+def fox1_tokenizer_config(template: str | None = FOX1_CHAT_TEMPLATE) -> dict:
+    specials = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "tokenizer_class": "GemmaTokenizer",
+        "added_tokens_decoder": {
+            str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+            for t, i in specials.items()
+        },
+    }
+    if template:
+        config["chat_template"] = template
+    return config
+
+
+def llama_config(shape: LlamaShape, bos_token_id: int = 1, eos_token_id: int = 2) -> dict:
+    """config.json as Fox-1 publishes it (bos 1 / eos 2, which disagree with its tokenizer), at `shape`."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "vocab_size": shape.vocab_size,
+        "max_position_embeddings": shape.context_length,
+        "rope_theta": shape.rope_theta,
+        "rms_norm_eps": shape.rms_norm_eps,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def build_checkpoint(
+    folder: Path,
+    shape: LlamaShape,
+    tokenizer_files: dict[str, Path],
+    tokenizer_config: dict,
+    seed: int = 0,
+    init_std: float = 0.02,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Random-weight LlamaForCausalLM at `shape`, saved as bf16 safetensors with the given tokenizer files."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(**{k: v for k, v in llama_config(shape).items() if k not in ("architectures", "torch_dtype")})
+    config.initializer_range = init_std
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        # Norm weights of 1.0 would hide a missing or misplaced norm; make them distinct.
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.data = (1.0 + 0.2 * torch.randn_like(parameter, dtype=torch.float32)).to(torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    # save_pretrained writes config.json in its own layout; write Fox-1's (transformers-4 layout, rope_theta at top level).
+    (folder / "config.json").write_text(json.dumps(llama_config(shape), indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    for name, path in tokenizer_files.items():
+        shutil.copyfile(path, folder / name)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return folder
+
+
+def build_tiny_fox1(folder: Path, text: str, seed: int = 0) -> Path:
+    """The tiny Fox-1-structured checkpoint: trained SentencePiece tokenizer (both file forms) and random weights."""
+    from transformers import AutoTokenizer
+
+    work = folder.parent / (folder.name + ".tokenizer")
+    work.mkdir(parents=True, exist_ok=True)
+    train_sentencepiece(text, TINY_FOX1.vocab_size, work / "tokenizer.model")
+    # transformers writes the Hugging Face (tokenizer.json) form of the same SentencePiece model.
+    AutoTokenizer.from_pretrained(work, tokenizer_class="GemmaTokenizer").save_pretrained(work / "hf")
+    build_checkpoint(
+        folder,
+        TINY_FOX1,
+        {"tokenizer.model": work / "tokenizer.model", "tokenizer.json": work / "hf" / "tokenizer.json"},
+        fox1_tokenizer_config(),
+        seed=seed,
+        init_std=0.2,  # large enough that logits separate clearly: top-1 comparisons are then meaningful
+        max_shard_size="1MB",
+    )
+    shutil.rmtree(work)
+    return folder
