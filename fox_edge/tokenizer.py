@@ -22,10 +22,14 @@ from fox_edge.spec import END_OF_TURN_TOKENS, FOX1_CHAT_TEMPLATE, is_fox1_vocab
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
-# Byte-level BPE pre-tokenizers (as tokenizer.json spells them) -> llama.cpp's pre-tokenizer name.
+# Byte-level BPE pre-tokenizers: tokenizer.json's steps (as _bpe_pre_tokenizer spells them) <-> llama.cpp's name.
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 BPE_PRE_TOKENIZERS = {
-    "ByteLevel": "gpt2",
-    "Digits(individual)+ByteLevel": "smollm",
+    "ByteLevel": ("gpt2", {**BYTE_LEVEL}),
+    "Digits(individual)+ByteLevel": (
+        "smollm",
+        {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]},
+    ),
 }
 
 
@@ -206,7 +210,8 @@ def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
             names.append("ByteLevel")
         else:
             return None
-    return BPE_PRE_TOKENIZERS.get("+".join(names))
+    known = BPE_PRE_TOKENIZERS.get("+".join(names))
+    return known[0] if known else None
 
 
 def _apply_added_tokens(vocab: Vocab, tokenizer_config: dict) -> None:

