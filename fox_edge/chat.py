@@ -1,0 +1,59 @@
+"""Multi-turn chat over any runner: the model's own template, the KV cache kept across turns."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.runner import GenerationStats, Runner, chat_prompt, generate_tokens, stream_text
+from fox_edge.sampling import SamplingParams
+
+
+@dataclass
+class ChatSession:
+    runner: Runner
+    params: SamplingParams = field(default_factory=SamplingParams)
+    system: str | None = None
+    report: Callable[[str], None] = lambda message: None
+    history: list[dict] = field(default_factory=list)  # user and assistant messages, oldest first
+    last_stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def _messages(self, history: list[dict]) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + history
+
+    def prompt_tokens(self, user_text: str) -> list[int]:
+        """The whole conversation plus `user_text`, rendered; the oldest turns dropped if it would not fit."""
+        reserve = min(self.params.max_tokens, self.runner.n_ctx // 4)
+        history = self.history + [{"role": "user", "content": user_text}]
+        tokens = chat_prompt(self.runner, self._messages(history))
+        dropped = 0
+        while len(tokens) + reserve > self.runner.n_ctx and len(history) > 1:
+            history = history[2:] if len(history) > 2 else history[1:]
+            dropped += 1
+            tokens = chat_prompt(self.runner, self._messages(history))
+        if len(tokens) >= self.runner.n_ctx:
+            raise FoxEdgeError(
+                f"this message needs {len(tokens)} tokens with the template, more than the {self.runner.n_ctx}-token context; "
+                "shorten it or raise --ctx-size"
+            )
+        if dropped:
+            self.history = history[:-1]
+            self.report(f"[context full: dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit {self.runner.n_ctx} tokens]")
+        return tokens
+
+    def send(self, user_text: str, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream the assistant's reply to `user_text`; the reply joins the history when the stream ends."""
+        tokens = self.prompt_tokens(user_text)
+        self.last_stats = GenerationStats()
+        reply: list[str] = []
+        try:
+            for piece in stream_text(self.runner, generate_tokens(self.runner, tokens, self.params, self.last_stats, cancel)):
+                reply.append(piece)
+                yield piece
+        finally:  # a cancelled reply is kept as far as it got, as a chat user sees it
+            self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(reply)}]

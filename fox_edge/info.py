@@ -1,0 +1,108 @@
+"""What a GGUF file or a checkpoint holds, as (label, value) rows for `fox-edge info`."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from fox_edge.errors import FoxEdgeError
+
+SPECIAL_KEYS = ("bos", "eos", "eot", "unknown", "padding")
+
+
+def _human(n: float, unit: str = "B") -> str:
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.3g} {prefix}{unit}" if prefix else f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n} {unit}"
+
+
+def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    path = Path(target)
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise FoxEdgeError(f"{path} is neither a GGUF file nor a checkpoint folder")
+        return describe_gguf(path)
+    return describe_checkpoint(target)
+
+
+def describe_gguf(path: Path) -> list[tuple[str, str]]:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError / struct errors / IndexError on damaged files
+        raise FoxEdgeError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); re-create it with `fox-edge convert`") from None
+
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = field("general.architecture", "?")
+    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    n_params = 0
+    for t in reader.tensors:
+        row = by_type[t.tensor_type.name]
+        row[0] += 1
+        row[1] += int(t.n_elements)
+        row[2] += int(t.n_bytes)
+        n_params += int(t.n_elements)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens.data) if tokens is not None else 0
+    specials = []
+    for key in SPECIAL_KEYS:
+        token_id = field(f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            text = tokens.contents(token_id) if tokens is not None and token_id < n_tokens else "?"
+            specials.append(f"{key} {token_id} {text!r}")
+    template = field("tokenizer.chat_template")
+    rows = [
+        ("file", f"{path} ({_human(path.stat().st_size)})"),
+        ("name", str(field("general.name", "-"))),
+        ("architecture", arch),
+        ("parameters", f"{n_params:,} ({_human(n_params, '')})"),
+        ("layers / heads / kv heads", f"{field(arch + '.block_count')} / {field(arch + '.attention.head_count')} / {field(arch + '.attention.head_count_kv')}"),
+        ("hidden / feed-forward", f"{field(arch + '.embedding_length')} / {field(arch + '.feed_forward_length')}"),
+        ("context length", str(field(arch + ".context_length"))),
+        ("tied embeddings", "yes" if not any(t.name == "output.weight" for t in reader.tensors) else "no"),
+    ]
+    rows += [(f"tensors {name}", f"{n} tensors, {_human(elements, '')} weights, {_human(size)}") for name, (n, elements, size) in sorted(by_type.items())]
+    rows += [
+        ("tokenizer", f"{field('tokenizer.ggml.model')} ({field('tokenizer.ggml.pre', '-')}), {n_tokens} tokens, add_space_prefix {field('tokenizer.ggml.add_space_prefix', '-')}"),
+        ("special tokens", ", ".join(specials) or "-"),
+        ("chat template", f"present ({len(template)} chars)" if template else "absent"),
+        ("license", str(field("general.license", "-"))),
+        ("source", str(field("general.source.url") or field("general.source.path") or "-")),
+    ]
+    return rows
+
+
+def describe_checkpoint(source: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    from fox_edge.source import open_checkpoint
+    from fox_edge.tokenizer import read_vocab
+    from fox_edge.weights import SafetensorsWeights
+
+    checkpoint = open_checkpoint(source)
+    warnings: list[str] = []
+    vocab = read_vocab(checkpoint, warnings.append)
+    weights = SafetensorsWeights(checkpoint.weight_files)
+    n_params = sum(ref.n_elements for ref in weights.refs.values())
+    dtypes = sorted({ref.dtype for ref in weights.refs.values()})
+    shape = checkpoint.shape
+    rows = [
+        ("checkpoint", str(checkpoint.path)),
+        ("architecture", ", ".join(checkpoint.config.get("architectures", []))),
+        ("parameters", f"{n_params:,} ({_human(n_params, '')}), stored as {'/'.join(dtypes)} in {len(checkpoint.weight_files)} file(s)"),
+        ("layers / heads / kv heads", f"{shape.n_layers} / {shape.n_heads} / {shape.n_kv_heads} (head_dim {shape.head_size})"),
+        ("hidden / feed-forward", f"{shape.hidden_size} / {shape.intermediate_size}"),
+        ("context length", str(shape.context_length)),
+        ("tied embeddings", "yes" if shape.tie_word_embeddings else "no"),
+        ("tokenizer", f"{vocab.model} from {vocab.source}, {len(vocab.tokens)} tokens, add_space_prefix {vocab.add_space_prefix}"),
+        ("special tokens", ", ".join(f"{k} {v} {vocab.tokens[v]!r}" for k, v in vocab.special_ids.items())),
+        ("chat template", "present" if vocab.chat_template_source == "checkpoint" else vocab.chat_template_source),
+    ]
+    rows += [("warning", w.removeprefix("warning: ")) for w in warnings]
+    return rows
