@@ -65,6 +65,7 @@ def convert(
     output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
     to: Annotated[str, typer.Option("--to", help="target format")] = "gguf",
     dtype: Annotated[str, typer.Option("--dtype", help="f16, bf16 or f32")] = "f16",
+    vocab_only: Annotated[bool, typer.Option("--vocab-only", help="write only the tokenizer (no weights needed)")] = False,
 ):
     """Convert a checkpoint to GGUF, streaming tensor by tensor."""
     with _errors():
@@ -73,7 +74,7 @@ def convert(
         from fox_edge.converters.gguf import convert_to_gguf
 
         with _progress_bar("converting") as progress:
-            result = convert_to_gguf(source, output, dtype, progress=progress, report=_say)
+            result = convert_to_gguf(source, output, dtype, progress=progress, report=_say, vocab_only=vocab_only)
         _say(f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
              f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})")
 

@@ -100,7 +100,7 @@ def _read_json(path: Path) -> dict:
         raise FoxEdgeError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from None
 
 
-def open_checkpoint(source: str | os.PathLike[str], progress: bool = True) -> Checkpoint:
+def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weights: bool = True) -> Checkpoint:
     """Resolve `source`, check it is a Llama-architecture safetensors checkpoint with a tokenizer, and describe it."""
     path, hub_id = resolve(source, progress)
     config_path = path / "config.json"
@@ -115,7 +115,7 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True) -> Ch
         )
     shape = read_shape(config)
 
-    weight_files = _weight_files(path)
+    weight_files = _weight_files(path) if weights else []
     tokenizer_model = path / "tokenizer.model"
     tokenizer_json = path / "tokenizer.json"
     if not tokenizer_model.is_file() and not tokenizer_json.is_file():

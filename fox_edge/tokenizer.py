@@ -60,6 +60,11 @@ def read_vocab(checkpoint: Checkpoint, report: Callable[[str], None] = lambda me
     _pad_to(vocab, checkpoint.shape.vocab_size)
     _resolve_special_ids(vocab, checkpoint, report)
     _resolve_chat_template(vocab, checkpoint, report)
+    if vocab.model == "llama":
+        # llama.cpp matches user-defined tokens against the raw text, before it maps spaces to U+2581, and
+        # prints them verbatim. Hugging Face reaches Gemma's U+2581-run tokens (spaces) through merges and
+        # decodes them to spaces: as normal tokens they behave the same in llama.cpp, for any run length.
+        vocab.types = [NORMAL if t == USER_DEFINED and "\u2581" in vocab.tokens[i] else t for i, t in enumerate(vocab.types)]
     return vocab
 
 

@@ -161,16 +161,17 @@ def convert_to_gguf(
     dtype: str = "f16",
     progress: Progress | None = None,
     report: Callable[[str], None] = lambda message: None,
+    vocab_only: bool = False,
 ) -> ConversionReport:
-    """Convert a Llama-architecture Hugging Face checkpoint to a GGUF file at `output`."""
+    """Convert a Llama-architecture Hugging Face checkpoint to a GGUF file at `output` (or only its tokenizer)."""
     if dtype not in DTYPES:
         raise FoxEdgeError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     tensor_type, file_type = DTYPES[dtype]
     started = time.monotonic()
-    checkpoint = open_checkpoint(source)
+    checkpoint = open_checkpoint(source, weights=not vocab_only)
     vocab = read_vocab(checkpoint, report)
     weights = SafetensorsWeights(checkpoint.weight_files)
-    plans = plan_tensors(weights, checkpoint.shape, tensor_type)
+    plans = [] if vocab_only else plan_tensors(weights, checkpoint.shape, tensor_type)
     total = sum(p.nbytes for p in plans)
     done = 0
     try:

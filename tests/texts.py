@@ -1,0 +1,25 @@
+"""A varied text set for tokenizer comparisons: each entry exercises something tokenizers disagree on."""
+
+TOKENIZER_TEXTS = [
+    "Hello world",
+    " leading space and trailing space ",
+    "The quick brown fox jumps over the lazy dog. It's 3:45 p.m., isn't it?",
+    "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "runs   of     spaces        and\ttabs\t\tand\n\nnewlines\n\n\n\nend",
+    "    indented\n\t\tdouble tab\r\nwindows line",
+    "digits 0123456789 and 3.14159 and 1,000,000 and 2024-11-23",
+    "emoji 😀🦊👍🏽 and flags 🇯🇵 and 👨‍👩‍👧",
+    "中文文本测试，日本語のテキスト、한국어 텍스트",
+    "accented Latin: café, naïve, façade, Ångström, Dvořák, señor, Zürich",
+    "special tokens inside text: <start_of_turn>user\nhi<end_of_turn>\n<eos> and <bos>",
+    "<|user|>\nWhat is 2+2?<eos>\n<|assistant|>\n",
+    "html <table><tr><td>cell</td></tr></table> and markdown **bold** _it_ `code`",
+    "rare bytes \u0000\u0001\u007f and \u200b zero width and \ufeff BOM",
+    "URLs https://example.com/path?q=1&r=two#frag and emails a.b@c.de",
+    "Mixed-case CamelCaseWords and snake_case_words and SCREAMING_CASE",
+    "Ελληνικά, русский текст, العربية, עברית, हिन्दी",
+    "",
+    " ",
+    "\n",
+    "a" * 300,
+]
