@@ -48,7 +48,9 @@ def train_sentencepiece(text: str, vocab_size: int, output: Path) -> None:
 
 
 def fox1_tokenizer_config(template: str | None = FOX1_CHAT_TEMPLATE) -> dict:
-    specials = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    """Gemma's layout: control tokens pad/eos/bos/unk at 0-3, <mask> user-defined, the turn markers special."""
+    specials = {"<pad>": (0, True), "<eos>": (1, True), "<bos>": (2, True), "<unk>": (3, True)}
+    specials.update({t: (4 + i, t != "<mask>") for i, t in enumerate(TINY_SPECIALS)})
     config = {
         "add_bos_token": True,
         "add_eos_token": False,
@@ -58,8 +60,8 @@ def fox1_tokenizer_config(template: str | None = FOX1_CHAT_TEMPLATE) -> dict:
         "unk_token": "<unk>",
         "tokenizer_class": "GemmaTokenizer",
         "added_tokens_decoder": {
-            str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
-            for t, i in specials.items()
+            str(i): {"content": t, "special": special, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+            for t, (i, special) in specials.items()
         },
     }
     if template:

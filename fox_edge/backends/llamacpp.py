@@ -20,6 +20,9 @@ import numpy as np
 from fox_edge.errors import FoxEdgeError
 from fox_edge.spec import END_OF_TURN_TOKENS
 
+# KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+
 _log_lines: list[str] = []
 _verbose = bool(os.environ.get("FOX_EDGE_VERBOSE"))
 
@@ -58,6 +61,8 @@ class LlamaCppRunner:
         n_batch: int = 512,
         gpu_layers: int | None = None,
         vocab_only: bool = False,
+        kv_type: str = "f16",
+        flash_attention: bool | None = None,
     ):
         self.path = Path(path)
         model_params = C.llama_model_default_params()
@@ -94,6 +99,11 @@ class LlamaCppRunner:
         ctx_params.n_ubatch = self.n_batch
         ctx_params.n_threads = ctx_params.n_threads_batch = n_threads or default_threads()
         ctx_params.no_perf = True
+        if kv_type not in KV_TYPES:
+            raise FoxEdgeError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+        ctx_params.type_k = ctx_params.type_v = KV_TYPES[kv_type]
+        # None: llama.cpp decides (on CPU it uses flash attention, which rounds K and V to f16 on the way).
+        ctx_params.flash_attn_type = {None: -1, False: 0, True: 1}[flash_attention]
         self._ctx = C.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             raise FoxEdgeError(f"llama.cpp cannot create a {self.n_ctx}-token context for {self.path}; lower --ctx-size")

@@ -131,9 +131,8 @@ def write_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab: Vocab
     writer.add_head_count(shape.n_heads)
     writer.add_head_count_kv(shape.n_kv_heads)
     writer.add_rope_dimension_count(shape.head_size)
-    if shape.head_size != shape.hidden_size // shape.n_heads:
-        writer.add_key_length(shape.head_size)
-        writer.add_value_length(shape.head_size)
+    writer.add_key_length(shape.head_size)
+    writer.add_value_length(shape.head_size)
     writer.add_rope_freq_base(shape.rope_theta)
     writer.add_layer_norm_rms_eps(shape.rms_norm_eps)
 

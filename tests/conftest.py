@@ -1,0 +1,67 @@
+"""Shared fixtures: the tiny Fox-1-structured checkpoint, its GGUF conversions and the PyTorch reference.
+
+Assets come from the package registries through fox_edge.assets and are cached under FOX_EDGE_CACHE
+(default ~/.cache/fox-edge); everything built from them goes to pytest's temporary folders.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fox_edge import assets
+from fox_edge.converters.gguf import convert_to_gguf
+
+
+@pytest.fixture(scope="session")
+def botchan() -> str:
+    return assets.botchan_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_fox1(tmp_path_factory, botchan):
+    from fox_edge.synthetic import build_tiny_fox1
+
+    return build_tiny_fox1(tmp_path_factory.mktemp("tiny") / "tiny-fox1", botchan)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, tiny_fox1):
+    """dtype -> the tiny checkpoint converted to GGUF."""
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    return {dtype: convert_to_gguf(tiny_fox1, folder / f"tiny.{dtype}.gguf", dtype).output for dtype in ("f32", "f16", "bf16")}
+
+
+class TorchReference:
+    """The Hugging Face model in float32: the independent reference for logits and greedy text."""
+
+    def __init__(self, folder):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.torch.tensor([tokens])).logits[0].float().numpy()
+
+    def greedy(self, tokens: list[int], n: int) -> list[int]:
+        with self.torch.no_grad():
+            out = self.model.generate(self.torch.tensor([tokens]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[0, len(tokens) :].tolist()
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_fox1):
+    return TorchReference(tiny_fox1)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return assets.smollm2_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory, smollm2):
+    return convert_to_gguf(smollm2, tmp_path_factory.mktemp("smollm2") / "smollm2.f32.gguf", "f32").output
