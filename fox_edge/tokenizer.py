@@ -265,16 +265,18 @@ def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, report: Callable[
 
     for key in ("bos", "eos"):
         ours = vocab.special_ids.get(key)
+        claims: dict[int, list[str]] = {}
         for file, settings in (("config.json", checkpoint.config), ("generation_config.json", checkpoint.generation_config)):
             theirs = settings.get(f"{key}_token_id")
             if isinstance(theirs, list):
                 theirs = theirs[0] if theirs else None
-            if theirs is None or ours is None or theirs == ours:
-                continue
+            if theirs is not None and ours is not None and theirs != ours:
+                claims.setdefault(theirs, []).append(file)
+        for theirs, files in claims.items():
             named = vocab.tokens[theirs] if 0 <= theirs < len(vocab.tokens) else "out of range"
             report(
-                f"warning: {file} says {key}_token_id={theirs} ({named}) but the tokenizer's {key} token is "
-                f"{vocab.tokens[ours]} (id {ours}); using the tokenizer's"
+                f"warning: {' and '.join(files)} say{'s' if len(files) == 1 else ''} {key}_token_id={theirs} ({named}) but the "
+                f"tokenizer's {key} token is {vocab.tokens[ours]} (id {ours}); using the tokenizer's"
             )
 
 

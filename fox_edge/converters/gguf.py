@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from fox_edge.errors import FoxEdgeError
-from fox_edge.files import atomic_output
+from fox_edge.files import atomic_output, check_writable
 from fox_edge.source import Checkpoint, open_checkpoint
 from fox_edge.spec import FOX1_LICENSE, LlamaShape, is_fox1_vocab
 from fox_edge.tokenizer import Vocab, read_vocab
@@ -167,10 +167,11 @@ def convert_to_gguf(
         raise FoxEdgeError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     tensor_type, file_type = DTYPES[dtype]
     started = time.monotonic()
+    check_writable(output)
     checkpoint = open_checkpoint(source, weights=not vocab_only)
-    vocab = read_vocab(checkpoint, report)
-    weights = SafetensorsWeights(checkpoint.weight_files)
+    weights = SafetensorsWeights(checkpoint.weight_files)  # checks every file's header and length first
     plans = [] if vocab_only else plan_tensors(weights, checkpoint.shape, tensor_type)
+    vocab = read_vocab(checkpoint, report)
     total = sum(p.nbytes for p in plans)
     done = 0
     try:

@@ -1,0 +1,128 @@
+"""Bad input: one line naming the problem and the fix, a non-zero exit, and no partial output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fox_edge.cli import app
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stderr.strip()
+
+
+def assert_clean_failure(exit_code, stderr, folder, *words):
+    assert exit_code != 0
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not [p for p in folder.iterdir() if p.suffix == ".gguf" or ".part" in p.name]
+
+
+@pytest.fixture
+def checkpoint(tiny_fox1, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_fox1, folder)
+    return folder
+
+
+def test_non_llama_config(checkpoint, tmp_path):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(architectures=["GemmaForCausalLM"], model_type="gemma")
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "GemmaForCausalLM", "LlamaForCausalLM")
+
+
+def test_missing_tokenizer(checkpoint, tmp_path):
+    (checkpoint / "tokenizer.model").unlink()
+    (checkpoint / "tokenizer.json").unlink()
+    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "no tokenizer")
+
+
+def test_truncated_safetensors(checkpoint, tmp_path):
+    shard = sorted(checkpoint.glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "truncated", shard.name)
+
+
+def test_pickle_checkpoint_is_refused(checkpoint, tmp_path):
+    for shard in checkpoint.glob("*.safetensors"):
+        shard.unlink()
+    (checkpoint / "model.safetensors.index.json").unlink()
+    (checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "pytorch_model.bin", "safetensors")
+
+
+def test_unwritable_output(checkpoint, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a file instead
+            target = tmp_path / "a-file" / "out.gguf"
+            (tmp_path / "a-file").write_text("")
+        else:
+            target = locked / "out.gguf"
+        assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(target)), tmp_path, "cannot write")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_unknown_dtype(checkpoint, tmp_path):
+    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "o.gguf"), "--dtype", "q3"), tmp_path, "f16")
+
+
+def test_hub_id_offline_and_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, stderr = run_cli("convert", "tensoropera/Fox-1-1.6B-does-not-exist", "-o", str(tmp_path / "o.gguf"))
+    assert_clean_failure(code, stderr, tmp_path, "tensoropera/Fox-1-1.6B-does-not-exist")
+
+
+def test_ctrl_c_during_conversion_leaves_nothing(checkpoint, tmp_path):
+    """A real SIGINT arrives in the middle of writing tensors, in a real `fox-edge convert` process."""
+    output = tmp_path / "out.gguf"
+    script = (
+        "import os, signal\n"
+        "import fox_edge.converters.gguf as g\n"
+        "original = g._tensor_blocks\n"
+        "def interrupted(weights, plan):\n"
+        "    yield from original(weights, plan)\n"
+        "    if plan.name == 'blk.0.attn_v.weight': os.kill(os.getpid(), signal.SIGINT)\n"
+        "g._tensor_blocks = interrupted\n"
+        "from fox_edge.cli import app\n"
+        f"app(['convert', {str(checkpoint)!r}, '-o', {str(output)!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines()[-1] == "interrupted: nothing was written"
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+def test_corrupt_gguf_in_chat(tiny_gguf, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_gguf["f16"].read_bytes()[:100_000])
+    code, stderr = run_cli("generate", str(broken), "-p", "hi")
+    assert code != 0 and stderr.startswith("error: ") and "broken.gguf" in stderr and len(stderr.splitlines()) == 1
+
+
+def test_not_a_gguf(tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    code, stderr = run_cli("chat", str(other))
+    assert code != 0 and stderr == f"error: {other} is not a GGUF file; fox-edge runs .gguf models (convert a checkpoint with `fox-edge convert`)"
+
+
+def test_prompt_longer_than_context(tiny_gguf):
+    code, stderr = run_cli("generate", str(tiny_gguf["f16"]), "-p", "samurai " * 400, "--ctx-size", "128")
+    assert code == 1 and "longer than the 128-token context" in stderr and len(stderr.splitlines()) == 1

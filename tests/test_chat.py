@@ -1,0 +1,89 @@
+"""Chat over the llama.cpp runner: KV reuse across turns, overflow, the template, stop handling."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fox_edge.chat import ChatSession
+from fox_edge.errors import FoxEdgeError
+from fox_edge.runner import GenerationStats, chat_prompt, generate_tokens, open_runner
+from fox_edge.sampling import SamplingParams
+
+
+@pytest.fixture
+def runner(tiny_gguf):
+    with open_runner(tiny_gguf["f32"], n_ctx=512, kv_type="f32", flash_attention=False) as r:
+        yield r
+
+
+def test_kv_reuse_gives_the_same_tokens_as_a_fresh_run(runner, tiny_gguf):
+    session = ChatSession(runner, SamplingParams.greedy(12), system="You are terse.")
+    first = "".join(session.send("Tell me about the school."))
+    second = "".join(session.send("And the teacher?"))
+    second_stats_tokens = session.last_stats.tokens
+    stats = session.last_stats
+    assert stats.prompt_evaluated < stats.prompt_tokens / 2  # the first turn came from the cache
+    assert first and second is not None
+
+    messages = [{"role": "system", "content": "You are terse."}] + session.history[:-1]
+    with open_runner(tiny_gguf["f32"], n_ctx=512, kv_type="f32", flash_attention=False) as fresh:
+        prompt = chat_prompt(fresh, messages)
+        assert prompt == chat_prompt(runner, messages)
+        fresh_stats = GenerationStats()
+        fresh_tokens = list(generate_tokens(fresh, prompt, SamplingParams.greedy(12), fresh_stats))
+        assert fresh_stats.prompt_evaluated == len(prompt)
+    assert fresh_tokens == second_stats_tokens
+
+
+def test_prompt_uses_the_checkpoint_template_and_bos(runner):
+    tokens = chat_prompt(runner, [{"role": "user", "content": "hi"}])
+    assert tokens[0] == runner.bos_id
+    assert runner.detokenize(tokens, special=True) == "<bos><|user|>\nhi<eos>\n<|assistant|>\n"
+
+
+def test_overflow_drops_the_oldest_turns(tiny_gguf):
+    with open_runner(tiny_gguf["f32"], n_ctx=160) as small:
+        notes: list[str] = []
+        session = ChatSession(small, SamplingParams.greedy(8), report=notes.append)
+        for i in range(8):
+            "".join(session.send(f"message number {i} about the samurai family"))
+        assert any("dropped the oldest" in n for n in notes)
+        assert session.history[-2]["content"] == "message number 7 about the samurai family"
+        assert len(chat_prompt(small, session.history)) <= small.n_ctx
+
+
+def test_message_longer_than_the_context_is_refused(tiny_gguf):
+    with open_runner(tiny_gguf["f32"], n_ctx=64) as small:
+        session = ChatSession(small, SamplingParams.greedy(8))
+        with pytest.raises(FoxEdgeError, match="context"):
+            "".join(session.send("word " * 200))
+
+
+def test_cancel_stops_generation(runner):
+    cancel = threading.Event()
+    prompt = chat_prompt(runner, [{"role": "user", "content": "hi"}])
+    produced = []
+    for token in generate_tokens(runner, prompt, SamplingParams.greedy(50), stop_ids=frozenset(), cancel=cancel):
+        produced.append(token)
+        if len(produced) == 3:
+            cancel.set()
+    assert len(produced) == 3
+
+
+def test_generation_stops_on_eos(runner):
+    """Whatever the model would say next, its eos id ends the stream: force it with a stop set of every token."""
+    prompt = chat_prompt(runner, [{"role": "user", "content": "hi"}])
+    everything = frozenset(range(runner.n_vocab))
+    assert list(generate_tokens(runner, prompt, SamplingParams.greedy(5), stop_ids=everything)) == []
+    assert runner.eos_id in runner.stop_ids
+
+
+def test_seeded_sampling_is_reproducible(runner):
+    prompt = chat_prompt(runner, [{"role": "user", "content": "hi"}])
+    params = SamplingParams(temperature=1.0, seed=7, max_tokens=16)
+    first = list(generate_tokens(runner, prompt, params, stop_ids=frozenset()))
+    again = list(generate_tokens(runner, prompt, params, stop_ids=frozenset()))
+    other = list(generate_tokens(runner, prompt, SamplingParams(temperature=1.0, seed=8, max_tokens=16), stop_ids=frozenset()))
+    assert first == again and first != other
