@@ -120,3 +120,23 @@ def _strip_gutenberg(text: str) -> str:
         text = text[text.find("\n", start) + 1 :]
     end = text.find("*** END OF")
     return text[:end] if end >= 0 else text
+
+
+def llama_cpp_source() -> Path:
+    """llama.cpp's source tree as vendored by the installed llama-cpp-python's source archive (convert_hf_to_gguf.py, gguf-py)."""
+    from importlib.metadata import version
+
+    release = version("llama-cpp-python")
+    folder = cache_dir() / f"llama-cpp-python-{release}"
+    tree = folder / "vendor" / "llama.cpp"
+    if not (tree / "convert_hf_to_gguf.py").is_file():
+        sdist = _pip_download(f"llama-cpp-python=={release}", cache_dir() / "downloads", source=True)
+        partial = folder.with_suffix(".part")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(sdist) as archive:
+            archive.extractall(partial, filter="data")
+        (top,) = partial.iterdir()
+        top.replace(folder)
+        shutil.rmtree(partial)
+        sdist.unlink()
+    return tree

@@ -7,7 +7,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -55,7 +55,7 @@ def _progress_bar(description: str):
         yield update
 
 
-Threads = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
+Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
 CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
 
 
@@ -97,7 +97,7 @@ def info(
             typer.echo(f"{label:<{width}}  {value}")
 
 
-def _sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, seed: Optional[int], max_tokens: int):
+def _sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, seed: int | None, max_tokens: int):
     from fox_edge.sampling import SamplingParams
 
     return SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed, max_tokens=max_tokens)
@@ -108,7 +108,7 @@ TopK = Annotated[int, typer.Option(help="0 for off")]
 TopP = Annotated[float, typer.Option(help="1 for off")]
 MinP = Annotated[float, typer.Option(help="0 for off")]
 RepeatPenalty = Annotated[float, typer.Option(help="1 for off")]
-Seed = Annotated[Optional[int], typer.Option(help="random seed (default: random)")]
+Seed = Annotated[int | None, typer.Option(help="random seed (default: random)")]
 
 
 @app.command()
@@ -143,7 +143,7 @@ def generate(
 @app.command(name="chat")
 def chat_command(
     model: Annotated[Path, typer.Argument(help="GGUF file")],
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="system prompt")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="longest reply")] = 512,
     temperature: Temperature = 0.7,
     top_k: TopK = 40,
@@ -190,7 +190,7 @@ def chat_command(
                  f"{stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s]")
 
 
-def _read_message() -> Optional[str]:
+def _read_message() -> str | None:
     """One user message: a line, lines joined by a trailing backslash, or a block between \"\"\" lines. None at end of input."""
     lines: list[str] = []
     block = False
@@ -217,7 +217,7 @@ def _read_message() -> Optional[str]:
 
 @app.command()
 def demo(
-    model: Annotated[Optional[str], typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")] = None,
 ):
     """A real model through convert -> GGUF -> chat answer, step by step."""
     with _errors():

@@ -162,6 +162,16 @@ def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = No
     raise FoxEdgeError(f"{path} is not a GGUF file; fox-edge runs .gguf models (convert a checkpoint with `fox-edge convert`)")
 
 
+def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens a KV cache holding `cached` can keep for `tokens`."""
+    n = 0
+    for old, new in zip(cached, tokens, strict=False):
+        if old != new:
+            break
+        n += 1
+    return n
+
+
 def _magic(path: Path) -> bytes:
     with path.open("rb") as f:
         return f.read(4)

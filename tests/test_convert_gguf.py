@@ -85,4 +85,4 @@ def test_progress_reports_every_byte(tiny_fox1, tmp_path):
     seen = []
     result = convert_to_gguf(tiny_fox1, tmp_path / "x.gguf", "f16", progress=lambda done, total, name: seen.append((done, total)))
     assert seen[-1] == (result.n_bytes, result.n_bytes)
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))

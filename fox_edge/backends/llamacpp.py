@@ -18,6 +18,7 @@ import llama_cpp as C
 import numpy as np
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.runner import common_prefix
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
@@ -217,12 +218,7 @@ class LlamaCppRunner:
             raise FoxEdgeError("nothing to evaluate: the prompt is empty")
         if len(tokens) > self.n_ctx:
             raise FoxEdgeError(f"the prompt is {len(tokens)} tokens, longer than the {self.n_ctx}-token context; shorten it or raise --ctx-size")
-        common = 0
-        for cached, new in zip(self._cached, tokens):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # the last token is always evaluated: its logits are the answer
+        common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # the last token is always evaluated: its logits are the answer
         if not C.llama_memory_seq_rm(self._memory, 0, common, -1):
             C.llama_memory_clear(self._memory, True)
             common = 0
