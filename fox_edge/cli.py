@@ -35,6 +35,7 @@ def _errors():
 
 @contextmanager
 def _progress_bar(description: str):
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress(
@@ -45,7 +46,7 @@ def _progress_bar(description: str):
         TimeRemainingColumn(),
         TextColumn("{task.fields[tensor]}"),
         transient=True,
-        console=None if sys.stderr.isatty() else None,
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task(description, total=None, tensor="")
 

@@ -80,3 +80,15 @@ def test_smollm2_chat_prompt_matches_transformers(smollm2, smollm2_gguf):
     expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
     with open_runner(smollm2_gguf, n_ctx=512) as runner:
         assert chat_prompt(runner, messages) == expected
+
+
+def test_demo_end_to_end(smollm2):
+    """`fox-edge demo` as a user runs it: every step reported, the stand-in named, a real answer."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fox_edge.cli", "demo"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for step in ("1/4", "2/4", "3/4", "4/4", "stand-in for Fox-1"):
+        assert step in result.stdout
+    assert "Paris" in result.stdout
