@@ -138,14 +138,11 @@ def chat_prompt(runner: Runner, messages: list[dict], add_generation_prompt: boo
     bos = runner.token_text(runner.bos_id) if runner.bos_id is not None else ""
     eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
     text = render(runner.chat_template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
-    tokens = runner.tokenize(text, special=True)
-    # Like llama.cpp's server: the model's BOS goes first unless the template already put it there.
-    if runner.add_bos and runner.bos_id is not None and (not tokens or tokens[0] != runner.bos_id):
-        tokens.insert(0, runner.bos_id)
-    return tokens
+    return text_prompt(runner, text)
 
 
 def text_prompt(runner: Runner, text: str) -> list[int]:
+    """Tokenize `text` (special tokens parsed) behind the model's BOS, unless the text already starts with it (as llama.cpp's server does)."""
     tokens = runner.tokenize(text, special=True)
     if runner.add_bos and runner.bos_id is not None and (not tokens or tokens[0] != runner.bos_id):
         tokens.insert(0, runner.bos_id)
