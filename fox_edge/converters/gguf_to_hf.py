@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -50,27 +51,19 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
     return default if field is None else field.contents()
 
 
-def gguf_to_hf(gguf_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    reader = gguf.GGUFReader(gguf_path)
+def read_llama_gguf(gguf_path: str | os.PathLike[str]) -> tuple[gguf.GGUFReader, dict, Iterator[tuple[str, np.ndarray]]]:
+    """(reader, config.json dict, lazy (Hugging Face name, float32 weight) pairs) of a llama-architecture GGUF."""
+    try:
+        reader = gguf.GGUFReader(gguf_path)
+    except Exception as exc:  # the reader raises ValueError / struct errors on damaged files
+        raise FoxEdgeError(f"{gguf_path} is truncated or not a GGUF file ({exc}); re-create it") from None
     if _field(reader, "general.architecture") != "llama":
-        raise FoxEdgeError(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; only llama GGUFs convert back")
+        raise FoxEdgeError(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; fox-edge reads llama GGUFs")
     a = "llama."
     n_layers = _field(reader, a + "block_count")
     n_heads, n_kv_heads = _field(reader, a + "attention.head_count"), _field(reader, a + "attention.head_count_kv")
     names = hf_names(n_layers)
-    tensors: dict[str, tuple[str, np.ndarray]] = {}
-    for tensor in reader.tensors:
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        if tensor.name.endswith("attn_q.weight"):
-            values = unpermute_for_rope(values, n_heads)
-        elif tensor.name.endswith("attn_k.weight"):
-            values = unpermute_for_rope(values, n_kv_heads)
-        tensors[names[tensor.name]] = ("BF16", to_bfloat16_bits(values))
-    tied = "lm_head.weight" not in tensors
-
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    types = _field(reader, "tokenizer.ggml.token_type")
-    special = {k: _field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    tokens = reader.fields["tokenizer.ggml.tokens"]
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -79,16 +72,36 @@ def gguf_to_hf(gguf_path: str | os.PathLike[str], output: str | os.PathLike[str]
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv_heads,
-        "vocab_size": len(tokens),
+        "head_dim": _field(reader, a + "rope.dimension_count"),
+        "vocab_size": len(tokens.data),
         "max_position_embeddings": _field(reader, a + "context_length"),
         "rope_theta": float(_field(reader, a + "rope.freq_base", 10000.0)),
         "rms_norm_eps": float(_field(reader, a + "attention.layer_norm_rms_epsilon")),
-        "tie_word_embeddings": tied,
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
         "hidden_act": "silu",
-        "bos_token_id": special["bos"],
-        "eos_token_id": special["eos"],
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
         "torch_dtype": "bfloat16",
     }
+
+    def weights() -> Iterator[tuple[str, np.ndarray]]:
+        for tensor in reader.tensors:
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+            if tensor.name.endswith("attn_q.weight"):
+                values = unpermute_for_rope(values, n_heads)
+            elif tensor.name.endswith("attn_k.weight"):
+                values = unpermute_for_rope(values, n_kv_heads)
+            yield names[tensor.name], values
+
+    return reader, config, weights()
+
+
+def gguf_to_hf(gguf_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    reader, config, weights = read_llama_gguf(gguf_path)
+    tensors = {name: ("BF16", to_bfloat16_bits(values)) for name, values in weights}
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    special = {k: _field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
     tokenizer_json = _bpe_tokenizer_json(reader, tokens, types)
     added = {i: t for i, t in enumerate(tokens) if types[i] in (CONTROL, USER_DEFINED)}
     text = {k: tokens[v] for k, v in special.items() if v is not None}

@@ -1,0 +1,1 @@
+"""Built-in public-domain texts (see fox_edge/texts.py)."""

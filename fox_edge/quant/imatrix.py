@@ -1,0 +1,156 @@
+"""Importance matrices: per-input-column mean squared activations of every matrix llama.cpp quantizes.
+
+Computed from the full-precision model with PyTorch forward hooks on calibration text, and read and
+written in llama.cpp's own GGUF imatrix format (`<tensor>.in_sum2` and `<tensor>.counts`), so a matrix
+from `llama-imatrix` works here and ours works with `llama-quantize --imatrix`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import atomic_output
+
+MIN_CALIBRATION_TOKENS = 512
+
+# Hugging Face module -> GGUF weight name (for a layer i); the output projection is token_embd when tied.
+LINEAR_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+@dataclass
+class ImportanceMatrix:
+    sums: dict[str, np.ndarray]  # GGUF tensor name -> sum over tokens of x_j^2, per input column j
+    count: int  # tokens seen
+    chunk_size: int
+    datasets: list[str]
+
+    def means(self) -> dict[str, np.ndarray]:
+        """What llama.cpp's quantizer takes: the mean squared activation per input column."""
+        return {name: (values / max(self.count, 1)).astype(np.float32) for name, values in self.sums.items()}
+
+
+def load_torch_model(gguf_path: str | os.PathLike[str]):
+    """The GGUF's weights in a transformers LlamaForCausalLM (float32): the full-precision model, in PyTorch."""
+    try:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise FoxEdgeError("calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)") from None
+    from fox_edge.converters.gguf_to_hf import read_llama_gguf
+
+    _, config, weights = read_llama_gguf(gguf_path)
+    hf_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")})
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    with torch.device("meta"):  # no random initialisation of weights that are about to be replaced
+        model = LlamaForCausalLM(hf_config)
+    model.to_empty(device="cpu")
+    state = {name: torch.from_numpy(np.array(values, dtype=np.float32)) for name, values in weights}
+    if hf_config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.model.rotary_emb = LlamaRotaryEmbedding(hf_config)  # its inv_freq buffer was made on the meta device
+    return model.float().eval()
+
+
+def compute_imatrix(
+    model,
+    chunks: Sequence[Sequence[int]],
+    tied: bool,
+    progress: Callable[[int, int, str], None] | None = None,
+    dataset: str = "",
+) -> ImportanceMatrix:
+    """Run `chunks` through `model` and collect the activation statistics of every Linear's input."""
+    import torch
+
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def collect(name: str):
+        def hook(module, inputs):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        for path, short in LINEAR_NAMES.items():
+            hooks.append(layer.get_submodule(path).register_forward_pre_hook(collect(f"blk.{i}.{short}.weight")))
+    hooks.append(model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if tied else "output.weight")))
+    count, started = 0, time.monotonic()
+    try:
+        with torch.no_grad():
+            for done, chunk in enumerate(chunks, 1):
+                model(torch.tensor([list(chunk)]))
+                count += len(chunk)
+                if progress:
+                    progress(done, len(chunks), f"{count / (time.monotonic() - started):.0f} tok/s")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ImportanceMatrix({n: v.numpy() for n, v in sums.items()}, count, len(chunks[0]) if chunks else 0, [dataset] if dataset else [])
+
+
+def calibration_chunks(tokens: list[int], chunk_size: int, bos_id: int | None, max_chunks: int) -> list[list[int]]:
+    """Chunks as llama-imatrix makes them: consecutive pieces of the text, each starting with BOS."""
+    if len(tokens) < MIN_CALIBRATION_TOKENS:
+        raise FoxEdgeError(
+            f"the calibration text is only {len(tokens)} tokens; give at least {MIN_CALIBRATION_TOKENS} (a few pages of representative text)"
+        )
+    chunk_size = min(chunk_size, len(tokens))
+    chunks = [tokens[i : i + chunk_size] for i in range(0, len(tokens) - chunk_size + 1, chunk_size)][:max_chunks]
+    if bos_id is not None:
+        chunks = [[bos_id, *chunk[1:]] for chunk in chunks]
+    return chunks
+
+
+def save_imatrix(matrix: ImportanceMatrix, path: str | os.PathLike[str]) -> Path:
+    with atomic_output(path) as temporary:
+        writer = gguf.GGUFWriter(temporary, arch="")
+        writer.add_type(gguf.GGUFType.IMATRIX)
+        if matrix.datasets:
+            writer.add_array(gguf.Keys.IMatrix.DATASETS, matrix.datasets)
+        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, matrix.count // max(matrix.chunk_size, 1))
+        writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, matrix.chunk_size)
+        for name, values in sorted(matrix.sums.items()):
+            writer.add_tensor(f"{name}.in_sum2", values.astype(np.float32).reshape(1, -1))
+            writer.add_tensor(f"{name}.counts", np.array([[matrix.count]], dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return Path(path)
+
+
+def load_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception:
+        raise FoxEdgeError(f"{path} is not an imatrix file (llama.cpp's GGUF imatrix format); compute one with --calibration") from None
+    tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+    sums = {name.removesuffix(".in_sum2"): v.reshape(-1) for name, v in tensors.items() if name.endswith(".in_sum2")}
+    if not sums:
+        raise FoxEdgeError(f"{path} holds no importance matrix tensors; compute one with --calibration")
+    counts = {name.removesuffix(".counts"): float(v.reshape(-1)[0]) for name, v in tensors.items() if name.endswith(".counts")}
+    count = int(max(counts.values(), default=1))
+    # Matrices with fewer observations (none here; MoE experts in llama.cpp's files) are scaled to the common count.
+    sums = {name: values * (count / counts.get(name, count)) for name, values in sums.items()}
+    size = reader.fields.get(gguf.Keys.IMatrix.CHUNK_SIZE)
+    datasets = reader.fields.get(gguf.Keys.IMatrix.DATASETS)
+    return ImportanceMatrix(sums, count, int(size.contents()) if size else 0, list(datasets.contents()) if datasets else [])
