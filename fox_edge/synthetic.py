@@ -146,3 +146,63 @@ def build_tiny_fox1(folder: Path, text: str, seed: int = 0) -> Path:
     )
     shutil.rmtree(work)
     return folder
+
+
+# Small enough to train in minutes on 2 CPU cores, with rows K-quants accept (multiples of 256) and GQA 4:1.
+TRAINED_TINY_FOX1 = dataclasses.replace(
+    FOX1, hidden_size=256, intermediate_size=768, n_layers=4, n_heads=4, n_kv_heads=1, vocab_size=1024, context_length=512
+)
+
+
+def train_tiny_fox1(folder: Path, text: str, steps: int = 600, seq_len: int = 128, batch: int = 16, seed: int = 0, log=None) -> Path:
+    """A Fox-1-structured model trained on `text`: real weights, so quantization loss means something.
+
+    The tokenizer is trained on the same text; training is plain next-token prediction with AdamW.
+    """
+    import math
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    work = folder.parent / (folder.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    train_sentencepiece(text, TRAINED_TINY_FOX1.vocab_size, work / "tokenizer.model")
+    tokenizer = AutoTokenizer.from_pretrained(work, tokenizer_class="GemmaTokenizer")
+    tokenizer.save_pretrained(work / "hf")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{k: v for k, v in llama_config(TRAINED_TINY_FOX1).items() if k not in ("architectures", "torch_dtype")})
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=generator)
+        x = torch.stack([ids[s : s + seq_len] for s in starts])
+        x[:, 0] = 2  # every sequence starts with BOS, as inference will
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"step {step}: loss {loss.item():.3f}")
+    model.eval()
+
+    weights_dir = work / "weights"
+    model.to(torch.bfloat16).save_pretrained(weights_dir)
+    build_dir = folder.with_name(folder.name + ".part")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    shutil.copytree(weights_dir, build_dir)
+    (build_dir / "config.json").write_text(json.dumps(llama_config(TRAINED_TINY_FOX1), indent=2))
+    (build_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    shutil.copyfile(work / "tokenizer.model", build_dir / "tokenizer.model")
+    shutil.copyfile(work / "hf" / "tokenizer.json", build_dir / "tokenizer.json")
+    (build_dir / "tokenizer_config.json").write_text(json.dumps(fox1_tokenizer_config(), indent=2))
+    build_dir.replace(folder)
+    shutil.rmtree(work)
+    return folder

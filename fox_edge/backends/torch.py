@@ -1,0 +1,72 @@
+"""The PyTorch backend: a Hugging Face checkpoint run by transformers, the accuracy checker's reference.
+
+Slow and memory-hungry by design (float32, no KV cache): it is the independent ground truth that
+converted and quantized models are measured against, not a way to chat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+
+
+class TorchRunner:
+    backend = "pytorch"
+
+    def __init__(self, source: str | Path, n_ctx: int = 4096, n_threads: int | None = None, dtype: str = "float32"):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise FoxEdgeError("a checkpoint reference needs PyTorch: pip install 'fox-edge[torch]', or use an f16 GGUF as --reference") from None
+        from fox_edge.source import open_checkpoint
+
+        checkpoint = open_checkpoint(source)
+        self.path = checkpoint.path
+        self._torch = torch
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype)).eval()
+        self.n_ctx = min(n_ctx, checkpoint.shape.context_length)
+        self.n_vocab = checkpoint.shape.vocab_size
+        self.bos_id = self.tokenizer.bos_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        self.add_bos = bool(checkpoint.tokenizer_config.get("add_bos_token", False))
+        self.stop_ids = frozenset(t for t in (self.eos_id,) if t is not None)
+        self.chat_template = self.tokenizer.chat_template
+        self.metadata = {"general.name": checkpoint.name}
+        self.n_evaluated = 0
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids)
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=not special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.decode([token], skip_special_tokens=True).encode("utf-8")
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.model(self._torch.tensor([list(tokens)])).logits[0].float().numpy()
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        self.n_evaluated = len(tokens)
+        return self.logits(tokens)[-1]
+
+    def close(self) -> None:
+        self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,239 @@
+"""`fox-edge check`: how much a converted or quantized model lost against its reference, with pass/fail bars.
+
+Both models see the same token chunks through the runner interface (any backend). As in llama.cpp's
+`llama-perplexity --kl-divergence`, each chunk starts with BOS and only its second half is scored, so
+every scored token has at least half a chunk of context. Logits are reduced a block of rows at a time:
+with a 256K vocabulary, memory stays at two chunks of logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import atomic_output
+from fox_edge.runner import Runner
+
+# Strings whose tokenization differs between unrelated tokenizers (special tokens, whitespace, bytes).
+PROBE_TEXTS = ["<bos><eos><start_of_turn><|im_start|>", "  \t\n\n x", "日本語 😀 café", "1234567 + 89"]
+
+
+@dataclass(frozen=True)
+class Bars:
+    max_kld: float  # mean KL divergence, nats
+    min_top1: float  # fraction of positions where both models' most likely token agree
+    max_ppl_ratio: float  # candidate perplexity / reference perplexity
+
+
+# Default bars per precision class. Set from measurements on SmolLM2-135M and the trained tiny Fox-1
+# (benchmarks/README.md); a real 1.6B model loses less than these small ones at the same bits.
+DEFAULT_BARS = {
+    "f16": Bars(max_kld=0.002, min_top1=0.99, max_ppl_ratio=1.005),
+    "int8": Bars(max_kld=0.01, min_top1=0.97, max_ppl_ratio=1.02),
+    "int6": Bars(max_kld=0.03, min_top1=0.94, max_ppl_ratio=1.04),
+    "int5": Bars(max_kld=0.06, min_top1=0.92, max_ppl_ratio=1.07),
+    "int4": Bars(max_kld=0.15, min_top1=0.85, max_ppl_ratio=1.20),
+}
+
+
+@dataclass
+class CheckReport:
+    candidate: str
+    reference: str
+    precision: str
+    bars: Bars
+    context: int
+    chunks: int
+    tokens_scored: int
+    ppl_reference: float
+    ppl_candidate: float
+    ppl_ratio: float
+    ppl_ratio_ci95: float  # half-width
+    kld_mean: float
+    kld_mean_ci95: float
+    kld_p90: float
+    kld_p99: float
+    kld_p999: float
+    kld_max: float
+    top1_agreement: float
+    top1_agreement_ci95: float
+    next_token_accuracy_reference: float
+    next_token_accuracy_candidate: float
+    seconds: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "passed": self.passed}, indent=2)
+
+
+def precision_of(runner: Runner) -> str:
+    """The precision class of a model, from its GGUF file type."""
+    import gguf
+
+    from fox_edge.quant.gguf import QUANT_TYPES
+
+    file_type = runner.metadata.get("general.file_type")
+    if file_type is None:
+        return "f16"
+    name = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    if name in ("F16", "BF16", "F32"):
+        return "f16"
+    return QUANT_TYPES[name].precision if name in QUANT_TYPES else name
+
+
+def check_tokenizers(candidate: Runner, reference: Runner, tokens_c: list[int], tokens_r: list[int]) -> None:
+    if candidate.n_vocab != reference.n_vocab:
+        raise FoxEdgeError(f"the candidate has {candidate.n_vocab} tokens and the reference {reference.n_vocab}: they are different models")
+    for text_c, text_r, what in [(candidate.tokenize(p), reference.tokenize(p), repr(p)) for p in PROBE_TEXTS] + [(tokens_c, tokens_r, "the evaluation text")]:
+        if text_c != text_r:
+            at = next((i for i, (a, b) in enumerate(zip(text_c, text_r, strict=False)) if a != b), min(len(text_c), len(text_r)))
+            raise FoxEdgeError(
+                f"the candidate and the reference tokenize {what} differently (from token {at}); "
+                "compare models converted from the same checkpoint"
+            )
+
+
+def chunks_of(tokens: list[int], context: int, n_tokens: int, bos_id: int | None) -> list[list[int]]:
+    per_chunk = context - context // 2 - 1
+    available = len(tokens) // context
+    if available == 0:
+        raise FoxEdgeError(f"the evaluation text is {len(tokens)} tokens, shorter than one {context}-token chunk; give a longer text or a smaller --ctx")
+    count = min(available, max(1, math.ceil(n_tokens / per_chunk)))
+    chunks = [tokens[i * context : (i + 1) * context] for i in range(count)]
+    return [[bos_id, *c[1:]] for c in chunks] if bos_id is not None else chunks
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def score_chunk(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray, rows: int = 64) -> dict[str, np.ndarray]:
+    """Per-position KL(reference || candidate), both NLLs of the target, and both argmaxes."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kld", "nll_r", "nll_c", "top_r", "top_c")}
+    for start in range(0, len(targets), rows):
+        r = _log_softmax(reference[start : start + rows].astype(np.float64))
+        c = _log_softmax(candidate[start : start + rows].astype(np.float64))
+        t = targets[start : start + rows]
+        index = np.arange(len(t))
+        parts["kld"].append(np.maximum((np.exp(r) * (r - c)).sum(-1), 0.0))
+        parts["nll_r"].append(-r[index, t])
+        parts["nll_c"].append(-c[index, t])
+        parts["top_r"].append(r.argmax(-1))
+        parts["top_c"].append(c.argmax(-1))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def check_accuracy(
+    candidate: Runner,
+    reference: Runner,
+    text: str,
+    n_tokens: int = 4096,
+    context: int = 512,
+    bars: Bars | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> CheckReport:
+    started = time.monotonic()
+    precision = precision_of(candidate)
+    if bars is None:
+        if precision not in DEFAULT_BARS:
+            raise FoxEdgeError(f"there are no default bars for {precision}; give --max-kld, --min-top1 and --max-ppl-ratio")
+        bars = DEFAULT_BARS[precision]
+    context = min(context, candidate.n_ctx, reference.n_ctx)
+    tokens_c, tokens_r = candidate.tokenize(text), reference.tokenize(text)
+    check_tokenizers(candidate, reference, tokens_c, tokens_r)
+    chunks = chunks_of(tokens_c, context, n_tokens, candidate.bos_id if candidate.add_bos else None)
+
+    first = context // 2
+    scores: dict[str, list[np.ndarray]] = {}
+    for done, chunk in enumerate(chunks, 1):
+        targets = np.asarray(chunk[first + 1 :])
+        reference_logits = reference.logits(chunk)[first:-1]
+        candidate_logits = candidate.logits(chunk)[first:-1]
+        for key, values in score_chunk(reference_logits, candidate_logits, targets).items():
+            scores.setdefault(key, []).append(values)
+        if progress:
+            progress(done, len(chunks), f"chunk {done}/{len(chunks)}")
+    s = {k: np.concatenate(v) for k, v in scores.items()}
+    n = len(s["kld"])
+    targets_all = np.concatenate([np.asarray(c[first + 1 :]) for c in chunks])
+    agree = (s["top_r"] == s["top_c"]).astype(np.float64)
+    log_ratio = s["nll_c"] - s["nll_r"]
+    ratio = float(np.exp(log_ratio.mean()))
+    report = CheckReport(
+        candidate=str(candidate.path),
+        reference=str(reference.path),
+        precision=precision,
+        bars=bars,
+        context=context,
+        chunks=len(chunks),
+        tokens_scored=n,
+        ppl_reference=float(np.exp(s["nll_r"].mean())),
+        ppl_candidate=float(np.exp(s["nll_c"].mean())),
+        ppl_ratio=ratio,
+        ppl_ratio_ci95=float(ratio * 1.96 * log_ratio.std() / math.sqrt(n)),
+        kld_mean=float(s["kld"].mean()),
+        kld_mean_ci95=float(1.96 * s["kld"].std() / math.sqrt(n)),
+        kld_p90=float(np.percentile(s["kld"], 90)),
+        kld_p99=float(np.percentile(s["kld"], 99)),
+        kld_p999=float(np.percentile(s["kld"], 99.9)),
+        kld_max=float(s["kld"].max()),
+        top1_agreement=float(agree.mean()),
+        top1_agreement_ci95=float(1.96 * math.sqrt(agree.mean() * (1 - agree.mean()) / n)),
+        next_token_accuracy_reference=float((s["top_r"] == targets_all).mean()),
+        next_token_accuracy_candidate=float((s["top_c"] == targets_all).mean()),
+        seconds=time.monotonic() - started,
+    )
+    if report.kld_mean > bars.max_kld:
+        report.failures.append(f"mean KLD {report.kld_mean:.4f} > {bars.max_kld}")
+    if report.top1_agreement < bars.min_top1:
+        report.failures.append(f"top-1 agreement {report.top1_agreement:.2%} < {bars.min_top1:.0%}")
+    if report.ppl_ratio > bars.max_ppl_ratio:
+        report.failures.append(f"perplexity ratio {report.ppl_ratio:.4f} > {bars.max_ppl_ratio}")
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    b = report.bars
+    rows = [
+        ("candidate", report.candidate),
+        ("reference", report.reference),
+        ("scored", f"{report.tokens_scored} tokens in {report.chunks} chunks of {report.context} (second half of each)"),
+        ("perplexity", f"reference {report.ppl_reference:.4f}, candidate {report.ppl_candidate:.4f}"),
+        ("perplexity ratio", f"{report.ppl_ratio:.4f} ± {report.ppl_ratio_ci95:.4f}   (bar ≤ {b.max_ppl_ratio})"),
+        ("mean KLD", f"{report.kld_mean:.5f} ± {report.kld_mean_ci95:.5f}   (bar ≤ {b.max_kld})"),
+        ("KLD p90 / p99 / p99.9 / max", f"{report.kld_p90:.5f} / {report.kld_p99:.5f} / {report.kld_p999:.5f} / {report.kld_max:.5f}"),
+        ("top-1 agreement", f"{report.top1_agreement:.2%} ± {report.top1_agreement_ci95:.2%}   (bar ≥ {b.min_top1:.0%})"),
+        ("next-token accuracy", f"reference {report.next_token_accuracy_reference:.2%}, candidate {report.next_token_accuracy_candidate:.2%}"),
+        ("result", f"PASS ({report.precision} bars)" if report.passed else f"FAIL ({report.precision} bars): " + "; ".join(report.failures)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def sidecar_path(model: str | os.PathLike[str]) -> Path:
+    """Where a model's check report is stored: `MODEL.gguf.check.json` beside it."""
+    return Path(f"{model}.check.json")
+
+
+def save_report(report: CheckReport, model: str | os.PathLike[str]) -> Path:
+    with atomic_output(sidecar_path(model)) as temporary:
+        temporary.write_text(report.to_json())
+    return sidecar_path(model)
+
+
+def load_report(model: str | os.PathLike[str]) -> dict | None:
+    path = sidecar_path(model)
+    return json.loads(path.read_text()) if path.is_file() else None
