@@ -56,6 +56,8 @@ def _progress_bar(description: str):
         yield update
 
 
+Calibration = Annotated[str | None, typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix")]
+NoCheck = Annotated[bool, typer.Option("--no-check", help="skip the accuracy check after quantizing")]
 Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
 CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
 
@@ -67,17 +69,38 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="target format")] = "gguf",
     dtype: Annotated[str, typer.Option("--dtype", help="f16, bf16 or f32")] = "f16",
     vocab_only: Annotated[bool, typer.Option("--vocab-only", help="write only the tokenizer (no weights needed)")] = False,
+    quant: Annotated[str | None, typer.Option("--quant", "-q", help="also quantize to this type (see `quantize --help`); no f16 file is left")] = None,
+    calibration: Calibration = None,
+    no_check: NoCheck = False,
+    threads: Threads = None,
 ):
-    """Convert a checkpoint to GGUF, streaming tensor by tensor."""
+    """Convert a checkpoint to GGUF, streaming tensor by tensor; with --quant, quantize (and check) it too."""
     with _errors():
         if to != "gguf":
             raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: gguf")
         from fox_edge.converters.gguf import convert_to_gguf
 
-        with _progress_bar("converting") as progress:
-            result = convert_to_gguf(source, output, dtype, progress=progress, report=_say, vocab_only=vocab_only)
-        _say(f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
-             f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})")
+        if quant:
+            import os
+
+            from fox_edge.files import check_writable
+            from fox_edge.quant.gguf import parse_type
+
+            parse_type(quant)
+            check_writable(output)
+            intermediate = output.with_name(f".{output.name}.f16-{os.getpid()}.gguf")
+        try:
+            with _progress_bar("converting") as progress:
+                result = convert_to_gguf(source, intermediate if quant else output, dtype, progress=progress, report=_say, vocab_only=vocab_only)
+            _say(f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
+                 f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})")
+            if quant:
+                from fox_edge.quantize import CheckSettings
+
+                _quantize(intermediate, output, quant, threads or 0, None, None, calibration, None, False, CheckSettings(enabled=not no_check))
+        finally:
+            if quant:
+                intermediate.unlink(missing_ok=True)
 
 
 @app.command()
@@ -96,6 +119,103 @@ def info(
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
             typer.echo(f"{label:<{width}}  {value}")
+
+
+def _quantize(input_path, output, type_name, threads, embedding, output_type, calibration, imatrix, allow_requantize, check) -> None:
+    from fox_edge.check import format_report
+    from fox_edge.quantize import quantize
+
+    with _progress_bar("quantizing") as progress:
+        outcome = quantize(input_path, output, type_name, threads, embedding, output_type, calibration, imatrix, allow_requantize, check,
+                           report=_say, progress=lambda done, total, what: progress(done, total, what))
+    if outcome.check is not None:
+        typer.echo(format_report(outcome.check))
+        if not outcome.check.passed:
+            _say(f"error: {output} fails its accuracy check (the file and its report are kept; see above)")
+            raise typer.Exit(1)
+
+
+MaxKld = Annotated[float | None, typer.Option("--max-kld", help="bar / budget: highest mean KL divergence")]
+MinTop1 = Annotated[float | None, typer.Option("--min-top1", help="bar / budget: lowest top-1 agreement (0-1)")]
+MaxPplRatio = Annotated[float | None, typer.Option("--max-ppl-ratio", help="bar / budget: highest perplexity ratio")]
+CheckTokens = Annotated[int, typer.Option("--check-tokens", help="tokens scored by the accuracy check")]
+EvalData = Annotated[str, typer.Option("--data", help="evaluation text (.txt, .jsonl) or 'builtin'")]
+
+
+@app.command(name="quantize")
+def quantize_command(
+    model: Annotated[Path, typer.Argument(help="f16/bf16/f32 GGUF file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
+    type_name: Annotated[str | None, typer.Option("--type", help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, IQ4_NL or IQ4_XS; omit with a budget")] = None,
+    embedding_type: Annotated[str | None, typer.Option("--embedding-type", help="token-embedding (= tied output) type: Q4_K, Q5_K, Q6_K, Q8_0, F16")] = None,
+    output_type: Annotated[str | None, typer.Option("--output-type", help="output tensor type (untied models)")] = None,
+    calibration: Calibration = None,
+    imatrix: Annotated[Path | None, typer.Option("--imatrix", help="importance matrix file: saved here with --calibration, else read from here")] = None,
+    allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="accept an already quantized input")] = False,
+    no_check: NoCheck = False,
+    check_tokens: CheckTokens = 4096,
+    data: EvalData = "builtin",
+    max_kld: MaxKld = None,
+    min_top1: MinTop1 = None,
+    max_ppl_ratio: MaxPplRatio = None,
+    threads: Threads = None,
+):
+    """Quantize with llama.cpp, then check against the input (unless --no-check). Without --type: the smallest type that meets --max-kld / --min-top1."""
+    with _errors():
+        from fox_edge.quantize import BudgetNotMet, CheckSettings, quantize_to_budget
+
+        check = CheckSettings(not no_check, data, check_tokens, 512, max_kld, min_top1, max_ppl_ratio)
+        if type_name:
+            _quantize(model, output, type_name, threads or 0, embedding_type, output_type, calibration, imatrix, allow_requantize, check)
+            return
+        try:
+            with _progress_bar("searching") as progress:
+                outcome = quantize_to_budget(model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, report=_say, progress=progress)
+        except BudgetNotMet as exc:
+            _print_tried(exc.tried)
+            raise
+        _print_tried(outcome.tried)
+        _say(f"kept {output}: {outcome.result.type} with token embedding {outcome.result.embedding_type}, {outcome.result.bytes / 1e6:.1f} MB")
+
+
+def _print_tried(rows: list[dict]) -> None:
+    typer.echo(f"{'type':<8} {'embedding':<10} {'MB':>8} {'mean KLD':>10} {'top-1':>7} {'PPL ratio':>9}  result")
+    for row in rows:
+        typer.echo(f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
+                   f"{'meets the budget' if row['passed'] else 'over'}")
+
+
+@app.command(name="check")
+def check_command(
+    candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="full-precision reference: Hugging Face checkpoint folder (PyTorch) or f16/f32 GGUF")],
+    data: EvalData = "builtin",
+    tokens: Annotated[int, typer.Option("--tokens", help="tokens to score")] = 4096,
+    ctx: Annotated[int, typer.Option("--ctx", help="chunk length; the second half of each chunk is scored")] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
+    save: Annotated[bool, typer.Option("--save", help="store the report beside the candidate (CANDIDATE.check.json)")] = False,
+    max_kld: MaxKld = None,
+    min_top1: MinTop1 = None,
+    max_ppl_ratio: MaxPplRatio = None,
+    threads: Threads = None,
+):
+    """Perplexity, KL divergence and top-1 agreement of CANDIDATE against REFERENCE, with pass/fail bars."""
+    with _errors():
+        from fox_edge.check import check_accuracy, format_report, precision_of, save_report
+        from fox_edge.quantize import CheckSettings
+        from fox_edge.runner import open_runner
+        from fox_edge.texts import read_text
+
+        text = read_text(data, "evaluation")
+        settings = CheckSettings(True, data, tokens, ctx, max_kld, min_top1, max_ppl_ratio)
+        with open_runner(reference, n_ctx=ctx, n_threads=threads) as ref, open_runner(candidate, n_ctx=ctx, n_threads=threads) as cand:
+            with _progress_bar("checking") as progress:
+                report = check_accuracy(cand, ref, text, tokens, ctx, settings.bars_for(precision_of(cand)), progress)
+        if save:
+            save_report(report, candidate)
+        typer.echo(report.to_json() if as_json else format_report(report))
+        if not report.passed:
+            raise typer.Exit(1)
 
 
 def _sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, seed: int | None, max_tokens: int):

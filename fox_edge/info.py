@@ -77,7 +77,22 @@ def describe_gguf(path: Path) -> list[tuple[str, str]]:
         ("license", str(field("general.license", "-"))),
         ("source", str(field("general.source.url") or field("general.source.path") or "-")),
     ]
-    return rows
+    return rows + accuracy_rows(path)
+
+
+def accuracy_rows(model: Path) -> list[tuple[str, str]]:
+    """The stored `fox-edge check` report of a model, if any."""
+    from fox_edge.check import load_report, sidecar_path
+
+    report = load_report(model)
+    if report is None:
+        return [("accuracy check", "none stored (run `fox-edge check` or `fox-edge quantize`)")]
+    verdict = "PASS" if report["passed"] else "FAIL"
+    return [
+        ("accuracy check", f"{verdict} ({report['precision']} bars) against {Path(report['reference']).name} on {report['tokens_scored']} tokens"),
+        ("  mean KLD / top-1 / PPL ratio", f"{report['kld_mean']:.5f} / {report['top1_agreement']:.2%} / {report['ppl_ratio']:.4f}"),
+        ("  report", str(sidecar_path(model))),
+    ]
 
 
 def describe_checkpoint(source: str | os.PathLike[str]) -> list[tuple[str, str]]:

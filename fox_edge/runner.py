@@ -150,7 +150,7 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
 
 
 def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = None, **options) -> Runner:
-    """Open a GGUF file with llama.cpp (ONNX model folders come with the ONNX backend)."""
+    """A GGUF file runs on llama.cpp; a Hugging Face checkpoint folder on PyTorch (the slow reference for `check`)."""
     path = Path(model)
     if not path.exists():
         raise FoxEdgeError(f"no such model: {path}; convert one with `fox-edge convert SOURCE --to gguf -o MODEL.gguf`")
@@ -158,6 +158,10 @@ def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = No
         from fox_edge.backends.llamacpp import LlamaCppRunner
 
         return LlamaCppRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
+    if path.is_dir() and (path / "config.json").is_file():
+        from fox_edge.backends.torch import TorchRunner
+
+        return TorchRunner(path, n_ctx=n_ctx, n_threads=n_threads)
     raise FoxEdgeError(f"{path} is not a GGUF file; fox-edge runs .gguf models (convert a checkpoint with `fox-edge convert`)")
 
 

@@ -85,8 +85,14 @@ def weight_types(path: str | os.PathLike[str]) -> dict[str, gguf.GGMLQuantizatio
     return {t.name: t.tensor_type for t in reader.tensors}
 
 
-def embedding_type(path: str | os.PathLike[str]) -> str:
-    return weight_types(path)["token_embd.weight"].name
+def refuse_quantized(path: str | os.PathLike[str], allow_requantize: bool) -> None:
+    """Quantizing quantized weights adds a second rounding error: only when asked."""
+    quantized = sorted({t.name for name, t in weight_types(path).items() if t not in FULL_PRECISION and name.endswith(".weight")})
+    if quantized and not allow_requantize:
+        raise FoxEdgeError(
+            f"{path} is already quantized ({', '.join(quantized)}); quantize the f16/f32 GGUF instead, "
+            "or pass --allow-requantize to accept the extra loss"
+        )
 
 
 def _child(input_path: str, output_path: str, settings: dict, imatrix_path: str | None) -> int:
@@ -149,13 +155,7 @@ def quantize_gguf(
     embedding_override = parse_tensor_type(embedding, "--embedding-type")
     output_override = parse_tensor_type(output_tensor, "--output-type")
     check_writable(output)
-    types = weight_types(input_path)
-    quantized = sorted({t.name for name, t in types.items() if t not in FULL_PRECISION and name.endswith(".weight")})
-    if quantized and not allow_requantize:
-        raise FoxEdgeError(
-            f"{input_path} is already quantized ({', '.join(quantized)}); quantize the f16/f32 GGUF instead, "
-            "or pass --allow-requantize to accept the extra loss"
-        )
+    refuse_quantized(input_path, allow_requantize)
     settings = {"ftype": int(quant.file_type), "nthread": threads, "allow_requantize": allow_requantize}
     if embedding_override is not None:
         settings["token_embedding_type"] = int(embedding_override)

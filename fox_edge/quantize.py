@@ -1,0 +1,219 @@
+"""`fox-edge quantize`: a GGUF to int8/int4 with llama.cpp, calibrated if asked, and checked by default.
+
+With an accuracy budget instead of a type, it tries the candidate types (and token-embedding choices)
+from the smallest estimated file up and keeps the first that meets the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fox_edge.check import DEFAULT_BARS, Bars, CheckReport, check_accuracy, save_report
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import check_writable
+from fox_edge.quant.gguf import (
+    QUANT_TYPES,
+    TENSOR_TYPES,
+    QuantizeResult,
+    parse_tensor_type,
+    parse_type,
+    quantize_gguf,
+    refuse_quantized,
+    weight_types,
+)
+from fox_edge.texts import builtin_text, read_text
+
+Report = Callable[[str], None]
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class CheckSettings:
+    enabled: bool = True
+    text: str | Path = "builtin"  # evaluation text: a file or "builtin" (disjoint from the built-in calibration set)
+    tokens: int = 4096
+    context: int = 512
+    max_kld: float | None = None  # None: the default bar of the candidate's precision
+    min_top1: float | None = None
+    max_ppl_ratio: float | None = None
+
+    def bars_for(self, precision: str) -> Bars:
+        default = DEFAULT_BARS.get(precision, Bars(math.inf, 0.0, math.inf))
+        return Bars(
+            self.max_kld if self.max_kld is not None else default.max_kld,
+            self.min_top1 if self.min_top1 is not None else default.min_top1,
+            self.max_ppl_ratio if self.max_ppl_ratio is not None else default.max_ppl_ratio,
+        )
+
+
+@dataclass
+class QuantizeOutcome:
+    result: QuantizeResult
+    check: CheckReport | None
+    imatrix: Path | None
+    tried: list[dict] = field(default_factory=list)  # the accuracy-budget search's table
+
+
+def prepare_imatrix(
+    input_path: Path,
+    calibration: str | Path | None,
+    imatrix: str | Path | None,
+    scratch: Path,
+    report: Report,
+    progress: Progress | None,
+    chunk_size: int = 512,
+    max_chunks: int = 64,
+) -> Path | None:
+    """The importance matrix to quantize with: computed from `calibration` (saved to `imatrix` if given), or read from `imatrix`."""
+    from fox_edge.quant.imatrix import calibration_chunks, compute_imatrix, load_imatrix, load_torch_model, save_imatrix
+
+    if calibration is None:
+        if imatrix is None:
+            return None
+        load_imatrix(imatrix)  # fails early, with a clear message, on a wrong file
+        return Path(imatrix)
+    text = read_text(calibration, "calibration")
+    from fox_edge.backends.llamacpp import LlamaCppRunner
+
+    with LlamaCppRunner(input_path, vocab_only=True) as vocab:
+        tokens = vocab.tokenize(text)
+        chunks = calibration_chunks(tokens, chunk_size, vocab.bos_id if vocab.add_bos else None, max_chunks)
+    tied = "output.weight" not in weight_types(input_path)
+    report(f"computing the importance matrix: {len(chunks)} chunks of {len(chunks[0])} tokens through the full-precision model in PyTorch")
+    model = load_torch_model(input_path)
+    matrix = compute_imatrix(model, chunks, tied, progress, dataset=str(calibration))
+    del model
+    target = Path(imatrix) if imatrix is not None else scratch / f".{input_path.name}.imatrix-{os.getpid()}.gguf"
+    save_imatrix(matrix, target)
+    if imatrix is not None:
+        report(f"saved the importance matrix to {target} (llama.cpp's imatrix format)")
+    return target
+
+
+def _check(candidate_path: Path, reference_path: Path, settings: CheckSettings, progress: Progress | None) -> CheckReport:
+    from fox_edge.check import precision_of
+    from fox_edge.runner import open_runner
+
+    text = builtin_text("evaluation") if str(settings.text) == "builtin" else read_text(settings.text, "evaluation")
+    with open_runner(reference_path, n_ctx=settings.context) as reference, open_runner(candidate_path, n_ctx=settings.context) as candidate:
+        bars = settings.bars_for(precision_of(candidate))
+        return check_accuracy(candidate, reference, text, settings.tokens, settings.context, bars, progress)
+
+
+def quantize(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    type_name: str,
+    threads: int = 0,
+    embedding: str | None = None,
+    output_tensor: str | None = None,
+    calibration: str | Path | None = None,
+    imatrix: str | Path | None = None,
+    allow_requantize: bool = False,
+    check: CheckSettings | None = None,
+    report: Report = lambda message: None,
+    progress: Progress | None = None,
+) -> QuantizeOutcome:
+    input_path, output = Path(input_path), Path(output)
+    check = check or CheckSettings()
+    parse_type(type_name)
+    parse_tensor_type(embedding, "--embedding-type")
+    parse_tensor_type(output_tensor, "--output-type")
+    check_writable(output)
+    refuse_quantized(input_path, allow_requantize)
+    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, report, progress)
+    try:
+        result = quantize_gguf(input_path, output, type_name, threads, embedding, output_tensor, matrix, allow_requantize, progress)
+    finally:
+        if matrix is not None and imatrix is None:
+            matrix.unlink(missing_ok=True)
+    report(f"wrote {output}: {result.type} (token embedding {result.embedding_type}), {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s")
+    outcome = QuantizeOutcome(result, None, Path(imatrix) if imatrix else None)
+    if check.enabled:
+        report(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
+        outcome.check = _check(output, input_path, check, progress)
+        save_report(outcome.check, output)
+    return outcome
+
+
+def budget_candidates(input_path: Path, types: list[str] | None = None) -> list[tuple[str, str | None, float]]:
+    """(type, token-embedding override or None for llama.cpp's choice, estimated bytes), smallest first."""
+    import gguf
+
+    reader = gguf.GGUFReader(input_path)
+    embedding = next(int(t.n_elements) for t in reader.tensors if t.name == "token_embd.weight")
+    rest = sum(int(t.n_elements) for t in reader.tensors if t.name != "token_embd.weight" and len(t.shape) > 1)
+    candidates = []
+    for name in types or list(QUANT_TYPES):
+        quant = parse_type(name)
+        default_embedding = "Q8_0" if quant.bits_per_weight >= 8 else "Q6_K"  # llama.cpp's rule for a tied output
+        choices: list[str | None] = [None] + (["Q4_K"] if quant.precision in ("int4", "int5") else [])
+        for choice in choices:
+            bits = TENSOR_TYPES[choice or default_embedding][1]
+            candidates.append((name.upper(), choice, (rest * quant.bits_per_weight + embedding * bits) / 8))
+    return sorted(candidates, key=lambda c: c[2])
+
+
+def quantize_to_budget(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    check: CheckSettings,
+    types: list[str] | None = None,
+    threads: int = 0,
+    calibration: str | Path | None = None,
+    imatrix: str | Path | None = None,
+    report: Report = lambda message: None,
+    progress: Progress | None = None,
+) -> QuantizeOutcome:
+    """The smallest candidate whose check meets the budget (check.max_kld / min_top1 / max_ppl_ratio)."""
+    input_path, output = Path(input_path), Path(output)
+    if check.max_kld is None and check.min_top1 is None and check.max_ppl_ratio is None:
+        raise FoxEdgeError("an accuracy budget needs --max-kld, --min-top1 or --max-ppl-ratio (or give --type)")
+    budget = Bars(
+        check.max_kld if check.max_kld is not None else math.inf,
+        check.min_top1 if check.min_top1 is not None else 0.0,
+        check.max_ppl_ratio if check.max_ppl_ratio is not None else math.inf,
+    )
+    check_writable(output)
+    refuse_quantized(input_path, False)
+    candidates = budget_candidates(input_path, types)
+    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, report, progress)
+    tried: list[dict] = []
+    try:
+        for type_name, embedding, estimate in candidates:
+            label = f"{type_name} + embedding {embedding or 'default'}"
+            report(f"trying {label} (about {estimate / 1e6:.0f} MB)")
+            scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
+            try:
+                result = quantize_gguf(input_path, scratch, type_name, threads, embedding, None, matrix, False, progress)
+                result_check = _check(scratch, input_path, CheckSettings(True, check.text, check.tokens, check.context,
+                                                                        budget.max_kld, budget.min_top1, budget.max_ppl_ratio), progress)
+                tried.append({"type": type_name, "embedding": result.embedding_type, "mb": result.bytes / 1e6, "kld": result_check.kld_mean,
+                              "top1": result_check.top1_agreement, "ppl_ratio": result_check.ppl_ratio, "passed": result_check.passed})
+                if result_check.passed:
+                    scratch.replace(output)
+                    result.output = output
+                    result_check.candidate = str(output)
+                    save_report(result_check, output)
+                    return QuantizeOutcome(result, result_check, Path(imatrix) if imatrix else None, tried)
+            finally:
+                scratch.unlink(missing_ok=True)
+    finally:
+        if matrix is not None and imatrix is None:
+            matrix.unlink(missing_ok=True)
+    best = min(tried, key=lambda row: row["kld"])
+    raise BudgetNotMet(
+        f"no candidate met the budget; the closest was {best['type']} (embedding {best['embedding']}): "
+        f"KLD {best['kld']:.4f}, top-1 {best['top1']:.1%}. Loosen the budget or keep the f16 model",
+        tried,
+    )
+
+
+class BudgetNotMet(FoxEdgeError):
+    def __init__(self, message: str, tried: list[dict]):
+        super().__init__(message)
+        self.tried = tried
