@@ -47,7 +47,7 @@ def llama_perplexity(binary: Path, model: Path, text_file: Path, base: Path, fir
     if first:
         return {"ppl": float(re.search(r"Final estimate: PPL = ([\d.]+)", log)[1])}
     grab = lambda label: float(re.search(rf"{label}\s*:?\s*([\d.]+)", log)[1])  # noqa: E731
-    return {"ppl_ref": grab(r"Mean PPL\(base\)"), "ppl": grab(r"Mean PPL\(Q\)"), "kld": grab("Mean    KLD"), "top1": grab("Same top p") / 100}
+    return {"ppl_ref": grab(r"Mean PPL\(base\)"), "ppl": grab(r"Mean PPL\(Q\)"), "kld": grab("Mean    KLD"), "top1": grab("Same top p:") / 100}
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ DEFAULT_BARS = {
     "int8": Bars(max_kld=0.01, min_top1=0.97, max_ppl_ratio=1.02),
     "int6": Bars(max_kld=0.03, min_top1=0.94, max_ppl_ratio=1.04),
     "int5": Bars(max_kld=0.06, min_top1=0.92, max_ppl_ratio=1.07),
-    "int4": Bars(max_kld=0.15, min_top1=0.85, max_ppl_ratio=1.20),
+    "int4": Bars(max_kld=0.10, min_top1=0.85, max_ppl_ratio=1.10),
 }
 
 
