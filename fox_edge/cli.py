@@ -34,15 +34,25 @@ def _errors():
 
 
 @contextmanager
-def _progress_bar(description: str):
+def _progress_bar(description: str, in_bytes: bool = True):
+    """A progress bar on stderr: done / total (bytes, or steps such as tensors and chunks), rate, time left."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
+    counts = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        *counts,
         TimeRemainingColumn(),
         TextColumn("{task.fields[tensor]}"),
         transient=True,
@@ -125,7 +135,7 @@ def _quantize(input_path, output, type_name, threads, embedding, output_type, ca
     from fox_edge.check import format_report
     from fox_edge.quantize import quantize
 
-    with _progress_bar("quantizing") as progress:
+    with _progress_bar("quantizing", in_bytes=False) as progress:
         outcome = quantize(input_path, output, type_name, threads, embedding, output_type, calibration, imatrix, allow_requantize, check,
                            report=_say, progress=lambda done, total, what: progress(done, total, what))
     if outcome.check is not None:
@@ -169,7 +179,7 @@ def quantize_command(
             _quantize(model, output, type_name, threads or 0, embedding_type, output_type, calibration, imatrix, allow_requantize, check)
             return
         try:
-            with _progress_bar("searching") as progress:
+            with _progress_bar("searching", in_bytes=False) as progress:
                 outcome = quantize_to_budget(model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, report=_say, progress=progress)
         except BudgetNotMet as exc:
             _print_tried(exc.tried)
@@ -209,7 +219,7 @@ def check_command(
         text = read_text(data, "evaluation")
         settings = CheckSettings(True, data, tokens, ctx, max_kld, min_top1, max_ppl_ratio)
         with open_runner(reference, n_ctx=ctx, n_threads=threads) as ref, open_runner(candidate, n_ctx=ctx, n_threads=threads) as cand:
-            with _progress_bar("checking") as progress:
+            with _progress_bar("checking", in_bytes=False) as progress:
                 report = check_accuracy(cand, ref, text, tokens, ctx, settings.bars_for(precision_of(cand)), progress)
         if save:
             save_report(report, candidate)

@@ -6,6 +6,7 @@ from the smallest estimated file up and keeps the first that meets the budget.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from fox_edge.quant.gguf import (
     refuse_quantized,
     weight_types,
 )
-from fox_edge.texts import builtin_text, read_text
+from fox_edge.texts import read_text
 
 Report = Callable[[str], None]
 Progress = Callable[[int, int, str], None]
@@ -98,7 +99,7 @@ def _check(candidate_path: Path, reference_path: Path, settings: CheckSettings, 
     from fox_edge.check import precision_of
     from fox_edge.runner import open_runner
 
-    text = builtin_text("evaluation") if str(settings.text) == "builtin" else read_text(settings.text, "evaluation")
+    text = read_text(settings.text, "evaluation")
     with open_runner(reference_path, n_ctx=settings.context) as reference, open_runner(candidate_path, n_ctx=settings.context) as candidate:
         bars = settings.bars_for(precision_of(candidate))
         return check_accuracy(candidate, reference, text, settings.tokens, settings.context, bars, progress)
@@ -190,8 +191,8 @@ def quantize_to_budget(
             scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
             try:
                 result = quantize_gguf(input_path, scratch, type_name, threads, embedding, None, matrix, False, progress)
-                result_check = _check(scratch, input_path, CheckSettings(True, check.text, check.tokens, check.context,
-                                                                        budget.max_kld, budget.min_top1, budget.max_ppl_ratio), progress)
+                bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
+                result_check = _check(scratch, input_path, bars, progress)
                 tried.append({"type": type_name, "embedding": result.embedding_type, "mb": result.bytes / 1e6, "kld": result_check.kld_mean,
                               "top1": result_check.top1_agreement, "ppl_ratio": result_check.ppl_ratio, "passed": result_check.passed})
                 if result_check.passed:
