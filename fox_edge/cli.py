@@ -346,6 +346,32 @@ def _read_message() -> str | None:
             return "\n".join(lines)
 
 
+@app.command(name="bench")
+def bench_command(
+    models: Annotated[list[Path], typer.Argument(help="GGUF files (several are interleaved A B A B)")],
+    prompt_lengths: Annotated[str, typer.Option("--prompt-lengths", help="comma-separated prompt lengths in tokens")] = "128,512",
+    generate: Annotated[int, typer.Option("--generate", "-n", help="tokens to generate per run")] = 64,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", help="runs per model, each in a fresh process")] = 3,
+    ctx_size: CtxSize = 2048,
+    threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+):
+    """Load time, prompt and generation speed, time to first token and peak RSS: medians and spread of interleaved runs."""
+    with _errors():
+        from dataclasses import asdict
+
+        from fox_edge.bench import BenchSettings, bench, format_table
+
+        try:
+            lengths = tuple(int(n) for n in prompt_lengths.split(","))
+        except ValueError:
+            raise FoxEdgeError(f"--prompt-lengths takes comma-separated numbers, not {prompt_lengths!r}") from None
+        settings = BenchSettings(lengths, generate, repeats, threads, ctx_size)
+        with _progress_bar("benchmarking", in_bytes=False) as progress:
+            results = bench([str(m) for m in models], settings, progress)
+        typer.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else format_table(results, settings))
+
+
 @app.command()
 def demo(
     model: Annotated[str | None, typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")] = None,

@@ -1,0 +1,38 @@
+"""`fox-edge bench`: what it measures and how (interleaving, fresh processes); never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+
+from test_bad_input import run_cli
+from typer.testing import CliRunner
+
+from fox_edge.bench import BenchSettings, bench, format_table
+from fox_edge.cli import app
+
+
+def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_gguf):
+    order: list[str] = []
+    settings = BenchSettings(prompt_lengths=(16, 64), generate_tokens=8, repeats=2, n_ctx=256)
+    models = [str(tiny_gguf["f32"]), str(tiny_gguf["f16"])]
+    results = bench(models, settings, progress=lambda done, total, what: order.append(what))
+    assert order == ["tiny.f32.gguf run 1", "tiny.f16.gguf run 1", "tiny.f32.gguf run 2", "tiny.f16.gguf run 2"]
+    for result, model in zip(results, models, strict=True):
+        assert result.model == model and result.backend == "llama.cpp" and result.threads >= 1
+        assert set(result.samples) == {"load_s", "prompt_16_tps", "prompt_64_tps", "ttft_ms", "generate_tps", "peak_rss_mb"}
+        assert all(len(v) == 2 and min(v) > 0 for v in result.samples.values())
+    assert results[0].file_mb > results[1].file_mb  # f32 is twice the f16 file
+    table = format_table(results, settings)
+    assert "prompt 64 tok/s" in table and "tiny.f16.gguf" in table
+
+
+def test_cli_json(tiny_gguf):
+    result = CliRunner().invoke(app, ["bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "16", "-n", "4", "-c", "128", "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["samples"]["generate_tps"][0] > 0
+
+
+def test_prompt_longer_than_context_is_refused(tiny_gguf):
+    code, stderr = run_cli("bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "512", "-c", "256")
+    assert code == 1 and "do not fit the 256-token context" in stderr and len(stderr.splitlines()) == 1
