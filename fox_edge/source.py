@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +154,3 @@ def _weight_files(path: Path) -> list[Path]:
         )
     raise FoxEdgeError(f"{path} has no *.safetensors weights; give a complete Hugging Face checkpoint folder")
 
-
-ProgressHook = Callable[[int, int, str], None]
-ReportHook = Callable[[str], None]

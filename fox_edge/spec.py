@@ -33,18 +33,6 @@ class LlamaShape:
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.n_heads
 
-    @property
-    def n_params(self) -> int:
-        h, d = self.hidden_size, self.head_size
-        attn = h * self.n_heads * d * 2 + h * self.n_kv_heads * d * 2
-        mlp = 3 * h * self.intermediate_size
-        per_layer = attn + mlp + 2 * h
-        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.n_layers * per_layer + embed + h
-
-    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
-        return 2 * self.n_layers * self.n_kv_heads * self.head_size * bytes_per_value
-
 
 FOX1 = LlamaShape(
     hidden_size=2048,
@@ -81,4 +69,4 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
 def is_fox1_vocab(tokens: list[str] | tuple[str, ...]) -> bool:
     """True for Gemma's 256K vocabulary (the one Fox-1 uses)."""
-    return len(tokens) == FOX1.vocab_size and all(t in tokens[:8] for t in ("<pad>", "<eos>", "<bos>"))
+    return len(tokens) == FOX1.vocab_size and all(t in tokens[:8] for t in FOX1_SPECIAL_TOKENS.values())

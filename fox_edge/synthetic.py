@@ -13,13 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-from fox_edge.spec import FOX1, FOX1_CHAT_TEMPLATE, LlamaShape
+from fox_edge.spec import FOX1, FOX1_CHAT_TEMPLATE, FOX1_TURN_TOKENS, LlamaShape
 
 # Widths that K-quants accept (rows a multiple of 256), GQA 4:1 as in Fox-1, head_dim 64.
 TINY_FOX1 = dataclasses.replace(
     FOX1, hidden_size=256, intermediate_size=512, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=512, context_length=1024
 )
-TINY_SPECIALS = ["<mask>", "<start_of_turn>", "<end_of_turn>"]  # user-defined pieces after pad/eos/bos/unk (ids 0-3)
+TINY_SPECIALS = ["<mask>", *FOX1_TURN_TOKENS]  # user-defined pieces after pad/eos/bos/unk (ids 0-3)
 
 
 def train_sentencepiece(text: str, vocab_size: int, output: Path) -> None:
