@@ -354,6 +354,8 @@ def bench_command(
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="runs per model, each in a fresh process")] = 3,
     ctx_size: CtxSize = 2048,
     threads: Threads = None,
+    flash_attention: Annotated[str, typer.Option("--flash-attention", help="auto, on or off")] = "auto",
+    kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, f32 or q8_0")] = "f16",
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Load time, prompt and generation speed, time to first token and peak RSS: medians and spread of interleaved runs."""
@@ -366,7 +368,9 @@ def bench_command(
             lengths = tuple(int(n) for n in prompt_lengths.split(","))
         except ValueError:
             raise FoxEdgeError(f"--prompt-lengths takes comma-separated numbers, not {prompt_lengths!r}") from None
-        settings = BenchSettings(lengths, generate, repeats, threads, ctx_size)
+        if flash_attention not in ("auto", "on", "off"):
+            raise FoxEdgeError(f"--flash-attention takes auto, on or off, not {flash_attention!r}")
+        settings = BenchSettings(lengths, generate, repeats, threads, ctx_size, {"auto": None, "on": True, "off": False}[flash_attention], kv_type)
         with _progress_bar("benchmarking", in_bytes=False) as progress:
             results = bench([str(m) for m in models], settings, progress)
         typer.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else format_table(results, settings))
