@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.sampling import SamplingParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fox-1 to GGUF, quantized, checked and run on your own devices.")
 
@@ -229,11 +230,10 @@ def check_command(
 
 
 def _sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float, seed: int | None, max_tokens: int):
-    from fox_edge.sampling import SamplingParams
-
     return SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed, max_tokens=max_tokens)
 
 
+SAMPLING = SamplingParams()  # the defaults, defined once in fox_edge/sampling.py
 Temperature = Annotated[float, typer.Option(help="0 for greedy")]
 TopK = Annotated[int, typer.Option(help="0 for off")]
 TopP = Annotated[float, typer.Option(help="1 for off")]
@@ -248,11 +248,11 @@ def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="prompt text ('-' reads stdin)")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
     chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the model's chat template")] = False,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 40,
-    top_p: TopP = 0.95,
-    min_p: MinP = 0.05,
-    repeat_penalty: RepeatPenalty = 1.1,
+    temperature: Temperature = SAMPLING.temperature,
+    top_k: TopK = SAMPLING.top_k,
+    top_p: TopP = SAMPLING.top_p,
+    min_p: MinP = SAMPLING.min_p,
+    repeat_penalty: RepeatPenalty = SAMPLING.repeat_penalty,
     seed: Seed = None,
     ctx_size: CtxSize = 4096,
     threads: Threads = None,
@@ -276,11 +276,11 @@ def chat_command(
     model: Annotated[Path, typer.Argument(help="GGUF file")],
     system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="longest reply")] = 512,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 40,
-    top_p: TopP = 0.95,
-    min_p: MinP = 0.05,
-    repeat_penalty: RepeatPenalty = 1.1,
+    temperature: Temperature = SAMPLING.temperature,
+    top_k: TopK = SAMPLING.top_k,
+    top_p: TopP = SAMPLING.top_p,
+    min_p: MinP = SAMPLING.min_p,
+    repeat_penalty: RepeatPenalty = SAMPLING.repeat_penalty,
     seed: Seed = None,
     ctx_size: CtxSize = 4096,
     threads: Threads = None,

@@ -24,7 +24,7 @@ from fox_edge.quant.gguf import (
     parse_type,
     quantize_gguf,
     refuse_quantized,
-    weight_types,
+    tensor_infos,
 )
 from fox_edge.texts import read_text
 
@@ -83,10 +83,9 @@ def prepare_imatrix(
     with LlamaCppRunner(input_path, vocab_only=True) as vocab:
         tokens = vocab.tokenize(text)
         chunks = calibration_chunks(tokens, chunk_size, vocab.bos_id if vocab.add_bos else None, max_chunks)
-    tied = "output.weight" not in weight_types(input_path)
     report(f"computing the importance matrix: {len(chunks)} chunks of {len(chunks[0])} tokens through the full-precision model in PyTorch")
     model = load_torch_model(input_path)
-    matrix = compute_imatrix(model, chunks, tied, progress, dataset=str(calibration))
+    matrix = compute_imatrix(model, chunks, progress, dataset=str(calibration))
     del model
     target = Path(imatrix) if imatrix is not None else scratch / f".{input_path.name}.imatrix-{os.getpid()}.gguf"
     save_imatrix(matrix, target)
@@ -143,11 +142,9 @@ def quantize(
 
 def budget_candidates(input_path: Path, types: list[str] | None = None) -> list[tuple[str, str | None, float]]:
     """(type, token-embedding override or None for llama.cpp's choice, estimated bytes), smallest first."""
-    import gguf
-
-    reader = gguf.GGUFReader(input_path)
-    embedding = next(int(t.n_elements) for t in reader.tensors if t.name == "token_embd.weight")
-    rest = sum(int(t.n_elements) for t in reader.tensors if t.name != "token_embd.weight" and len(t.shape) > 1)
+    infos = tensor_infos(input_path)
+    embedding = infos["token_embd.weight"].n_elements
+    rest = sum(info.n_elements for name, info in infos.items() if name != "token_embd.weight" and info.n_dims > 1)
     candidates = []
     for name in types or list(QUANT_TYPES):
         quant = parse_type(name)

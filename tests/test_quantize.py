@@ -98,7 +98,7 @@ def test_imatrix_matches_an_independent_computation(tiny_f16, tiny_fox1, botchan
     with open_runner(tiny_f16, n_ctx=256) as runner:
         tokens = runner.tokenize(botchan[:20000])
     chunks = calibration_chunks(tokens, 256, 2, max_chunks=4)
-    matrix = compute_imatrix(load_torch_model(tiny_f16), chunks, tied=True)
+    matrix = compute_imatrix(load_torch_model(tiny_f16), chunks)
 
     tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in gguf.GGUFReader(tiny_f16).tensors}
     x = tensors["token_embd.weight"][np.concatenate(chunks)].astype(np.float64)

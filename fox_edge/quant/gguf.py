@@ -7,6 +7,7 @@ as JSON lines on the child's stdout, drive the progress hook.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -76,13 +77,33 @@ def parse_tensor_type(name: str | None, option: str) -> gguf.GGMLQuantizationTyp
     return TENSOR_TYPES[key][0]
 
 
-def weight_types(path: str | os.PathLike[str]) -> dict[str, gguf.GGMLQuantizationType]:
-    """Tensor name -> type, from the GGUF header (the data is not read)."""
+@dataclass(frozen=True)
+class TensorInfo:
+    type: gguf.GGMLQuantizationType
+    n_elements: int
+    n_dims: int
+
+
+def tensor_infos(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
+    """Tensor name -> type and size, from the GGUF header. Cached per file version: gguf's reader parses
+    every metadata field, and a 256K-token vocabulary makes that take about 10 s for Fox-1."""
+    file = Path(path).resolve()
+    stat = file.stat()
+    return _tensor_infos(file, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _tensor_infos(file: Path, mtime_ns: int, size: int) -> dict[str, TensorInfo]:
     try:
-        reader = gguf.GGUFReader(path)
+        reader = gguf.GGUFReader(file)
     except Exception as exc:  # the reader raises ValueError / struct errors on damaged files
-        raise FoxEdgeError(f"{path} is truncated or not a GGUF file ({exc}); re-create it with `fox-edge convert`") from None
-    return {t.name: t.tensor_type for t in reader.tensors}
+        raise FoxEdgeError(f"{file} is truncated or not a GGUF file ({exc}); re-create it with `fox-edge convert`") from None
+    return {t.name: TensorInfo(t.tensor_type, int(t.n_elements), len(t.shape)) for t in reader.tensors}
+
+
+def weight_types(path: str | os.PathLike[str]) -> dict[str, gguf.GGMLQuantizationType]:
+    """Tensor name -> type (see tensor_infos)."""
+    return {name: info.type for name, info in tensor_infos(path).items()}
 
 
 def refuse_quantized(path: str | os.PathLike[str], allow_requantize: bool) -> None:

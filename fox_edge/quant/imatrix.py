@@ -72,7 +72,6 @@ def load_torch_model(gguf_path: str | os.PathLike[str]):
 def compute_imatrix(
     model,
     chunks: Sequence[Sequence[int]],
-    tied: bool,
     progress: Callable[[int, int, str], None] | None = None,
     dataset: str = "",
 ) -> ImportanceMatrix:
@@ -92,7 +91,7 @@ def compute_imatrix(
     for i, layer in enumerate(model.model.layers):
         for path, short in LINEAR_NAMES.items():
             hooks.append(layer.get_submodule(path).register_forward_pre_hook(collect(f"blk.{i}.{short}.weight")))
-    hooks.append(model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if tied else "output.weight")))
+    hooks.append(model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if model.config.tie_word_embeddings else "output.weight")))
     count, started = 0, time.monotonic()
     try:
         with torch.no_grad():
