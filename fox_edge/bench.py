@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.runner import default_threads
 
 
 @dataclass
@@ -53,12 +54,16 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     from fox_edge.texts import builtin_text
 
     started = time.perf_counter()
-    runner = open_runner(model, n_ctx=settings.n_ctx, n_threads=settings.threads, flash_attention=settings.flash_attention, kv_type=settings.kv_type)
+    runner = open_runner(
+        model, n_ctx=settings.n_ctx, n_threads=settings.threads, flash_attention=settings.flash_attention, kv_type=settings.kv_type
+    )
     load = time.perf_counter() - started
     text_tokens = runner.tokenize(builtin_text("evaluation") * 4)
     longest = max(settings.prompt_lengths)
     if longest + settings.generate_tokens + 8 > runner.n_ctx:
-        raise FoxEdgeError(f"prompts of {longest} plus {settings.generate_tokens} generated tokens do not fit the {runner.n_ctx}-token context")
+        raise FoxEdgeError(
+            f"prompts of {longest} plus {settings.generate_tokens} generated tokens do not fit the {runner.n_ctx}-token context"
+        )
     runner.prefill(text_tokens[:32])  # warm-up: first-call allocations and page faults are not measured
 
     result: dict[str, float | str | int] = {"load_s": load, "backend": runner.backend}
@@ -77,15 +82,9 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     result["ttft_ms"] = (first - started) * 1000
     result["generate_tps"] = (produced - 1) / (time.perf_counter() - first)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["threads"] = settings.threads or _default_threads()
+    result["threads"] = settings.threads or default_threads()
     runner.close()
     return result
-
-
-def _default_threads() -> int:
-    from fox_edge.backends.llamacpp import default_threads
-
-    return default_threads()
 
 
 def bench(models: list[str | Path], settings: BenchSettings, progress: Callable[[int, int, str], None] | None = None) -> list[BenchResult]:
@@ -96,8 +95,9 @@ def bench(models: list[str | Path], settings: BenchSettings, progress: Callable[
     total, done = settings.repeats * len(models), 0
     for repeat in range(settings.repeats):
         for model in models:  # interleaved: A B A B ...
-            child = subprocess.run([sys.executable, "-m", "fox_edge.bench", str(model), json.dumps(asdict(settings))],
-                                   capture_output=True, text=True)
+            child = subprocess.run(
+                [sys.executable, "-m", "fox_edge.bench", str(model), json.dumps(asdict(settings))], capture_output=True, text=True
+            )
             if child.returncode != 0:
                 last = (child.stderr.strip().splitlines() or ["no output"])[-1]
                 raise FoxEdgeError(f"benchmarking {model} failed: {last}")
@@ -117,7 +117,12 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-METRICS = (("load_s", "load s", "{:.2f}"), ("ttft_ms", "TTFT ms", "{:.0f}"), ("generate_tps", "generate tok/s", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"))
+METRICS = (
+    ("load_s", "load s", "{:.2f}"),
+    ("ttft_ms", "TTFT ms", "{:.0f}"),
+    ("generate_tps", "generate tok/s", "{:.1f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+)
 
 
 def format_table(results: list[BenchResult], settings: BenchSettings) -> str:

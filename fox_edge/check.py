@@ -96,7 +96,9 @@ def precision_of(runner: Runner) -> str:
 def check_tokenizers(candidate: Runner, reference: Runner, tokens_c: list[int], tokens_r: list[int]) -> None:
     if candidate.n_vocab != reference.n_vocab:
         raise FoxEdgeError(f"the candidate has {candidate.n_vocab} tokens and the reference {reference.n_vocab}: they are different models")
-    for text_c, text_r, what in [(candidate.tokenize(p), reference.tokenize(p), repr(p)) for p in PROBE_TEXTS] + [(tokens_c, tokens_r, "the evaluation text")]:
+    for text_c, text_r, what in [(candidate.tokenize(p), reference.tokenize(p), repr(p)) for p in PROBE_TEXTS] + [
+        (tokens_c, tokens_r, "the evaluation text")
+    ]:
         if text_c != text_r:
             at = next((i for i, (a, b) in enumerate(zip(text_c, text_r, strict=False)) if a != b), min(len(text_c), len(text_r)))
             raise FoxEdgeError(
@@ -109,7 +111,9 @@ def chunks_of(tokens: list[int], context: int, n_tokens: int, bos_id: int | None
     per_chunk = context - context // 2 - 1
     available = len(tokens) // context
     if available == 0:
-        raise FoxEdgeError(f"the evaluation text is {len(tokens)} tokens, shorter than one {context}-token chunk; give a longer text or a smaller --ctx")
+        raise FoxEdgeError(
+            f"the evaluation text is {len(tokens)} tokens, shorter than one {context}-token chunk; give a longer text or a smaller --ctx"
+        )
     count = min(available, max(1, math.ceil(n_tokens / per_chunk)))
     chunks = [tokens[i * context : (i + 1) * context] for i in range(count)]
     return [[bos_id, *c[1:]] for c in chunks] if bos_id is not None else chunks
@@ -216,8 +220,14 @@ def format_report(report: CheckReport) -> str:
         ("mean KLD", f"{report.kld_mean:.5f} ± {report.kld_mean_ci95:.5f}   (bar ≤ {b.max_kld})"),
         ("KLD p90 / p99 / p99.9 / max", f"{report.kld_p90:.5f} / {report.kld_p99:.5f} / {report.kld_p999:.5f} / {report.kld_max:.5f}"),
         ("top-1 agreement", f"{report.top1_agreement:.2%} ± {report.top1_agreement_ci95:.2%}   (bar ≥ {b.min_top1:.0%})"),
-        ("next-token accuracy", f"reference {report.next_token_accuracy_reference:.2%}, candidate {report.next_token_accuracy_candidate:.2%}"),
-        ("result", f"PASS ({report.precision} bars)" if report.passed else f"FAIL ({report.precision} bars): " + "; ".join(report.failures)),
+        (
+            "next-token accuracy",
+            f"reference {report.next_token_accuracy_reference:.2%}, candidate {report.next_token_accuracy_candidate:.2%}",
+        ),
+        (
+            "result",
+            f"PASS ({report.precision} bars)" if report.passed else f"FAIL ({report.precision} bars): " + "; ".join(report.failures),
+        ),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

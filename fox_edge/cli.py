@@ -67,7 +67,10 @@ def _progress_bar(description: str, in_bytes: bool = True):
         yield update
 
 
-Calibration = Annotated[str | None, typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix")]
+Calibration = Annotated[
+    str | None,
+    typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix"),
+]
 NoCheck = Annotated[bool, typer.Option("--no-check", help="skip the accuracy check after quantizing")]
 Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
 CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
@@ -80,7 +83,9 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="target format")] = "gguf",
     dtype: Annotated[str, typer.Option("--dtype", help="f16, bf16 or f32")] = "f16",
     vocab_only: Annotated[bool, typer.Option("--vocab-only", help="write only the tokenizer (no weights needed)")] = False,
-    quant: Annotated[str | None, typer.Option("--quant", "-q", help="also quantize to this type (see `quantize --help`); no f16 file is left")] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", "-q", help="also quantize to this type (see `quantize --help`); no f16 file is left")
+    ] = None,
     calibration: Calibration = None,
     no_check: NoCheck = False,
     threads: Threads = None,
@@ -102,13 +107,19 @@ def convert(
             intermediate = output.with_name(f".{output.name}.f16-{os.getpid()}.gguf")
         try:
             with _progress_bar("converting") as progress:
-                result = convert_to_gguf(source, intermediate if quant else output, dtype, progress=progress, report=_say, vocab_only=vocab_only)
-            _say(f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
-                 f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})")
+                result = convert_to_gguf(
+                    source, intermediate if quant else output, dtype, progress=progress, report=_say, vocab_only=vocab_only
+                )
+            _say(
+                f"wrote {result.output}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB in {result.seconds:.1f} s "
+                f"(tokenizer from {result.vocab_source}, chat template: {result.chat_template})"
+            )
             if quant:
                 from fox_edge.quantize import CheckSettings
 
-                _quantize(intermediate, output, quant, threads or 0, None, None, calibration, None, False, CheckSettings(enabled=not no_check))
+                _quantize(
+                    intermediate, output, quant, threads or 0, None, None, calibration, None, False, CheckSettings(enabled=not no_check)
+                )
         finally:
             if quant:
                 intermediate.unlink(missing_ok=True)
@@ -137,8 +148,20 @@ def _quantize(input_path, output, type_name, threads, embedding, output_type, ca
     from fox_edge.quantize import quantize
 
     with _progress_bar("quantizing", in_bytes=False) as progress:
-        outcome = quantize(input_path, output, type_name, threads, embedding, output_type, calibration, imatrix, allow_requantize, check,
-                           report=_say, progress=lambda done, total, what: progress(done, total, what))
+        outcome = quantize(
+            input_path,
+            output,
+            type_name,
+            threads,
+            embedding,
+            output_type,
+            calibration,
+            imatrix,
+            allow_requantize,
+            check,
+            report=_say,
+            progress=lambda done, total, what: progress(done, total, what),
+        )
     if outcome.check is not None:
         typer.echo(format_report(outcome.check))
         if not outcome.check.passed:
@@ -157,11 +180,17 @@ EvalData = Annotated[str, typer.Option("--data", help="evaluation text (.txt, .j
 def quantize_command(
     model: Annotated[Path, typer.Argument(help="f16/bf16/f32 GGUF file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
-    type_name: Annotated[str | None, typer.Option("--type", help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, IQ4_NL or IQ4_XS; omit with a budget")] = None,
-    embedding_type: Annotated[str | None, typer.Option("--embedding-type", help="token-embedding (= tied output) type: Q4_K, Q5_K, Q6_K, Q8_0, F16")] = None,
+    type_name: Annotated[
+        str | None, typer.Option("--type", help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, IQ4_NL or IQ4_XS; omit with a budget")
+    ] = None,
+    embedding_type: Annotated[
+        str | None, typer.Option("--embedding-type", help="token-embedding (= tied output) type: Q4_K, Q5_K, Q6_K, Q8_0, F16")
+    ] = None,
     output_type: Annotated[str | None, typer.Option("--output-type", help="output tensor type (untied models)")] = None,
     calibration: Calibration = None,
-    imatrix: Annotated[Path | None, typer.Option("--imatrix", help="importance matrix file: saved here with --calibration, else read from here")] = None,
+    imatrix: Annotated[
+        Path | None, typer.Option("--imatrix", help="importance matrix file: saved here with --calibration, else read from here")
+    ] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="accept an already quantized input")] = False,
     no_check: NoCheck = False,
     check_tokens: CheckTokens = 4096,
@@ -181,25 +210,33 @@ def quantize_command(
             return
         try:
             with _progress_bar("searching", in_bytes=False) as progress:
-                outcome = quantize_to_budget(model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, report=_say, progress=progress)
+                outcome = quantize_to_budget(
+                    model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, report=_say, progress=progress
+                )
         except BudgetNotMet as exc:
             _print_tried(exc.tried)
             raise
         _print_tried(outcome.tried)
-        _say(f"kept {output}: {outcome.result.type} with token embedding {outcome.result.embedding_type}, {outcome.result.bytes / 1e6:.1f} MB")
+        _say(
+            f"kept {output}: {outcome.result.type} with token embedding {outcome.result.embedding_type}, {outcome.result.bytes / 1e6:.1f} MB"
+        )
 
 
 def _print_tried(rows: list[dict]) -> None:
     typer.echo(f"{'type':<8} {'embedding':<10} {'MB':>8} {'mean KLD':>10} {'top-1':>7} {'PPL ratio':>9}  result")
     for row in rows:
-        typer.echo(f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
-                   f"{'meets the budget' if row['passed'] else 'over'}")
+        typer.echo(
+            f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
+            f"{'meets the budget' if row['passed'] else 'over'}"
+        )
 
 
 @app.command(name="check")
 def check_command(
     candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="full-precision reference: Hugging Face checkpoint folder (PyTorch) or f16/f32 GGUF")],
+    reference: Annotated[
+        Path, typer.Option("--reference", "-r", help="full-precision reference: Hugging Face checkpoint folder (PyTorch) or f16/f32 GGUF")
+    ],
     data: EvalData = "builtin",
     tokens: Annotated[int, typer.Option("--tokens", help="tokens to score")] = 4096,
     ctx: Annotated[int, typer.Option("--ctx", help="chunk length; the second half of each chunk is scored")] = 512,
@@ -292,8 +329,10 @@ def chat_command(
 
         runner = open_runner(model, n_ctx=ctx_size, n_threads=threads)
         session = ChatSession(runner, _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed, max_tokens), system, report=_say)
-        _say(f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
-             "/reset starts over, /exit quits, Ctrl-C stops a reply.")
+        _say(
+            f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
+            "/reset starts over, /exit quits, Ctrl-C stops a reply."
+        )
         while True:
             text = _read_message()
             if text is None or text.strip() == "/exit":
@@ -317,8 +356,10 @@ def chat_command(
                 continue
             stats = session.last_stats
             sys.stdout.write("\n")
-            _say(f"[{stats.generated_tokens} tokens, {stats.tokens_per_second:.1f} tok/s; prompt {stats.prompt_evaluated} new of "
-                 f"{stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s]")
+            _say(
+                f"[{stats.generated_tokens} tokens, {stats.tokens_per_second:.1f} tok/s; prompt {stats.prompt_evaluated} new of "
+                f"{stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s]"
+            )
 
 
 def _read_message() -> str | None:
@@ -370,7 +411,9 @@ def bench_command(
             raise FoxEdgeError(f"--prompt-lengths takes comma-separated numbers, not {prompt_lengths!r}") from None
         if flash_attention not in ("auto", "on", "off"):
             raise FoxEdgeError(f"--flash-attention takes auto, on or off, not {flash_attention!r}")
-        settings = BenchSettings(lengths, generate, repeats, threads, ctx_size, {"auto": None, "on": True, "off": False}[flash_attention], kv_type)
+        settings = BenchSettings(
+            lengths, generate, repeats, threads, ctx_size, {"auto": None, "on": True, "off": False}[flash_attention], kv_type
+        )
         with _progress_bar("benchmarking", in_bytes=False) as progress:
             results = bench([str(m) for m in models], settings, progress)
         typer.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else format_table(results, settings))
@@ -378,7 +421,9 @@ def bench_command(
 
 @app.command()
 def demo(
-    model: Annotated[str | None, typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="hub id or checkpoint folder (default: the offline SmolLM2 stand-in)")
+    ] = None,
 ):
     """A real model through convert -> GGUF -> chat answer, step by step."""
     with _errors():

@@ -58,7 +58,9 @@ def run_demo(
             write(piece)
         write("\n")
         stats = session.last_stats
-        report(f"    {stats.generated_tokens} tokens at {stats.tokens_per_second:.1f} tok/s (prompt {stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s)")
+        report(
+            f"    {stats.generated_tokens} tokens at {stats.tokens_per_second:.1f} tok/s (prompt {stats.prompt_tokens} tokens at {stats.prompt_tokens_per_second:.0f} tok/s)"
+        )
     finally:
         runner.close()
     return "".join(answer)

@@ -64,14 +64,23 @@ def describe_gguf(path: Path) -> list[tuple[str, str]]:
         ("name", str(field("general.name", "-"))),
         ("architecture", arch),
         ("parameters", f"{n_params:,} ({_human(n_params, '')})"),
-        ("layers / heads / kv heads", f"{field(arch + '.block_count')} / {field(arch + '.attention.head_count')} / {field(arch + '.attention.head_count_kv')}"),
+        (
+            "layers / heads / kv heads",
+            f"{field(arch + '.block_count')} / {field(arch + '.attention.head_count')} / {field(arch + '.attention.head_count_kv')}",
+        ),
         ("hidden / feed-forward", f"{field(arch + '.embedding_length')} / {field(arch + '.feed_forward_length')}"),
         ("context length", str(field(arch + ".context_length"))),
         ("tied embeddings", "yes" if not any(t.name == "output.weight" for t in reader.tensors) else "no"),
     ]
-    rows += [(f"tensors {name}", f"{n} tensors, {_human(elements, '')} weights, {_human(size)}") for name, (n, elements, size) in sorted(by_type.items())]
     rows += [
-        ("tokenizer", f"{field('tokenizer.ggml.model')} ({field('tokenizer.ggml.pre', '-')}), {n_tokens} tokens, add_space_prefix {field('tokenizer.ggml.add_space_prefix', '-')}"),
+        (f"tensors {name}", f"{n} tensors, {_human(elements, '')} weights, {_human(size)}")
+        for name, (n, elements, size) in sorted(by_type.items())
+    ]
+    rows += [
+        (
+            "tokenizer",
+            f"{field('tokenizer.ggml.model')} ({field('tokenizer.ggml.pre', '-')}), {n_tokens} tokens, add_space_prefix {field('tokenizer.ggml.add_space_prefix', '-')}",
+        ),
         ("special tokens", ", ".join(specials) or "-"),
         ("chat template", f"present ({len(template)} chars)" if template else "absent"),
         ("license", str(field("general.license", "-"))),
@@ -89,7 +98,10 @@ def accuracy_rows(model: Path) -> list[tuple[str, str]]:
         return [("accuracy check", "none stored (run `fox-edge check` or `fox-edge quantize`)")]
     verdict = "PASS" if report["passed"] else "FAIL"
     return [
-        ("accuracy check", f"{verdict} ({report['precision']} bars) against {Path(report['reference']).name} on {report['tokens_scored']} tokens"),
+        (
+            "accuracy check",
+            f"{verdict} ({report['precision']} bars) against {Path(report['reference']).name} on {report['tokens_scored']} tokens",
+        ),
         ("  mean KLD / top-1 / PPL ratio", f"{report['kld_mean']:.5f} / {report['top1_agreement']:.2%} / {report['ppl_ratio']:.4f}"),
         ("  report", str(sidecar_path(model))),
     ]

@@ -131,7 +131,9 @@ def quantize(
     finally:
         if matrix is not None and imatrix is None:
             matrix.unlink(missing_ok=True)
-    report(f"wrote {output}: {result.type} (token embedding {result.embedding_type}), {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s")
+    report(
+        f"wrote {output}: {result.type} (token embedding {result.embedding_type}), {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
+    )
     outcome = QuantizeOutcome(result, None, Path(imatrix) if imatrix else None)
     if check.enabled:
         report(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
@@ -190,8 +192,17 @@ def quantize_to_budget(
                 result = quantize_gguf(input_path, scratch, type_name, threads, embedding, None, matrix, False, progress)
                 bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
                 result_check = _check(scratch, input_path, bars, progress)
-                tried.append({"type": type_name, "embedding": result.embedding_type, "mb": result.bytes / 1e6, "kld": result_check.kld_mean,
-                              "top1": result_check.top1_agreement, "ppl_ratio": result_check.ppl_ratio, "passed": result_check.passed})
+                tried.append(
+                    {
+                        "type": type_name,
+                        "embedding": result.embedding_type,
+                        "mb": result.bytes / 1e6,
+                        "kld": result_check.kld_mean,
+                        "top1": result_check.top1_agreement,
+                        "ppl_ratio": result_check.ppl_ratio,
+                        "passed": result_check.passed,
+                    }
+                )
                 if result_check.passed:
                     scratch.replace(output)
                     result.output = output

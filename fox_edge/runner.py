@@ -7,6 +7,7 @@ prompt formatting, sampling, stopping, streaming text and cancelling live here, 
 from __future__ import annotations
 
 import codecs
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -88,7 +89,9 @@ def generate_tokens(
     stats = stats if stats is not None else GenerationStats()
     stop_ids = runner.stop_ids if stop_ids is None else stop_ids
     if len(prompt) >= runner.n_ctx:
-        raise FoxEdgeError(f"the prompt is {len(prompt)} tokens, longer than the {runner.n_ctx}-token context; shorten it or raise --ctx-size")
+        raise FoxEdgeError(
+            f"the prompt is {len(prompt)} tokens, longer than the {runner.n_ctx}-token context; shorten it or raise --ctx-size"
+        )
     started = time.perf_counter()
     logits = runner.prefill(prompt)
     stats.prompt_tokens, stats.prompt_evaluated = len(prompt), runner.n_evaluated
@@ -150,7 +153,7 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
 
 
 def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = None, **options) -> Runner:
-    """A GGUF file runs on llama.cpp; a Hugging Face checkpoint folder on PyTorch (the slow reference for `check`)."""
+    """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a Hugging Face checkpoint folder on PyTorch (the slow reference for `check`)."""
     path = Path(model)
     if not path.exists():
         raise FoxEdgeError(f"no such model: {path}; convert one with `fox-edge convert SOURCE --to gguf -o MODEL.gguf`")
@@ -158,11 +161,20 @@ def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = No
         from fox_edge.backends.llamacpp import LlamaCppRunner
 
         return LlamaCppRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
+    if path.is_dir() and is_onnx_model(path):
+        from fox_edge.backends.onnx import OnnxRunner
+
+        return OnnxRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
     if path.is_dir() and (path / "config.json").is_file():
         from fox_edge.backends.torch import TorchRunner
 
         return TorchRunner(path, n_ctx=n_ctx, n_threads=n_threads)
-    raise FoxEdgeError(f"{path} is not a GGUF file; fox-edge runs .gguf models (convert a checkpoint with `fox-edge convert`)")
+    raise FoxEdgeError(f"{path} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`")
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (both runners' default thread count; see benchmarks/README.md)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
@@ -173,6 +185,11 @@ def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def is_onnx_model(path: Path) -> bool:
+    """A folder written by `fox-edge convert --to onnx` (or any onnxruntime-genai model folder)."""
+    return (path / "genai_config.json").is_file() and any((path / f).is_file() for f in ("model.onnx", "model.ort"))
 
 
 def _magic(path: Path) -> bytes:

@@ -36,7 +36,9 @@ def resolve(source: str | os.PathLike[str], progress: bool = True) -> tuple[Path
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise FoxEdgeError(f"{path} is a file; give a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files) or a hub id")
+            raise FoxEdgeError(
+                f"{path} is a file; give a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files) or a hub id"
+            )
         return path, None
     text = str(source)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
@@ -153,4 +155,3 @@ def _weight_files(path: Path) -> list[Path]:
             "fox-edge reads only .safetensors: convert them with transformers' save_pretrained(safe_serialization=True)"
         )
     raise FoxEdgeError(f"{path} has no *.safetensors weights; give a complete Hugging Face checkpoint folder")
-

@@ -40,6 +40,6 @@ def read_text(source: str | Path, builtin: str) -> str:
             try:
                 parts.append(json.loads(line)["text"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise FoxEdgeError(f"{path} line {number} is not a JSON object with a \"text\" field") from None
+                raise FoxEdgeError(f'{path} line {number} is not a JSON object with a "text" field') from None
         text = "\n\n".join(parts)
     return text

@@ -178,7 +178,9 @@ def _check_spm_normalizer(data: dict, path, report: Callable[[str], None]) -> No
     steps = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
     for step in steps:
         if step and step.get("type") not in ("Replace", "Prepend"):
-            report(f"warning: {path} normalizes text with {step.get('type')}, which llama.cpp does not: some texts will tokenize differently")
+            report(
+                f"warning: {path} normalizes text with {step.get('type')}, which llama.cpp does not: some texts will tokenize differently"
+            )
 
 
 def _prepends_space(data: dict) -> bool:
@@ -237,7 +239,9 @@ def _apply_added_tokens(vocab: Vocab, tokenizer_config: dict) -> None:
 def _pad_to(vocab: Vocab, size: int) -> None:
     """The embedding may have more rows than the tokenizer has tokens; llama.cpp needs one token per row."""
     if len(vocab.tokens) > size:
-        raise FoxEdgeError(f"the tokenizer has {len(vocab.tokens)} tokens but the model's vocab_size is {size}; the tokenizer belongs to another model")
+        raise FoxEdgeError(
+            f"the tokenizer has {len(vocab.tokens)} tokens but the model's vocab_size is {size}; the tokenizer belongs to another model"
+        )
     for i in range(len(vocab.tokens), size):
         vocab.tokens.append(f"[PAD{i}]")
         vocab.scores.append(-1000.0)

@@ -78,9 +78,7 @@ def read_header(file: Path) -> list[TensorRef]:
         if ref.nbytes != ref.n_elements * itemsize:
             raise FoxEdgeError(f"{file}: tensor {name} has {ref.nbytes} bytes for shape {ref.shape}; the file is corrupt, re-download it")
         if ref.end > size:
-            raise FoxEdgeError(
-                f"{file} is truncated: tensor {name} ends at byte {ref.end} but the file has {size}; re-download it"
-            )
+            raise FoxEdgeError(f"{file} is truncated: tensor {name} ends at byte {ref.end} but the file has {size}; re-download it")
         refs.append(ref)
     return refs
 

@@ -18,7 +18,7 @@ import llama_cpp as C
 import numpy as np
 
 from fox_edge.errors import FoxEdgeError
-from fox_edge.runner import common_prefix
+from fox_edge.runner import common_prefix, default_threads
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
@@ -39,10 +39,6 @@ def _log(level: int, text: bytes, user_data) -> None:
 
 C.llama_log_set(_log, ctypes.c_void_p(0))
 C.llama_backend_init()
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def default_gpu_layers() -> int:
@@ -194,7 +190,9 @@ class LlamaCppRunner:
                 batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
             status = C.llama_decode(self._ctx, batch)
             if status != 0:
-                raise FoxEdgeError(f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size")
+                raise FoxEdgeError(
+                    f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size"
+                )
             n_out = len(chunk) if all_logits else (1 if last_chunk else 0)
             if n_out:
                 pointer = C.llama_get_logits(self._ctx)
@@ -217,7 +215,9 @@ class LlamaCppRunner:
         if not tokens:
             raise FoxEdgeError("nothing to evaluate: the prompt is empty")
         if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(f"the prompt is {len(tokens)} tokens, longer than the {self.n_ctx}-token context; shorten it or raise --ctx-size")
+            raise FoxEdgeError(
+                f"the prompt is {len(tokens)} tokens, longer than the {self.n_ctx}-token context; shorten it or raise --ctx-size"
+            )
         common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # the last token is always evaluated: its logits are the answer
         if not C.llama_memory_seq_rm(self._memory, 0, common, -1):
             C.llama_memory_clear(self._memory, True)

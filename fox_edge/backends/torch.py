@@ -22,7 +22,9 @@ class TorchRunner:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
-            raise FoxEdgeError("a checkpoint reference needs PyTorch: pip install 'fox-edge[torch]', or use an f16 GGUF as --reference") from None
+            raise FoxEdgeError(
+                "a checkpoint reference needs PyTorch: pip install 'fox-edge[torch]', or use an f16 GGUF as --reference"
+            ) from None
         from fox_edge.source import open_checkpoint
 
         checkpoint = open_checkpoint(source)

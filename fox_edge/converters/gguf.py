@@ -179,7 +179,9 @@ def convert_to_gguf(
             writer = gguf.GGUFWriter(temporary, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
             write_metadata(writer, checkpoint, vocab, file_type)
             for plan in plans:
-                writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32 if plan.type == Q.F32 else np.float16), plan.nbytes, raw_dtype=plan.type)
+                writer.add_tensor_info(
+                    plan.name, plan.shape, np.dtype(np.float32 if plan.type == Q.F32 else np.float16), plan.nbytes, raw_dtype=plan.type
+                )
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()

@@ -137,7 +137,15 @@ def _bpe_tokenizer_json(reader: gguf.GGUFReader, tokens: list[str], types: list[
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": types[i] == CONTROL}
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": types[i] == CONTROL,
+            }
             for i, t in enumerate(tokens)
             if types[i] in (CONTROL, USER_DEFINED)
         ],

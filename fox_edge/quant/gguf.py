@@ -186,7 +186,9 @@ def quantize_gguf(
     started = time.monotonic()
     with atomic_output(output) as temporary:
         job = json.dumps([str(input_path), str(temporary), settings, str(imatrix_path) if imatrix_path else None])
-        child = subprocess.Popen([sys.executable, "-m", "fox_edge.quant.gguf", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "fox_edge.quant.gguf", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             status, error = _follow(child, progress)
         except BaseException:

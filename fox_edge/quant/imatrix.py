@@ -51,7 +51,9 @@ def load_torch_model(gguf_path: str | os.PathLike[str]):
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
-        raise FoxEdgeError("calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)") from None
+        raise FoxEdgeError(
+            "calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)"
+        ) from None
     from fox_edge.converters.gguf_to_hf import read_llama_gguf
 
     _, config, weights = read_llama_gguf(gguf_path)
@@ -91,7 +93,9 @@ def compute_imatrix(
     for i, layer in enumerate(model.model.layers):
         for path, short in LINEAR_NAMES.items():
             hooks.append(layer.get_submodule(path).register_forward_pre_hook(collect(f"blk.{i}.{short}.weight")))
-    hooks.append(model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if model.config.tie_word_embeddings else "output.weight")))
+    hooks.append(
+        model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if model.config.tie_word_embeddings else "output.weight"))
+    )
     count, started = 0, time.monotonic()
     try:
         with torch.no_grad():

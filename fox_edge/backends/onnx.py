@@ -1,0 +1,232 @@
+"""The ONNX Runtime backend: a folder written by `fox-edge convert --to onnx`, run by onnxruntime.
+
+The KV cache is one preallocated buffer per layer and per K/V, bound through IO binding as both the
+past input and the present output of GroupQueryAttention, which then appends in place (its shared-buffer
+mode): nothing is copied or reallocated per token, and rolling back to a common prefix only lowers the
+length the attention mask declares. Prompts run in batches of n_batch tokens; while generating, the graph
+computes logits for the last position only (its `logits_to_keep` input).
+
+Tokenization uses the folder's tokenizer.json through Hugging Face `tokenizers` (what transformers' fast
+tokenizers run), so no PyTorch is needed to chat.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.runner import common_prefix, default_threads, is_onnx_model
+from fox_edge.spec import END_OF_TURN_TOKENS
+
+GENAI_CONFIG = "genai_config.json"
+MODEL_FILES = ("model.onnx", "model.ort")
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def default_providers() -> list[str]:
+    """CoreML on Apple Silicon Macs (onnxruntime's macOS arm64 wheel ships it), NNAPI on Android, else CPU.
+
+    XNNPACK is only in custom or mobile builds of onnxruntime; it is used when the installed build has it.
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = []
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        wanted.append("CoreMLExecutionProvider")
+    if hasattr(sys, "getandroidapilevel"):
+        wanted.append("NnapiExecutionProvider")
+    wanted.append("XnnpackExecutionProvider")
+    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+def piece_bytes(piece: str, byte_level: bool) -> bytes:
+    """The text bytes of a vocabulary piece: byte-level BPE maps bytes to printable characters, SentencePiece
+    spells spaces U+2581 and unknown bytes <0xAB>."""
+    if byte_level:
+        return bytes(BYTE_DECODER.get(c, 0) for c in piece) if all(c in BYTE_DECODER for c in piece) else piece.encode()
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable-character table (the ByteLevel pre-tokenizer's)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, codes, strict=True)}
+
+
+BYTE_DECODER = _byte_decoder()
+
+
+class OnnxRunner:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        providers: list[str] | None = None,
+        allow_spinning: bool = True,
+    ):
+        import onnxruntime as ort
+        import tokenizers
+
+        self.path = Path(path)
+        if not is_onnx_model(self.path):
+            raise FoxEdgeError(f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`")
+        genai = json.loads((self.path / GENAI_CONFIG).read_text())["model"]
+        decoder = genai["decoder"]
+        self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
+        self.n_ctx = min(n_ctx, genai["context_length"]) if n_ctx > 0 else genai["context_length"]
+        self.n_batch = max(1, min(n_batch, self.n_ctx))
+        self.n_vocab = genai["vocab_size"]
+
+        tokenizer_config = _read_json(self.path / "tokenizer_config.json")
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
+            raise FoxEdgeError(f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model") from None
+        self._plain_tokenizer = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
+        self._plain_tokenizer.encode_special_tokens = True  # special=False: "<eos>" in a text is just text
+        byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
+        special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
+        size = max(self.n_vocab, self._tokenizer.get_vocab_size())
+        self._pieces = [self._tokenizer.id_to_token(i) or "" for i in range(size)]
+        self._bytes = [b"" if i in special else piece_bytes(p, byte_level) for i, p in enumerate(self._pieces)]
+        self.bos_id = genai.get("bos_token_id")
+        eos = genai.get("eos_token_id")
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.eos_id = eos[0] if eos else None
+        self.add_bos = bool(tokenizer_config.get("add_bos_token", False))
+        self.chat_template = tokenizer_config.get("chat_template") or None
+        turn_ends = {self._tokenizer.token_to_id(t) for t in END_OF_TURN_TOKENS} & special
+        self.stop_ids = frozenset(eos) | frozenset(turn_ends)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        model_file = next(self.path / f for f in MODEL_FILES if (self.path / f).is_file())
+        try:
+            self._session = ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
+        except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason
+            reason = str(exc).splitlines()[0][:300]
+            raise FoxEdgeError(f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder") from None
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.metadata.setdefault("general.name", self.path.name)
+        self.n_threads = options.intra_op_num_threads
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        self._dtype = NUMPY_TYPES[inputs["past_key_values.0.key"].type]
+        if "logits_to_keep" not in {i.name for i in self._session.get_overridable_initializers()}:
+            raise FoxEdgeError(f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again")
+        # IO binding finds an overridable initializer only when it is given as an OrtValue.
+        self._keep = {all_logits: ort.OrtValue.ortvalue_from_numpy(np.array([0 if all_logits else 1], np.int64)) for all_logits in (False, True)}
+        self._binding = self._session.io_binding()
+        self._cache: list = []  # OrtValues: per layer, key then value, each (1, kv heads, n_ctx, head size)
+        self._cached: list[int] = []
+        self.n_evaluated = 0
+
+    # -- vocabulary ------------------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        tokenizer = self._tokenizer if special else self._plain_tokenizer
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._bytes[token] if 0 <= token < len(self._bytes) else b""
+
+    def token_text(self, token: int) -> str:
+        if 0 <= token < len(self._bytes) and self._bytes[token] == b"":
+            return self._pieces[token]
+        return self.token_bytes(token).decode("utf-8", errors="replace")
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        if special:
+            return "".join(self.token_text(t) for t in tokens)
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _allocate_cache(self) -> None:
+        import onnxruntime as ort
+
+        shape = [1, self.n_kv_heads, self.n_ctx, self.head_size]
+        self._cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._dtype) for _ in range(2 * self.n_layers)]
+        for layer in range(self.n_layers):
+            for j, (past, present) in enumerate((("past_key_values.{}.key", "present.{}.key"), ("past_key_values.{}.value", "present.{}.value"))):
+                value = self._cache[2 * layer + j]
+                self._binding.bind_ortvalue_input(past.format(layer), value)
+                self._binding.bind_ortvalue_output(present.format(layer), value)
+
+    def _run(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray:
+        """Evaluate `tokens` at positions start.. on top of the cache's first `start` entries."""
+        import onnxruntime as ort
+
+        if not self._cache:
+            self._allocate_cache()
+        outputs = []
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = np.asarray([tokens[offset : offset + self.n_batch]], dtype=np.int64)
+            end = start + offset + chunk.shape[1]
+            last = end == start + len(tokens)
+            self._binding.bind_cpu_input("input_ids", chunk)
+            self._binding.bind_cpu_input("attention_mask", np.ones((1, end), dtype=np.int64))
+            self._binding.bind_ortvalue_input("logits_to_keep", self._keep[all_logits])
+            rows = chunk.shape[1] if all_logits else 1
+            logits = ort.OrtValue.ortvalue_from_shape_and_type([1, rows, self.n_vocab], np.float32)
+            self._binding.bind_ortvalue_output("logits", logits)
+            self._session.run_with_iobinding(self._binding)
+            if all_logits or last:
+                outputs.append(logits.numpy()[0])
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        if len(tokens) > self.n_ctx:
+            raise FoxEdgeError(f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; lower the chunk length or raise --ctx-size")
+        self._cached = []
+        result = self._run(tokens, 0, all_logits=True).astype(np.float32, copy=False)
+        self._cached = list(tokens)
+        self.n_evaluated = len(tokens)
+        return result
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        tokens = list(tokens)
+        if len(tokens) > self.n_ctx:
+            raise FoxEdgeError(f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; shorten the prompt or raise --ctx-size")
+        common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # re-evaluate at least one token for its logits
+        logits = self._run(tokens[common:], common, all_logits=False)[-1]
+        self._cached = tokens
+        self.n_evaluated = len(tokens) - common
+        return logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._binding = None
+        self._cache = []
+        self._session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FoxEdgeError(f"{path} is not valid JSON; re-run `fox-edge convert` to rewrite the folder") from None

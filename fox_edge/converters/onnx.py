@@ -1,0 +1,583 @@
+"""Hugging Face Llama checkpoint -> an ONNX decoder folder for ONNX Runtime and onnxruntime-genai.
+
+The graph is built node by node with the `onnx` package on ONNX Runtime's fused contrib ops, the
+contracts documented in ONNX Runtime's ContribOperators.md:
+- GroupQueryAttention with rotary fused and packed QKV: the KV cache holds only the kv heads, and it can
+  share one buffer between past and present (what the runner and genai's past_present_share_buffer do);
+- SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization: RMSNorm with the residual add fused;
+- MatMulNBits (block-wise int4/int8 weights) and GatherBlockQuantized (the embedding read from the same
+  packed weights as the tied lm_head).
+Weights stream from the memory-mapped safetensors one matrix (or a block of embedding rows) at a time
+straight into the external-data file, so peak memory stays near one matrix, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import atomic_output, check_writable
+from fox_edge.runner import default_threads
+from fox_edge.source import Checkpoint, open_checkpoint
+from fox_edge.spec import LlamaShape
+from fox_edge.tokenizer import Vocab, read_vocab
+from fox_edge.weights import SafetensorsWeights
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+ORT_FILE = "model.ort"
+GENAI_CONFIG = "genai_config.json"
+# Files copied next to the graph: genai's tokenizer reads tokenizer.json + tokenizer_config.json; fox-edge's
+# runner reads config.json too (shape, special-id cross-checks), exactly as it reads a checkpoint.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "config.json",
+)
+# Past and present KV names as onnxruntime-genai's defaults spell them.
+PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
+PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
+# ONNX protobuf and ORT's flatbuffer format cannot hold more than 2 GiB inline.
+INLINE_LIMIT = 2**31 - 1
+ALIGNMENT = 4096  # external data offsets page-aligned so ONNX Runtime can memory-map big initializers
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one --precision stores weights and computes activations."""
+
+    activation: int  # TensorProto element type of hidden states, KV cache and float weights
+    weight: str  # "float", "nbits" (MatMulNBits) or "dynamic-int8" (DynamicQuantizeMatMul)
+    bits: int = 0
+    description: str = ""
+
+    @property
+    def numpy_activation(self) -> type:
+        return np.float16 if self.activation == TensorProto.FLOAT16 else np.float32
+
+
+PRECISIONS = {
+    "fp32": Precision(TensorProto.FLOAT, "float", description="float32 weights and activations"),
+    "fp16": Precision(TensorProto.FLOAT16, "float", description="float16 weights and activations"),
+    # int8: MatMulNBits 8-bit beat dynamic int8 on speed and accuracy here (benchmarks/README.md, "ONNX int8").
+    "int8": Precision(TensorProto.FLOAT, "nbits", bits=8, description="8-bit block-wise weights (MatMulNBits), float32 activations"),
+    "int4": Precision(TensorProto.FLOAT, "nbits", bits=4, description="4-bit block-wise weights (MatMulNBits), float32 activations"),
+}
+# Kept for measuring the choice above (benchmarks/onnx_int8.py), not offered on the command line.
+DYNAMIC_INT8 = Precision(
+    TensorProto.FLOAT, "dynamic-int8", bits=8, description="int8 per-column weights, dynamically quantized activations"
+)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: the minimum compute type (4 = int8 with dynamic activations)
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    precision: str = "int4"
+    block_size: int = 32
+    accuracy_level: int = 4
+    intra_op_threads: int = 0  # written to genai_config.json; 0: this machine's core count
+
+
+@dataclass
+class OnnxReport:
+    output: Path
+    precision: str
+    n_initializers: int
+    n_bytes: int  # external data written
+    seconds: float
+    vocab_source: str
+    chat_template: str
+    ort_model: Path | None = None
+
+
+Progress = Callable[[int, int, str], None]  # bytes done, bytes total, current tensor
+
+
+# --- block-wise quantization (MatMulNBits / GatherBlockQuantized layout) -------------------------------
+
+
+def quantize_blockwise(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `weight` (N, K) -> (packed uint8 (N, blocks, block_size*bits/8), scales (N, blocks)).
+
+    Symmetric, as llama.cpp's Q4_0/Q8_0: the value of largest magnitude in each block maps to the lowest
+    code and the zero point is MatMulNBits' implicit default (8 or 128), so none is stored.
+    """
+    n, k = weight.shape
+    blocks = -(-k // block_size)
+    if blocks * block_size != k:
+        weight = np.pad(weight, ((0, 0), (0, blocks * block_size - k)))
+    w = weight.reshape(n, blocks, block_size).astype(np.float32, copy=False)
+    peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
+    scales = peak / -(1 << (bits - 1))
+    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+    codes = np.clip(np.rint(w * inverse[..., None]) + (1 << (bits - 1)), 0, (1 << bits) - 1).astype(np.uint8)
+    return _pack(codes, bits), scales.astype(np.float32)
+
+
+def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """The inverse of quantize_blockwise."""
+    values = (_unpack(packed, bits).astype(np.float32) - (1 << (bits - 1))) * scales[..., None]
+    return values.reshape(values.shape[0], -1)[:, :k]
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return codes
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros_like(codes[..., :1])], -1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)  # element 0 in the low nibble
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 8:
+        return packed
+    return np.stack([packed & 0x0F, packed >> 4], -1).reshape(*packed.shape[:-1], -1)
+
+
+# --- external data ---------------------------------------------------------------------------------
+
+
+class ExternalData:
+    """Initializers whose bytes are appended to one external-data file as they are produced."""
+
+    def __init__(self, path: Path, progress: Progress | None, total: int):
+        self.file = path.open("wb")
+        self.location = DATA_FILE
+        self.initializers: list[TensorProto] = []
+        self.progress, self.total, self.done = progress, total, 0
+
+    def add(self, name: str, elem_type: int, shape: tuple[int, ...], chunks: Iterator[np.ndarray] | np.ndarray) -> TensorProto:
+        """Write `chunks` (C order, already of the element type) and declare them as initializer `name`."""
+        self.file.write(b"\0" * (-self.file.tell() % ALIGNMENT))
+        offset = self.file.tell()
+        for chunk in [chunks] if isinstance(chunks, np.ndarray) else chunks:
+            np.ascontiguousarray(chunk).tofile(self.file)
+            self.done += chunk.nbytes
+            if self.progress:
+                self.progress(self.done, self.total, name)
+        return self.alias(name, elem_type, shape, offset, self.file.tell() - offset)
+
+    def alias(self, name: str, elem_type: int, shape: tuple[int, ...], offset: int, length: int) -> TensorProto:
+        """Declare an initializer over bytes already written (one copy on disk, two shapes in the graph)."""
+        tensor = TensorProto(name=name, data_type=elem_type, dims=list(shape), data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.initializers.append(tensor)
+        return tensor
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _external_span(tensor: TensorProto) -> tuple[int, int]:
+    entries = {e.key: e.value for e in tensor.external_data}
+    return int(entries["offset"]), int(entries["length"])
+
+
+# --- the graph ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class GraphBuilder:
+    shape: LlamaShape
+    precision: Precision
+    options: OnnxOptions
+    weights: SafetensorsWeights
+    data: ExternalData
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inline: list[TensorProto] = field(default_factory=list)
+
+    def node(self, op: str, inputs: list[str], name: str, n_outputs: int = 1, domain: str = "", **attributes) -> list[str]:
+        outputs = [f"{name}/output_{i}" for i in range(n_outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attributes))
+        return outputs
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.inline.append(onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def float_tensor(self, name: str, rows: Iterator[np.ndarray], shape: tuple[int, ...]) -> str:
+        dtype = self.precision.numpy_activation
+        self.data.add(name, self.precision.activation, shape, (r.astype(dtype) for r in rows))
+        return name
+
+    def source_rows(self, names: list[str]) -> Iterator[np.ndarray]:
+        for name in names:
+            yield from self.weights.float32_rows(name)
+
+    def linear(self, x: str, sources: list[str], name: str) -> str:
+        """x @ W.T for the checkpoint matrices `sources` stacked by rows (fused q/k/v, fused gate/up)."""
+        k = self.weights.refs[sources[0]].shape[1]
+        n = sum(self.weights.refs[s].shape[0] for s in sources)
+        kind = self.precision.weight
+        if kind == "float":
+            # FusedMatMul with transB reads the checkpoint's (out, in) layout as is: no transpose to hold in memory.
+            w = self.float_tensor(f"{name}.weight", self.source_rows(sources), (n, k))
+            return self.node("FusedMatMul", [x, w], f"{name}/MatMul", domain="com.microsoft", transB=1)[0]
+        if kind == "nbits":
+            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k)], name, n, k)
+        matrix = np.concatenate([self.weights.float32(s) for s in sources]).T  # (K, N), at most one fused matrix
+        scale = np.maximum(np.abs(matrix).max(0), 1e-12) / 127
+        quantized = np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
+        self.data.add(f"{name}.weight_int8", TensorProto.INT8, (k, n), quantized)
+        self.data.add(f"{name}.weight_scale", TensorProto.FLOAT, (n,), scale.astype(np.float32))
+        return self.node(
+            "DynamicQuantizeMatMul", [x, f"{name}.weight_int8", f"{name}.weight_scale"], f"{name}/MatMul", domain="com.microsoft"
+        )[0]
+
+    def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int) -> str:
+        return self.node(
+            "MatMulNBits", inputs, f"{name}/MatMulNBits", domain="com.microsoft",
+            K=k, N=n, bits=self.precision.bits, block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
+        )[0]  # fmt: skip
+
+    def nbits_tensors(self, name: str, sources: list[str], n: int, k: int) -> tuple[str, str]:
+        bits, block = self.precision.bits, self.options.block_size
+        scales = []
+
+        def packed_rows() -> Iterator[np.ndarray]:
+            for rows in self.source_rows(sources):
+                packed, row_scales = quantize_blockwise(rows, bits, block)
+                scales.append(row_scales)
+                yield packed
+
+        self.data.add(f"{name}.qweight", TensorProto.UINT8, (n, -(-k // block), block * bits // 8), packed_rows())
+        self.data.add(
+            f"{name}.scales", self.precision.activation, (n, -(-k // block)), np.concatenate(scales).astype(self.precision.numpy_activation)
+        )
+        return f"{name}.qweight", f"{name}.scales"
+
+    def embedding(self, ids: str) -> tuple[str, Callable[[str], str]]:
+        """The token embedding, and a function applying the lm_head (tied: the same stored weights)."""
+        s, kind = self.shape, self.precision.weight
+        tied = s.tie_word_embeddings or "lm_head.weight" not in self.weights
+        source = "model.embed_tokens.weight"
+        if kind != "float":  # block-wise weights; dynamic int8 (a measurement) keeps its 8-bit embedding here too
+            qweight, scales = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size)
+            # GatherBlockQuantized wants scales of the data's rank: a second view of the same bytes on disk.
+            blocks = -(-s.hidden_size // self.options.block_size)
+            span = _external_span(self.data.initializers[-1])
+            gather_scales = self.data.alias(
+                "model.embed_tokens.scales_3d", self.precision.activation, (s.vocab_size, blocks, 1), *span
+            ).name
+            gathered = self.node(
+                "GatherBlockQuantized", [qweight, ids, gather_scales], "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+                gather_axis=0, quantize_axis=2, block_size=self.options.block_size, bits=self.precision.bits,
+            )[0]  # fmt: skip
+            hidden_shape = self.constant("/model/embed_tokens/shape", np.array([0, 0, -1], np.int64))
+            embedded = self.node("Reshape", [gathered, hidden_shape], "/model/embed_tokens/Reshape")[0]
+            if s.hidden_size % self.options.block_size:
+                embedded = self.node("Slice", [embedded, *self._slice_last(s.hidden_size)], "/model/embed_tokens/Slice")[0]
+            if tied:
+                return embedded, lambda x: self.matmul_nbits([x, qweight, scales], "/model/lm_head", s.vocab_size, s.hidden_size)
+        elif kind == "float":
+            table = self.float_tensor(source, self.weights.float32_rows(source), (s.vocab_size, s.hidden_size))
+            embedded = self.node("Gather", [table, ids], "/model/embed_tokens/Gather")[0]
+            if tied:
+                return embedded, lambda x: self.node("FusedMatMul", [x, table], "/model/lm_head/MatMul", domain="com.microsoft", transB=1)[
+                    0
+                ]
+        return embedded, lambda x: self.linear(x, ["lm_head.weight"], "/model/lm_head")
+
+    def _slice_last(self, size: int) -> list[str]:
+        return [
+            self.constant("/model/embed_tokens/starts", np.array([0], np.int64)),
+            self.constant("/model/embed_tokens/ends", np.array([size], np.int64)),
+            self.constant("/model/embed_tokens/axes", np.array([-1], np.int64)),
+        ]
+
+    def norm(self, source: str, name: str) -> str:
+        return self.float_tensor(f"{name}.weight", iter([self.weights.float32(source)]), (self.shape.hidden_size,))
+
+    def rotary_caches(self) -> tuple[str, str]:
+        s = self.shape
+        inv_freq = 1.0 / (s.rope_theta ** (np.arange(0, s.head_size, 2, dtype=np.float64) / s.head_size))
+        angles = np.outer(np.arange(s.context_length, dtype=np.float64), inv_freq)
+        dtype = self.precision.numpy_activation
+        cos = self.float_tensor("cos_cache", iter([np.cos(angles).astype(dtype)]), angles.shape)
+        sin = self.float_tensor("sin_cache", iter([np.sin(angles).astype(dtype)]), angles.shape)
+        return cos, sin
+
+    def build(self) -> onnx.ModelProto:
+        s, act = self.shape, self.precision.activation
+        batch, seq, total, past = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total]),
+        ]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, "logits_length", s.vocab_size])]
+        # GroupQueryAttention's lengths: seqlens_k is each row's last position (tokens - 1), plus the total length.
+        mask_sum = self.node(
+            "ReduceSum", ["attention_mask", self.constant("/model/attn_mask/axes", np.array([1], np.int64))], "/model/attn_mask/ReduceSum"
+        )[0]
+        last = self.node("Sub", [mask_sum, self.constant("/model/attn_mask/one", np.array(1, np.int64))], "/model/attn_mask/Sub")[0]
+        seqlens_k = self.node("Cast", [last], "/model/attn_mask/seqlens_k", to=TensorProto.INT32)[0]
+        mask_shape = self.node("Shape", ["attention_mask"], "/model/attn_mask/Shape", start=1, end=2)[0]
+        total_len = self.node(
+            "Cast", [self.node("Squeeze", [mask_shape], "/model/attn_mask/Squeeze")[0]], "/model/attn_mask/total", to=TensorProto.INT32
+        )[0]
+
+        hidden, lm_head = self.embedding("input_ids")
+        cos, sin = self.rotary_caches()
+        residual, pending = hidden, None  # pending: the last block's output, added to the residual by the next norm
+        for i in range(s.n_layers):
+            prefix, name = f"model.layers.{i}", f"/model/layers.{i}"
+            x, residual = self.add_and_norm(pending, residual, f"{prefix}.input_layernorm.weight", f"{name}/input_layernorm")
+            qkv = self.linear(x, [f"{prefix}.self_attn.{p}_proj.weight" for p in "qkv"], f"{name}/attn/qkv_proj")
+            inputs += [
+                helper.make_tensor_value_info(n.format(i), act, [batch, s.n_kv_heads, past, s.head_size]) for n in (PAST_KEY, PAST_VALUE)
+            ]
+            attention, present_key, present_value = self.node(
+                "GroupQueryAttention", [qkv, "", "", PAST_KEY.format(i), PAST_VALUE.format(i), seqlens_k, total_len, cos, sin],
+                f"{name}/attn/GroupQueryAttention", n_outputs=3, domain="com.microsoft",
+                num_heads=s.n_heads, kv_num_heads=s.n_kv_heads, do_rotary=1, rotary_interleaved=0,
+                scale=float(s.head_size**-0.5), local_window_size=-1,
+            )  # fmt: skip
+            self.nodes.append(helper.make_node("Identity", [present_key], [PRESENT_KEY.format(i)], name=f"{name}/present_key"))
+            self.nodes.append(helper.make_node("Identity", [present_value], [PRESENT_VALUE.format(i)], name=f"{name}/present_value"))
+            outputs += [
+                helper.make_tensor_value_info(n.format(i), act, [batch, s.n_kv_heads, total, s.head_size])
+                for n in (PRESENT_KEY, PRESENT_VALUE)
+            ]
+            attended = self.linear(attention, [f"{prefix}.self_attn.o_proj.weight"], f"{name}/attn/o_proj")
+            x, residual = self.add_and_norm(
+                attended, residual, f"{prefix}.post_attention_layernorm.weight", f"{name}/post_attention_layernorm"
+            )
+            gate_up = self.linear(x, [f"{prefix}.mlp.gate_proj.weight", f"{prefix}.mlp.up_proj.weight"], f"{name}/mlp/gate_up_proj")
+            gate, up = self.node("Split", [gate_up], f"{name}/mlp/Split", n_outputs=2, axis=-1, num_outputs=2)
+            silu = self.node("Mul", [gate, self.node("Sigmoid", [gate], f"{name}/mlp/Sigmoid")[0]], f"{name}/mlp/silu")[0]
+            pending = self.linear(
+                self.node("Mul", [silu, up], f"{name}/mlp/Mul")[0], [f"{prefix}.mlp.down_proj.weight"], f"{name}/mlp/down_proj"
+            )
+        # Logits for the last `logits_to_keep` positions (0 = all). An overridable initializer: genai leaves it at 0,
+        # fox-edge's runner asks for 1 while generating, which spares the 256K-wide lm_head for every prompt token.
+        keep = self.constant("logits_to_keep", np.array([0], np.int64))
+        inputs.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+        starts = self.node("Neg", [keep], "/model/logits_to_keep/Neg")[0]
+        ends = self.constant("/model/logits_to_keep/ends", np.array([np.iinfo(np.int64).max], np.int64))
+        axes = self.constant("/model/logits_to_keep/axes", np.array([1], np.int64))
+        pending = self.node("Slice", [pending, starts, ends, axes], "/model/logits_to_keep/Slice_hidden")[0]
+        residual = self.node("Slice", [residual, starts, ends, axes], "/model/logits_to_keep/Slice_residual")[0]
+        x, _ = self.add_and_norm(pending, residual, "model.norm.weight", "/model/norm")
+        logits = lm_head(x)
+        if act != TensorProto.FLOAT:
+            logits = self.node("Cast", [logits], "/model/lm_head/Cast", to=TensorProto.FLOAT)[0]
+        self.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/model/logits"))
+
+        graph = helper.make_graph(self.nodes, "fox-edge-llama", inputs, outputs, initializer=self.inline + self.data.initializers)
+        opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="fox-edge", ir_version=10)
+
+    def add_and_norm(self, pending: str | None, residual: str, source: str, name: str) -> tuple[str, str]:
+        """RMSNorm(pending + residual) and the new residual; the first layer has nothing pending."""
+        gamma = self.norm(source, name)
+        eps = float(self.shape.rms_norm_eps)
+        if pending is None:
+            return self.node("SimplifiedLayerNormalization", [residual, gamma], f"{name}/SimplifiedLayerNorm", axis=-1, epsilon=eps)[
+                0
+            ], residual
+        normed, _, _, summed = self.node(
+            "SkipSimplifiedLayerNormalization",
+            [pending, residual, gamma],
+            f"{name}/SkipLayerNorm",
+            n_outputs=4,
+            domain="com.microsoft",
+            epsilon=eps,
+        )
+        return normed, summed
+
+
+# --- folder ------------------------------------------------------------------------------------------
+
+
+def estimate_bytes(shape: LlamaShape, precision: Precision, block_size: int) -> int:
+    """External data the conversion will write (what progress counts and format limits are checked against)."""
+    s = shape
+    act = 2 if precision.activation == TensorProto.FLOAT16 else 4
+    per_layer = [
+        ((s.n_heads + 2 * s.n_kv_heads) * s.head_size, s.hidden_size),
+        (s.hidden_size, s.n_heads * s.head_size),
+        (2 * s.intermediate_size, s.hidden_size),
+        (s.hidden_size, s.intermediate_size),
+    ]
+    matrices = per_layer * s.n_layers + [(s.vocab_size, s.hidden_size)] * (1 if s.tie_word_embeddings else 2)
+    if precision.weight == "float":
+        weights = sum(n * k * act for n, k in matrices)
+    else:
+        weights = sum(n * (-(-k // block_size)) * (block_size * precision.bits // 8 + act) for n, k in matrices)
+    return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
+
+
+def convert_to_onnx(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: OnnxOptions = OnnxOptions(),
+    progress: Progress | None = None,
+    report: Callable[[str], None] = lambda message: None,
+    ort_format: bool = False,
+    precision_override: Precision | None = None,
+) -> OnnxReport:
+    """Convert a Llama-architecture Hugging Face checkpoint to an ONNX model folder at `output`."""
+    precision = precision_override or _precision(options)
+    started = time.monotonic()
+    check_writable(output)
+    if Path(output).exists():
+        raise FoxEdgeError(f"{output} already exists; remove it or choose another output folder")
+    checkpoint = open_checkpoint(source)
+    shape = checkpoint.shape
+    total = estimate_bytes(shape, precision, options.block_size)
+    if ort_format and total > INLINE_LIMIT:
+        raise FoxEdgeError(
+            f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
+            f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
+        )
+    vocab = read_vocab(checkpoint, report)
+    weights = SafetensorsWeights(checkpoint.weight_files)
+    _check_tensors(weights, shape)
+    try:
+        with atomic_output(output) as folder:
+            folder.mkdir()
+            data = ExternalData(folder / DATA_FILE, progress, total)
+            try:
+                model = GraphBuilder(shape, precision, options, weights, data).build()
+            finally:
+                data.close()
+            _set_metadata(model, checkpoint, options, precision)
+            onnx.save_model(model, folder / MODEL_FILE)  # initializers already point at the external file
+            _write_tokenizer(folder, checkpoint, vocab)
+            _write_genai_config(folder, checkpoint, vocab, options, precision)
+            ort_model = None
+            if ort_format:
+                report("writing the ORT-format model")
+                ort_model = write_ort_format(folder)
+            n_bytes = (folder / DATA_FILE).stat().st_size
+    except OSError as exc:
+        raise FoxEdgeError(f"cannot write {output}: {exc.strerror or exc}; free disk space or choose another output folder") from None
+    finally:
+        weights.close()
+    output = Path(output)
+    return OnnxReport(
+        output, options.precision, len(model.graph.initializer), n_bytes, time.monotonic() - started,
+        vocab.source, vocab.chat_template_source, output / ORT_FILE if ort_model else None,
+    )  # fmt: skip
+
+
+def _precision(options: OnnxOptions) -> Precision:
+    if options.precision not in PRECISIONS:
+        raise FoxEdgeError(f"unknown --precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.block_size < 16 or options.block_size & (options.block_size - 1):
+        raise FoxEdgeError(f"--block-size {options.block_size} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128")
+    if options.accuracy_level not in ACCURACY_LEVELS:
+        raise FoxEdgeError(
+            f"--accuracy-level {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice"
+        )
+    return PRECISIONS[options.precision]
+
+
+def _check_tensors(weights: SafetensorsWeights, shape: LlamaShape) -> None:
+    expected = {"model.embed_tokens.weight": (shape.vocab_size, shape.hidden_size), "model.norm.weight": (shape.hidden_size,)}
+    for i in range(shape.n_layers):
+        expected[f"model.layers.{i}.self_attn.q_proj.weight"] = (shape.n_heads * shape.head_size, shape.hidden_size)
+        expected[f"model.layers.{i}.self_attn.k_proj.weight"] = (shape.n_kv_heads * shape.head_size, shape.hidden_size)
+        expected[f"model.layers.{i}.mlp.down_proj.weight"] = (shape.hidden_size, shape.intermediate_size)
+    for name, dims in expected.items():
+        if name not in weights:
+            raise FoxEdgeError(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint")
+        if tuple(weights.refs[name].shape) != dims:
+            raise FoxEdgeError(
+                f"tensor {name} is {weights.refs[name].shape}, config.json implies {list(dims)}; the checkpoint and its config disagree"
+            )
+
+
+def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxOptions, precision: Precision) -> None:
+    metadata = {
+        "general.name": checkpoint.name,
+        "general.source": checkpoint.hub_id or str(checkpoint.path.resolve()),
+        "fox_edge.precision": options.precision if precision in PRECISIONS.values() else precision.weight,
+        "fox_edge.weights": precision.description,
+        "fox_edge.block_size": str(options.block_size) if precision.weight == "nbits" else "",
+        "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
+    }
+    onnx.helper.set_model_props(model, {k: v for k, v in metadata.items() if v})
+
+
+def _write_tokenizer(folder: Path, checkpoint: Checkpoint, vocab: Vocab) -> None:
+    for name in TOKENIZER_FILES:
+        if (checkpoint.path / name).is_file():
+            shutil.copyfile(checkpoint.path / name, folder / name)
+    # The chat template (the checkpoint's or Fox-1's fallback) travels in tokenizer_config.json, where genai reads it.
+    config = dict(checkpoint.tokenizer_config)
+    if vocab.chat_template:
+        config["chat_template"] = vocab.chat_template
+    config.setdefault("add_bos_token", vocab.add_bos)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def _write_genai_config(folder: Path, checkpoint: Checkpoint, vocab: Vocab, options: OnnxOptions, precision: Precision) -> None:
+    s = checkpoint.shape
+    eos = [vocab.special_ids["eos"]] if "eos" in vocab.special_ids else []
+    eos += [t for t in vocab.end_of_turn_ids if t not in eos]
+    threads = options.intra_op_threads or default_threads()
+    config = {
+        "model": {
+            "bos_token_id": vocab.special_ids.get("bos", 0),
+            "context_length": s.context_length,
+            "decoder": {
+                # genai's own default threading ran at single-core speed (FOX1.md); set it explicitly.
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": [], "intra_op_num_threads": threads},
+                "filename": MODEL_FILE,
+                "head_size": s.head_size,
+                "hidden_size": s.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "past_key_names": PAST_KEY.replace("{}", "%d"),
+                    "past_value_names": PAST_VALUE.replace("{}", "%d"),
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": PRESENT_KEY.replace("{}", "%d"),
+                    "present_value_names": PRESENT_VALUE.replace("{}", "%d"),
+                },
+                "num_attention_heads": s.n_heads,
+                "num_hidden_layers": s.n_layers,
+                "num_key_value_heads": s.n_kv_heads,
+            },
+            "eos_token_id": eos if len(eos) != 1 else eos[0],
+            "pad_token_id": vocab.special_ids.get("pad", eos[0] if eos else 0),
+            "type": "llama",
+            "vocab_size": s.vocab_size,
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": s.context_length,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": True,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+    (folder / GENAI_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def write_ort_format(folder: Path) -> Path:
+    """model.onnx -> model.ort plus the operator list a reduced mobile build of ONNX Runtime needs."""
+    raise NotImplementedError
