@@ -78,10 +78,54 @@ class CheckReport:
         return json.dumps({**asdict(self), "passed": self.passed}, indent=2)
 
 
+@dataclass
+class CheckSettings:
+    enabled: bool = True
+    text: str | Path = "builtin"  # evaluation text: a file or "builtin" (disjoint from the built-in calibration set)
+    tokens: int = 4096
+    context: int = 512
+    max_kld: float | None = None  # None: the default bar of the candidate's precision
+    min_top1: float | None = None
+    max_ppl_ratio: float | None = None
+
+    def bars_for(self, precision: str) -> Bars:
+        default = DEFAULT_BARS.get(precision, Bars(math.inf, 0.0, math.inf))
+        return Bars(
+            self.max_kld if self.max_kld is not None else default.max_kld,
+            self.min_top1 if self.min_top1 is not None else default.min_top1,
+            self.max_ppl_ratio if self.max_ppl_ratio is not None else default.max_ppl_ratio,
+        )
+
+
+def check_model(
+    candidate: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    settings: CheckSettings,
+    progress: Callable[[int, int, str], None] | None = None,
+    n_threads: int | None = None,
+) -> CheckReport:
+    """Open both models (GGUF, ONNX folder or checkpoint folder) and score the candidate on the settings' text."""
+    from fox_edge.runner import open_runner
+    from fox_edge.texts import read_text
+
+    text = read_text(settings.text, "evaluation")
+    with (
+        open_runner(reference, n_ctx=settings.context, n_threads=n_threads) as ref,
+        open_runner(candidate, n_ctx=settings.context, n_threads=n_threads) as cand,
+    ):
+        return check_accuracy(cand, ref, text, settings.tokens, settings.context, settings.bars_for(precision_of(cand)), progress)
+
+
+# `convert --to onnx --precision` -> precision class (float ONNX models are held to the f16 bars).
+ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4"}
+
+
 def precision_of(runner: Runner) -> str:
-    """The precision class of a model, from its GGUF file type."""
+    """The precision class of a model, from its GGUF file type or the precision an ONNX conversion recorded."""
     import gguf
 
+    if "fox_edge.precision" in runner.metadata:
+        return ONNX_PRECISIONS.get(runner.metadata["fox_edge.precision"], runner.metadata["fox_edge.precision"])
     from fox_edge.quant.gguf import QUANT_TYPES
 
     file_type = runner.metadata.get("general.file_type")
@@ -234,8 +278,8 @@ def format_report(report: CheckReport) -> str:
 
 
 def sidecar_path(model: str | os.PathLike[str]) -> Path:
-    """Where a model's check report is stored: `MODEL.gguf.check.json` beside it."""
-    return Path(f"{model}.check.json")
+    """Where a model's check report is stored: `MODEL.gguf.check.json` beside a file, `check.json` inside an ONNX folder."""
+    return Path(model) / "check.json" if Path(model).is_dir() else Path(f"{model}.check.json")
 
 
 def save_report(report: CheckReport, model: str | os.PathLike[str]) -> Path:

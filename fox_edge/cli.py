@@ -79,21 +79,38 @@ CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length i
 @app.command()
 def convert(
     source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder or hub id")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
-    to: Annotated[str, typer.Option("--to", help="target format")] = "gguf",
-    dtype: Annotated[str, typer.Option("--dtype", help="f16, bf16 or f32")] = "f16",
-    vocab_only: Annotated[bool, typer.Option("--vocab-only", help="write only the tokenizer (no weights needed)")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="output file (GGUF) or folder (ONNX)")],
+    to: Annotated[str, typer.Option("--to", help="target format: gguf or onnx")] = "gguf",
+    dtype: Annotated[str, typer.Option("--dtype", help="GGUF: f16, bf16 or f32")] = "f16",
+    vocab_only: Annotated[bool, typer.Option("--vocab-only", help="GGUF: write only the tokenizer (no weights needed)")] = False,
     quant: Annotated[
-        str | None, typer.Option("--quant", "-q", help="also quantize to this type (see `quantize --help`); no f16 file is left")
+        str | None, typer.Option("--quant", "-q", help="GGUF: also quantize to this type (see `quantize --help`); no f16 file is left")
     ] = None,
+    precision: Annotated[str, typer.Option("--precision", help="ONNX: fp32, fp16, int8 or int4 (weight-only, block-wise)")] = "int4",
+    block_size: Annotated[int, typer.Option("--block-size", help="ONNX int8/int4: weights per quantization block")] = 32,
+    accuracy_level: Annotated[
+        int, typer.Option("--accuracy-level", help="ONNX int8/int4: MatMulNBits compute type, 0 (float) to 4 (int8, fastest on CPU)")
+    ] = 4,
+    ort_format: Annotated[
+        bool, typer.Option("--ort-format", help="ONNX: also write model.ort and its operator config for mobile builds")
+    ] = False,
     calibration: Calibration = None,
     no_check: NoCheck = False,
     threads: Threads = None,
 ):
-    """Convert a checkpoint to GGUF, streaming tensor by tensor; with --quant, quantize (and check) it too."""
+    """Convert a checkpoint to GGUF or ONNX, streaming tensor by tensor; quantized outputs are checked against the original."""
     with _errors():
+        if to == "onnx":
+            from fox_edge.converters.onnx import OnnxOptions
+
+            if quant or vocab_only or calibration:
+                raise FoxEdgeError("--quant, --vocab-only and --calibration are GGUF options; for ONNX use --precision int8 or int4")
+            _convert_onnx(
+                source, output, OnnxOptions(precision, block_size, accuracy_level, threads or 0), ort_format, not no_check, threads
+            )
+            return
         if to != "gguf":
-            raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: gguf")
+            raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: gguf, onnx")
         from fox_edge.converters.gguf import convert_to_gguf
 
         if quant:
@@ -123,6 +140,36 @@ def convert(
         finally:
             if quant:
                 intermediate.unlink(missing_ok=True)
+
+
+def _convert_onnx(source: str, output: Path, options, ort_format: bool, check: bool, threads: int | None) -> None:
+    import importlib.util
+
+    from fox_edge.check import CheckSettings, check_model, format_report, save_report
+    from fox_edge.converters.onnx import convert_to_onnx
+    from fox_edge.source import resolve
+
+    with _progress_bar("converting") as progress:
+        result = convert_to_onnx(source, output, options, progress=progress, report=_say, ort_format=ort_format)
+    _say(
+        f"wrote {result.output}: {result.precision}, {result.n_initializers} initializers, {result.n_bytes / 1e6:.1f} MB of weights "
+        f"in {result.seconds:.1f} s (tokenizer from {result.vocab_source}, chat template: {result.chat_template})"
+        + (f"; ORT format: {result.ort_model}" if result.ort_model else "")
+    )
+    if not check or options.precision not in ("int8", "int4"):
+        return
+    if importlib.util.find_spec("torch") is None:
+        _say(f"not checked: the reference needs PyTorch (pip install 'fox-edge[torch]'), then `fox-edge check {output} -r {source}`")
+        return
+    settings = CheckSettings()
+    _say(f"checking {output.name} against {source} (PyTorch) on {settings.tokens} tokens")
+    with _progress_bar("checking", in_bytes=False) as progress:
+        report = check_model(output, resolve(source, progress=False)[0], settings, progress, threads)
+    save_report(report, output)
+    typer.echo(format_report(report))
+    if not report.passed:
+        _say(f"error: {output} fails its accuracy check (the model and its report are kept; see above)")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -233,9 +280,12 @@ def _print_tried(rows: list[dict]) -> None:
 
 @app.command(name="check")
 def check_command(
-    candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file")],
+    candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file or ONNX folder")],
     reference: Annotated[
-        Path, typer.Option("--reference", "-r", help="full-precision reference: Hugging Face checkpoint folder (PyTorch) or f16/f32 GGUF")
+        Path,
+        typer.Option(
+            "--reference", "-r", help="full-precision reference: Hugging Face checkpoint folder (PyTorch), f16/f32 GGUF or fp32 ONNX folder"
+        ),
     ],
     data: EvalData = "builtin",
     tokens: Annotated[int, typer.Option("--tokens", help="tokens to score")] = 4096,
@@ -249,16 +299,11 @@ def check_command(
 ):
     """Perplexity, KL divergence and top-1 agreement of CANDIDATE against REFERENCE, with pass/fail bars."""
     with _errors():
-        from fox_edge.check import check_accuracy, format_report, precision_of, save_report
-        from fox_edge.quantize import CheckSettings
-        from fox_edge.runner import open_runner
-        from fox_edge.texts import read_text
+        from fox_edge.check import CheckSettings, check_model, format_report, save_report
 
-        text = read_text(data, "evaluation")
         settings = CheckSettings(True, data, tokens, ctx, max_kld, min_top1, max_ppl_ratio)
-        with open_runner(reference, n_ctx=ctx, n_threads=threads) as ref, open_runner(candidate, n_ctx=ctx, n_threads=threads) as cand:
-            with _progress_bar("checking", in_bytes=False) as progress:
-                report = check_accuracy(cand, ref, text, tokens, ctx, settings.bars_for(precision_of(cand)), progress)
+        with _progress_bar("checking", in_bytes=False) as progress:
+            report = check_model(candidate, reference, settings, progress, threads)
         if save:
             save_report(report, candidate)
         typer.echo(report.to_json() if as_json else format_report(report))

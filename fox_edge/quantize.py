@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.check import DEFAULT_BARS, Bars, CheckReport, check_accuracy, save_report
+from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_report
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
 from fox_edge.quant.gguf import (
@@ -30,25 +30,6 @@ from fox_edge.texts import read_text
 
 Report = Callable[[str], None]
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class CheckSettings:
-    enabled: bool = True
-    text: str | Path = "builtin"  # evaluation text: a file or "builtin" (disjoint from the built-in calibration set)
-    tokens: int = 4096
-    context: int = 512
-    max_kld: float | None = None  # None: the default bar of the candidate's precision
-    min_top1: float | None = None
-    max_ppl_ratio: float | None = None
-
-    def bars_for(self, precision: str) -> Bars:
-        default = DEFAULT_BARS.get(precision, Bars(math.inf, 0.0, math.inf))
-        return Bars(
-            self.max_kld if self.max_kld is not None else default.max_kld,
-            self.min_top1 if self.min_top1 is not None else default.min_top1,
-            self.max_ppl_ratio if self.max_ppl_ratio is not None else default.max_ppl_ratio,
-        )
 
 
 @dataclass
@@ -94,16 +75,6 @@ def prepare_imatrix(
     return target
 
 
-def _check(candidate_path: Path, reference_path: Path, settings: CheckSettings, progress: Progress | None) -> CheckReport:
-    from fox_edge.check import precision_of
-    from fox_edge.runner import open_runner
-
-    text = read_text(settings.text, "evaluation")
-    with open_runner(reference_path, n_ctx=settings.context) as reference, open_runner(candidate_path, n_ctx=settings.context) as candidate:
-        bars = settings.bars_for(precision_of(candidate))
-        return check_accuracy(candidate, reference, text, settings.tokens, settings.context, bars, progress)
-
-
 def quantize(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -137,7 +108,7 @@ def quantize(
     outcome = QuantizeOutcome(result, None, Path(imatrix) if imatrix else None)
     if check.enabled:
         report(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
-        outcome.check = _check(output, input_path, check, progress)
+        outcome.check = check_model(output, input_path, check, progress)
         save_report(outcome.check, output)
     return outcome
 
@@ -191,7 +162,7 @@ def quantize_to_budget(
             try:
                 result = quantize_gguf(input_path, scratch, type_name, threads, embedding, None, matrix, False, progress)
                 bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
-                result_check = _check(scratch, input_path, bars, progress)
+                result_check = check_model(scratch, input_path, bars, progress)
                 tried.append(
                     {
                         "type": type_name,

@@ -120,7 +120,7 @@ def test_not_a_gguf(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     code, stderr = run_cli("chat", str(other))
-    assert code != 0 and stderr == f"error: {other} is not a GGUF file; fox-edge runs .gguf models (convert a checkpoint with `fox-edge convert`)"
+    assert code != 0 and stderr == f"error: {other} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
 
 
 def test_prompt_longer_than_context(tiny_gguf):

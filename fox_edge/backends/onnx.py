@@ -88,7 +88,9 @@ class OnnxRunner:
 
         self.path = Path(path)
         if not is_onnx_model(self.path):
-            raise FoxEdgeError(f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`")
+            raise FoxEdgeError(
+                f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`"
+            )
         genai = json.loads((self.path / GENAI_CONFIG).read_text())["model"]
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
@@ -100,7 +102,9 @@ class OnnxRunner:
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
-            raise FoxEdgeError(f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model") from None
+            raise FoxEdgeError(
+                f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model"
+            ) from None
         self._plain_tokenizer = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
         self._plain_tokenizer.encode_special_tokens = True  # special=False: "<eos>" in a text is just text
         byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
@@ -127,16 +131,22 @@ class OnnxRunner:
             self._session = ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
         except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason
             reason = str(exc).splitlines()[0][:300]
-            raise FoxEdgeError(f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder") from None
+            raise FoxEdgeError(
+                f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder"
+            ) from None
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
         inputs = {i.name: i for i in self._session.get_inputs()}
         self._dtype = NUMPY_TYPES[inputs["past_key_values.0.key"].type]
         if "logits_to_keep" not in {i.name for i in self._session.get_overridable_initializers()}:
-            raise FoxEdgeError(f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again")
+            raise FoxEdgeError(
+                f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again"
+            )
         # IO binding finds an overridable initializer only when it is given as an OrtValue.
-        self._keep = {all_logits: ort.OrtValue.ortvalue_from_numpy(np.array([0 if all_logits else 1], np.int64)) for all_logits in (False, True)}
+        self._keep = {
+            all_logits: ort.OrtValue.ortvalue_from_numpy(np.array([0 if all_logits else 1], np.int64)) for all_logits in (False, True)
+        }
         self._binding = self._session.io_binding()
         self._cache: list = []  # OrtValues: per layer, key then value, each (1, kv heads, n_ctx, head size)
         self._cached: list[int] = []
@@ -167,7 +177,9 @@ class OnnxRunner:
         shape = [1, self.n_kv_heads, self.n_ctx, self.head_size]
         self._cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._dtype) for _ in range(2 * self.n_layers)]
         for layer in range(self.n_layers):
-            for j, (past, present) in enumerate((("past_key_values.{}.key", "present.{}.key"), ("past_key_values.{}.value", "present.{}.value"))):
+            for j, (past, present) in enumerate(
+                (("past_key_values.{}.key", "present.{}.key"), ("past_key_values.{}.value", "present.{}.value"))
+            ):
                 value = self._cache[2 * layer + j]
                 self._binding.bind_ortvalue_input(past.format(layer), value)
                 self._binding.bind_ortvalue_output(present.format(layer), value)
@@ -196,7 +208,9 @@ class OnnxRunner:
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; lower the chunk length or raise --ctx-size")
+            raise FoxEdgeError(
+                f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; lower the chunk length or raise --ctx-size"
+            )
         self._cached = []
         result = self._run(tokens, 0, all_logits=True).astype(np.float32, copy=False)
         self._cached = list(tokens)
