@@ -89,6 +89,8 @@ class OnnxOptions:
     block_size: int = 32
     accuracy_level: int = 4
     intra_op_threads: int = 0  # written to genai_config.json; 0: this machine's core count
+    embedding_bits: int | None = None  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
+    symmetric: bool = True  # the linear layers' int8/int4 blocks (the embedding is always symmetric)
 
 
 @dataclass
@@ -109,27 +111,39 @@ Progress = Callable[[int, int, str], None]  # bytes done, bytes total, current t
 # --- block-wise quantization (MatMulNBits / GatherBlockQuantized layout) -------------------------------
 
 
-def quantize_blockwise(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of `weight` (N, K) -> (packed uint8 (N, blocks, block_size*bits/8), scales (N, blocks)).
+def quantize_blockwise(
+    weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows of `weight` (N, K) -> (packed uint8 (N, blocks, block_size*bits/8), scales (N, blocks), zero points or None).
 
     Symmetric, as llama.cpp's Q4_0/Q8_0: the value of largest magnitude in each block maps to the lowest
-    code and the zero point is MatMulNBits' implicit default (8 or 128), so none is stored.
+    code and the zero point is MatMulNBits' implicit default (8 or 128), so none is stored. Asymmetric, as
+    Q4_1: each block's min..max spans the codes, with a float zero point per block (MatMulNBits accepts
+    zero points of the scales' type, so the minimum need not sit on a code).
     """
     n, k = weight.shape
     blocks = -(-k // block_size)
     if blocks * block_size != k:
         weight = np.pad(weight, ((0, 0), (0, blocks * block_size - k)))
     w = weight.reshape(n, blocks, block_size).astype(np.float32, copy=False)
-    peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
-    scales = peak / -(1 << (bits - 1))
+    top = (1 << bits) - 1
+    if symmetric:
+        peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
+        scales = peak / -(1 << (bits - 1))
+        zero = np.full_like(scales, 1 << (bits - 1))
+    else:
+        low = w.min(-1)
+        scales = (w.max(-1) - low) / top
+        zero = -low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-    codes = np.clip(np.rint(w * inverse[..., None]) + (1 << (bits - 1)), 0, (1 << bits) - 1).astype(np.uint8)
-    return _pack(codes, bits), scales.astype(np.float32)
+    codes = np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
+    return _pack(codes, bits), scales.astype(np.float32), None if symmetric else zero.astype(np.float32)
 
 
-def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int) -> np.ndarray:
+def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int, zero_points: np.ndarray | None = None) -> np.ndarray:
     """The inverse of quantize_blockwise."""
-    values = (_unpack(packed, bits).astype(np.float32) - (1 << (bits - 1))) * scales[..., None]
+    zero = (1 << (bits - 1)) if zero_points is None else zero_points[..., None]
+    values = (_unpack(packed, bits).astype(np.float32) - zero) * scales[..., None]
     return values.reshape(values.shape[0], -1)[:, :k]
 
 
@@ -229,7 +243,8 @@ class GraphBuilder:
             w = self.float_tensor(f"{name}.weight", self.source_rows(sources), (n, k))
             return self.node("FusedMatMul", [x, w], f"{name}/MatMul", domain="com.microsoft", transB=1)[0]
         if kind == "nbits":
-            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k)], name, n, k)
+            bits = self.precision.bits
+            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], name, n, k, bits)
         matrix = np.concatenate([self.weights.float32(s) for s in sources]).T  # (K, N), at most one fused matrix
         scale = np.maximum(np.abs(matrix).max(0), 1e-12) / 127
         quantized = np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
@@ -239,27 +254,30 @@ class GraphBuilder:
             "DynamicQuantizeMatMul", [x, f"{name}.weight_int8", f"{name}.weight_scale"], f"{name}/MatMul", domain="com.microsoft"
         )[0]
 
-    def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int) -> str:
+    def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
         return self.node(
             "MatMulNBits", inputs, f"{name}/MatMulNBits", domain="com.microsoft",
-            K=k, N=n, bits=self.precision.bits, block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
+            K=k, N=n, bits=bits, block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
         )[0]  # fmt: skip
 
-    def nbits_tensors(self, name: str, sources: list[str], n: int, k: int) -> tuple[str, str]:
-        bits, block = self.precision.bits, self.options.block_size
-        scales = []
+    def nbits_tensors(self, name: str, sources: list[str], n: int, k: int, bits: int, symmetric: bool = True) -> list[str]:
+        """Packed weights, scales (and float zero points when asymmetric) as MatMulNBits takes them."""
+        block, blocks, dtype = self.options.block_size, -(-k // self.options.block_size), self.precision.numpy_activation
+        scales, zeros = [], []
 
         def packed_rows() -> Iterator[np.ndarray]:
             for rows in self.source_rows(sources):
-                packed, row_scales = quantize_blockwise(rows, bits, block)
+                packed, row_scales, row_zeros = quantize_blockwise(rows, bits, block, symmetric)
                 scales.append(row_scales)
+                zeros.append(row_zeros)
                 yield packed
 
-        self.data.add(f"{name}.qweight", TensorProto.UINT8, (n, -(-k // block), block * bits // 8), packed_rows())
-        self.data.add(
-            f"{name}.scales", self.precision.activation, (n, -(-k // block)), np.concatenate(scales).astype(self.precision.numpy_activation)
-        )
-        return f"{name}.qweight", f"{name}.scales"
+        self.data.add(f"{name}.qweight", TensorProto.UINT8, (n, blocks, block * bits // 8), packed_rows())
+        self.data.add(f"{name}.scales", self.precision.activation, (n, blocks), np.concatenate(scales).astype(dtype))
+        if symmetric:
+            return [f"{name}.qweight", f"{name}.scales"]
+        self.data.add(f"{name}.zero_points", self.precision.activation, (n, blocks), np.concatenate(zeros).astype(dtype))
+        return [f"{name}.qweight", f"{name}.scales", f"{name}.zero_points"]
 
     def embedding(self, ids: str) -> tuple[str, Callable[[str], str]]:
         """The token embedding, and a function applying the lm_head (tied: the same stored weights)."""
@@ -267,7 +285,9 @@ class GraphBuilder:
         tied = s.tie_word_embeddings or "lm_head.weight" not in self.weights
         source = "model.embed_tokens.weight"
         if kind != "float":  # block-wise weights; dynamic int8 (a measurement) keeps its 8-bit embedding here too
-            qweight, scales = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size)
+            bits = self.options.embedding_bits or self.precision.bits
+            # Always symmetric: GatherBlockQuantized takes only integer zero points.
+            qweight, scales = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits)
             # GatherBlockQuantized wants scales of the data's rank: a second view of the same bytes on disk.
             blocks = -(-s.hidden_size // self.options.block_size)
             span = _external_span(self.data.initializers[-1])
@@ -276,14 +296,14 @@ class GraphBuilder:
             ).name
             gathered = self.node(
                 "GatherBlockQuantized", [qweight, ids, gather_scales], "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
-                gather_axis=0, quantize_axis=2, block_size=self.options.block_size, bits=self.precision.bits,
+                gather_axis=0, quantize_axis=2, block_size=self.options.block_size, bits=bits,
             )[0]  # fmt: skip
             hidden_shape = self.constant("/model/embed_tokens/shape", np.array([0, 0, -1], np.int64))
             embedded = self.node("Reshape", [gathered, hidden_shape], "/model/embed_tokens/Reshape")[0]
             if s.hidden_size % self.options.block_size:
                 embedded = self.node("Slice", [embedded, *self._slice_last(s.hidden_size)], "/model/embed_tokens/Slice")[0]
             if tied:
-                return embedded, lambda x: self.matmul_nbits([x, qweight, scales], "/model/lm_head", s.vocab_size, s.hidden_size)
+                return embedded, lambda x: self.matmul_nbits([x, qweight, scales], "/model/lm_head", s.vocab_size, s.hidden_size, bits)
         elif kind == "float":
             table = self.float_tensor(source, self.weights.float32_rows(source), (s.vocab_size, s.hidden_size))
             embedded = self.node("Gather", [table, ids], "/model/embed_tokens/Gather")[0]
@@ -485,6 +505,8 @@ def _precision(options: OnnxOptions) -> Precision:
         raise FoxEdgeError(
             f"--accuracy-level {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice"
         )
+    if options.embedding_bits not in (None, 4, 8):
+        raise FoxEdgeError(f"--embedding-bits {options.embedding_bits} is not 4 or 8")
     return PRECISIONS[options.precision]
 
 
@@ -511,6 +533,8 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.weights": precision.description,
         "fox_edge.block_size": str(options.block_size) if precision.weight == "nbits" else "",
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
+        "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
+        "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
     }
     onnx.helper.set_model_props(model, {k: v for k, v in metadata.items() if v})
 
