@@ -161,7 +161,7 @@ def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = No
         from fox_edge.backends.llamacpp import LlamaCppRunner
 
         return LlamaCppRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
-    if path.is_dir() and is_onnx_model(path):
+    if is_onnx_model(path if path.is_dir() else path.parent) and (path.is_dir() or path.suffix in (".onnx", ".ort")):
         from fox_edge.backends.onnx import OnnxRunner
 
         return OnnxRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)

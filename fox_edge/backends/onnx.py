@@ -86,7 +86,9 @@ class OnnxRunner:
         import onnxruntime as ort
         import tokenizers
 
-        self.path = Path(path)
+        # The folder, or one model file in it (model.ort, say, where the folder holds both).
+        path = Path(path)
+        self.path, model_file = (path, None) if path.is_dir() else (path.parent, path)
         if not is_onnx_model(self.path):
             raise FoxEdgeError(
                 f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`"
@@ -126,7 +128,7 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        model_file = next(self.path / f for f in MODEL_FILES if (self.path / f).is_file())
+        model_file = model_file or next(self.path / f for f in MODEL_FILES if (self.path / f).is_file())
         try:
             self._session = ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
         except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason

@@ -118,8 +118,9 @@ def quantize_blockwise(
 
     Symmetric, as llama.cpp's Q4_0/Q8_0: the value of largest magnitude in each block maps to the lowest
     code and the zero point is MatMulNBits' implicit default (8 or 128), so none is stored. Asymmetric, as
-    Q4_1: each block's min..max spans the codes, with a float zero point per block (MatMulNBits accepts
-    zero points of the scales' type, so the minimum need not sit on a code).
+    Q4_1: each block's min..max spans the codes, with a zero point per block: float at 4 bits (MatMulNBits
+    accepts zero points of the scales' type, so the minimum need not sit on a code), an integer at 8 bits
+    (all ONNX Runtime's CPU kernel takes there).
     """
     n, k = weight.shape
     blocks = -(-k // block_size)
@@ -135,14 +136,18 @@ def quantize_blockwise(
         low = w.min(-1)
         scales = (w.max(-1) - low) / top
         zero = -low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+        if bits == 8:  # ONNX Runtime's CPU kernel takes 8-bit zero points only as integers
+            zero = np.clip(np.rint(zero), 0, top)
     inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     codes = np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
-    return _pack(codes, bits), scales.astype(np.float32), None if symmetric else zero.astype(np.float32)
+    if symmetric:
+        return _pack(codes, bits), scales.astype(np.float32), None
+    return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8 if bits == 8 else np.float32)
 
 
 def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int, zero_points: np.ndarray | None = None) -> np.ndarray:
     """The inverse of quantize_blockwise."""
-    zero = (1 << (bits - 1)) if zero_points is None else zero_points[..., None]
+    zero = (1 << (bits - 1)) if zero_points is None else zero_points[..., None].astype(np.float32)
     values = (_unpack(packed, bits).astype(np.float32) - zero) * scales[..., None]
     return values.reshape(values.shape[0], -1)[:, :k]
 
@@ -276,7 +281,11 @@ class GraphBuilder:
         self.data.add(f"{name}.scales", self.precision.activation, (n, blocks), np.concatenate(scales).astype(dtype))
         if symmetric:
             return [f"{name}.qweight", f"{name}.scales"]
-        self.data.add(f"{name}.zero_points", self.precision.activation, (n, blocks), np.concatenate(zeros).astype(dtype))
+        zeros = np.concatenate(zeros)
+        if zeros.dtype == np.uint8:
+            self.data.add(f"{name}.zero_points", TensorProto.UINT8, (n, blocks), zeros)
+        else:
+            self.data.add(f"{name}.zero_points", self.precision.activation, (n, blocks), zeros.astype(dtype))
         return [f"{name}.qweight", f"{name}.scales", f"{name}.zero_points"]
 
     def embedding(self, ids: str) -> tuple[str, Callable[[str], str]]:
@@ -603,5 +612,23 @@ def _write_genai_config(folder: Path, checkpoint: Checkpoint, vocab: Vocab, opti
 
 
 def write_ort_format(folder: Path) -> Path:
-    """model.onnx -> model.ort plus the operator list a reduced mobile build of ONNX Runtime needs."""
-    raise NotImplementedError
+    """model.onnx -> model.ort plus model.required_operators.config, the operator list for a reduced (mobile) build.
+
+    ONNX Runtime's own converter, optimizations fixed for ARM. The tied embedding stays shared: it is one
+    initializer read directly by MatMulNBits and GatherBlockQuantized, so constant folding has nothing to
+    duplicate (only the embedding's scales, which the two ops want in different ranks, exist twice).
+    """
+    import contextlib
+    import io
+    import logging
+
+    import onnxruntime
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    onnxruntime.set_default_logger_severity(3)
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert_onnx_models_to_ort(folder / MODEL_FILE, folder, [OptimizationStyle.Fixed], target_platform="arm")
+    if not (folder / ORT_FILE).is_file():
+        raise FoxEdgeError(f"ONNX Runtime's converter wrote no {ORT_FILE}; drop --ort-format and convert the ONNX model on its own")
+    return folder / ORT_FILE
