@@ -29,7 +29,7 @@ class BenchSettings:
     threads: int | None = None
     n_ctx: int = 2048
     flash_attention: bool | None = None  # None: the backend decides
-    kv_type: str = "f16"
+    kv_type: str | None = None  # None: the backend's default (llama.cpp: f16)
 
 
 @dataclass
@@ -54,9 +54,8 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     from fox_edge.texts import builtin_text
 
     started = time.perf_counter()
-    runner = open_runner(
-        model, n_ctx=settings.n_ctx, n_threads=settings.threads, flash_attention=settings.flash_attention, kv_type=settings.kv_type
-    )
+    options = {"flash_attention": settings.flash_attention, "kv_type": settings.kv_type}
+    runner = open_runner(model, n_ctx=settings.n_ctx, n_threads=settings.threads, **{k: v for k, v in options.items() if v is not None})
     load = time.perf_counter() - started
     text_tokens = runner.tokenize(builtin_text("evaluation") * 4)
     longest = max(settings.prompt_lengths)

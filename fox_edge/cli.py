@@ -434,14 +434,14 @@ def _read_message() -> str | None:
 
 @app.command(name="bench")
 def bench_command(
-    models: Annotated[list[Path], typer.Argument(help="GGUF files (several are interleaved A B A B)")],
+    models: Annotated[list[Path], typer.Argument(help="GGUF files or ONNX folders (several are interleaved A B A B)")],
     prompt_lengths: Annotated[str, typer.Option("--prompt-lengths", help="comma-separated prompt lengths in tokens")] = "128,512",
     generate: Annotated[int, typer.Option("--generate", "-n", help="tokens to generate per run")] = 64,
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="runs per model, each in a fresh process")] = 3,
     ctx_size: CtxSize = 2048,
     threads: Threads = None,
-    flash_attention: Annotated[str, typer.Option("--flash-attention", help="auto, on or off")] = "auto",
-    kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache type: f16, f32 or q8_0")] = "f16",
+    flash_attention: Annotated[str, typer.Option("--flash-attention", help="GGUF: auto, on or off")] = "auto",
+    kv_type: Annotated[str | None, typer.Option("--kv-type", help="GGUF KV cache type: f16 (default), f32 or q8_0")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Load time, prompt and generation speed, time to first token and peak RSS: medians and spread of interleaved runs."""
