@@ -91,6 +91,13 @@ def convert(
     accuracy_level: Annotated[
         int, typer.Option("--accuracy-level", help="ONNX int8/int4: MatMulNBits compute type, 0 (float) to 4 (int8, fastest on CPU)")
     ] = 4,
+    asymmetric: Annotated[
+        bool, typer.Option("--asymmetric", help="ONNX int8/int4: min/max blocks with a zero point (default symmetric)")
+    ] = False,
+    embedding_bits: Annotated[
+        int | None,
+        typer.Option("--embedding-bits", help="ONNX int4: 8 keeps the tied embedding / lm_head at 8 bits (more accurate, larger)"),
+    ] = None,
     ort_format: Annotated[
         bool, typer.Option("--ort-format", help="ONNX: also write model.ort and its operator config for mobile builds")
     ] = False,
@@ -105,9 +112,8 @@ def convert(
 
             if quant or vocab_only or calibration:
                 raise FoxEdgeError("--quant, --vocab-only and --calibration are GGUF options; for ONNX use --precision int8 or int4")
-            _convert_onnx(
-                source, output, OnnxOptions(precision, block_size, accuracy_level, threads or 0), ort_format, not no_check, threads
-            )
+            options = OnnxOptions(precision, block_size, accuracy_level, threads or 0, embedding_bits, not asymmetric)
+            _convert_onnx(source, output, options, ort_format, not no_check, threads)
             return
         if to != "gguf":
             raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: gguf, onnx")

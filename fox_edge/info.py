@@ -20,7 +20,11 @@ def _human(n: float, unit: str = "B") -> str:
 
 
 def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    from fox_edge.runner import is_onnx_model
+
     path = Path(target)
+    if path.is_dir() and is_onnx_model(path):
+        return describe_onnx(path)
     if path.is_file():
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
@@ -87,6 +91,75 @@ def describe_gguf(path: Path) -> list[tuple[str, str]]:
         ("source", str(field("general.source.url") or field("general.source.path") or "-")),
     ]
     return rows + accuracy_rows(path)
+
+
+def describe_onnx(folder: Path) -> list[tuple[str, str]]:
+    """An ONNX folder: its graph's operators, initializers by type, genai_config.json and tokenizer files."""
+    import json
+
+    import onnx
+
+    model_file = folder / "model.onnx"
+    try:
+        model = onnx.load(model_file, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and OSError
+        raise FoxEdgeError(
+            f"{model_file} is truncated or corrupt ({type(exc).__name__}); re-create the folder with `fox-edge convert --to onnx`"
+        ) from None
+    genai = json.loads((folder / "genai_config.json").read_text())["model"]
+    decoder = genai["decoder"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    spans = set()
+    for tensor in model.graph.initializer:
+        entries = {e.key: e.value for e in tensor.external_data}
+        if "offset" in entries and (entries["offset"], entries.get("length")) in spans:
+            continue  # a second view of bytes already counted (the embedding's scales)
+        spans.add((entries.get("offset"), entries.get("length")))
+        row = by_type[onnx.TensorProto.DataType.Name(tensor.data_type)]
+        row[0] += 1
+        row[1] += int(entries.get("length", len(tensor.raw_data)))
+    ops = defaultdict(int)
+    for node in model.graph.node:
+        ops[node.op_type] += 1
+    files = sorted(f.name for f in folder.iterdir() if f.is_file())
+    size = sum((folder / f).stat().st_size for f in files)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").is_file() else {}
+    eos = genai.get("eos_token_id")
+    rows = [
+        ("folder", f"{folder} ({_human(size)}: {', '.join(files)})"),
+        ("name", meta.get("general.name", "-")),
+        ("format", f"ONNX (opset {max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}), {genai.get('type', '?')}"),
+        ("precision", f"{meta.get('fox_edge.precision', '?')}: {meta.get('fox_edge.weights', '-')}"),
+    ]
+    if meta.get("fox_edge.block_size"):
+        rows.append(
+            (
+                "  blocks",
+                f"{meta['fox_edge.block_size']} weights, {'symmetric' if meta.get('fox_edge.symmetric') == 'true' else 'asymmetric'}, "
+                f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit",
+            )
+        )
+    rows += [
+        (
+            "layers / heads / kv heads",
+            f"{decoder['num_hidden_layers']} / {decoder['num_attention_heads']} / {decoder['num_key_value_heads']}",
+        ),
+        ("hidden / head size", f"{decoder['hidden_size']} / {decoder['head_size']}"),
+        ("context length", str(genai.get("context_length"))),
+        ("operators", ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: -item[1]))),
+    ]
+    rows += [(f"initializers {name}", f"{n}, {_human(nbytes)}") for name, (n, nbytes) in sorted(by_type.items())]
+    rows += [
+        ("special tokens", f"bos {genai.get('bos_token_id')}, eos {eos}, pad {genai.get('pad_token_id')}"),
+        (
+            "chat template",
+            f"present ({len(tokenizer_config['chat_template'])} chars)" if tokenizer_config.get("chat_template") else "absent",
+        ),
+        ("threads (genai_config)", str(decoder.get("session_options", {}).get("intra_op_num_threads", "onnxruntime-genai's default"))),
+        ("source", meta.get("general.source", "-")),
+    ]
+    return rows + accuracy_rows(folder)
 
 
 def accuracy_rows(model: Path) -> list[tuple[str, str]]:

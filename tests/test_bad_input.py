@@ -126,3 +126,77 @@ def test_not_a_gguf(tmp_path):
 def test_prompt_longer_than_context(tiny_gguf):
     code, stderr = run_cli("generate", str(tiny_gguf["f16"]), "-p", "samurai " * 400, "--ctx-size", "128")
     assert code == 1 and "longer than the 128-token context" in stderr and len(stderr.splitlines()) == 1
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def assert_no_folder(tmp_path, name):
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((name, f".{name}"))]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--precision", "int3"], ["int3", "fp32, fp16, int8, int4"]),
+        (["--block-size", "48"], ["48", "power of two"]),
+        (["--accuracy-level", "7"], ["7", "accuracy"]),
+        (["--embedding-bits", "6"], ["6", "4 or 8"]),
+        (["--quant", "Q4_0"], ["--quant", "--precision"]),
+    ],
+)
+def test_onnx_bad_options(tiny_fox1, tmp_path, options, words):
+    code, stderr = run_cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check", *options)
+    assert_clean_failure(code, stderr, tmp_path, *words)
+    assert_no_folder(tmp_path, "out")
+
+
+def test_onnx_output_exists(tiny_fox1, tmp_path):
+    (tmp_path / "out").mkdir()
+    code, stderr = run_cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check")
+    assert_clean_failure(code, stderr, tmp_path, "already exists")
+
+
+def test_onnx_too_large_for_ort_format(tmp_path):
+    """Full-size Fox-1 in fp32 cannot fit ORT's 2 GiB flatbuffer: refused before any weight is read."""
+    from fox_edge import assets
+    from fox_edge.spec import FOX1
+    from fox_edge.synthetic import llama_config
+
+    folder = tmp_path / "fox1"
+    shutil.copytree(assets.gemma_tokenizer(), folder)
+    (folder / "config.json").write_text(json.dumps(llama_config(FOX1)))
+    (folder / "model.safetensors").write_bytes(b"")  # never opened: the size check comes first
+    code, stderr = run_cli("convert", str(folder), "--to", "onnx", "--precision", "fp32", "--ort-format", "-o", str(tmp_path / "out"))
+    assert_clean_failure(code, stderr, tmp_path, "2 GiB", "int4")
+    assert_no_folder(tmp_path, "out")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_int8(tmp_path_factory, tiny_fox1):
+    from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+
+    return convert_to_onnx(tiny_fox1, tmp_path_factory.mktemp("onnx") / "int8", OnnxOptions("int8")).output
+
+
+@pytest.mark.parametrize(("damage", "words"), [("missing", ["missing", "copy the whole folder"]), ("truncated", ["truncated", "bytes"])])
+def test_onnx_damaged_weights(tiny_onnx_int8, tmp_path, damage, words):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_onnx_int8, folder)
+    data = folder / "model.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        os.truncate(data, data.stat().st_size // 2)
+    code, stderr = run_cli("generate", str(folder), "-p", "hi", "-n", "4")
+    assert_clean_failure(code, stderr, tmp_path, "model.onnx.data", *words)
+
+
+def test_onnx_prompt_longer_than_context(tiny_onnx_int8):
+    code, stderr = run_cli("generate", str(tiny_onnx_int8), "-p", "word " * 300, "-c", "64")
+    assert code != 0 and stderr.startswith("error: ") and "64-token context" in stderr and len(stderr.splitlines()) == 1
+
+
+def test_onnx_gguf_only_options(tiny_onnx_int8):
+    code, stderr = run_cli("bench", str(tiny_onnx_int8), "--kv-type", "q8_0", "-r", "1")
+    assert code != 0 and "kv_type" in stderr and "GGUF" in stderr

@@ -129,6 +129,8 @@ class OnnxRunner:
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         model_file = model_file or next(self.path / f for f in MODEL_FILES if (self.path / f).is_file())
+        if model_file.suffix == ".onnx":
+            check_external_data(model_file)
         try:
             self._session = ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
         except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason
@@ -239,6 +241,32 @@ class OnnxRunner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_external_data(model_file: Path) -> None:
+    """Fail with the file's name, not ONNX Runtime's internals, when external weights are missing or cut short."""
+    import onnx
+
+    try:
+        model = onnx.load(model_file, load_external_data=False)
+    except Exception:  # protobuf's DecodeError, OSError
+        raise FoxEdgeError(f"{model_file} is truncated or corrupt; re-run `fox-edge convert --to onnx` or copy the folder again") from None
+    needed: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        entries = {e.key: e.value for e in tensor.external_data}
+        if "location" in entries:
+            end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
+            needed[entries["location"]] = max(needed.get(entries["location"], 0), end)
+    for location, end in needed.items():
+        data = model_file.parent / location
+        if not data.is_file():
+            raise FoxEdgeError(
+                f"{data} is missing (the weights of {model_file.name}); copy the whole folder, or re-run `fox-edge convert --to onnx`"
+            )
+        if data.stat().st_size < end:
+            raise FoxEdgeError(
+                f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
+            )
 
 
 def _read_json(path: Path) -> dict:
