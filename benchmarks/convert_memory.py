@@ -59,8 +59,15 @@ def main() -> None:
         commands = {
             "fox-edge convert --to gguf --dtype f16": [fox_edge, "convert", str(checkpoint), "--dtype", "f16", "-o", str(output)],
             "llama.cpp convert_hf_to_gguf.py --outtype f16": [
-                "env", f"PYTHONPATH={tree / 'gguf-py'}", sys.executable, str(tree / "convert_hf_to_gguf.py"),
-                str(checkpoint), "--outtype", "f16", "--outfile", str(output),
+                "env",
+                f"PYTHONPATH={tree / 'gguf-py'}",
+                sys.executable,
+                str(tree / "convert_hf_to_gguf.py"),
+                str(checkpoint),
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(output),
             ],
         }
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
@@ -70,8 +77,10 @@ def main() -> None:
                 size = output.stat().st_size
                 output.unlink()
 
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, "
-          f"Python {platform.python_version()}, {date.today()}; checkpoint: {checkpoint} (Fox-1 shapes, random bf16 weights)")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}, {date.today()}; checkpoint: {checkpoint} (Fox-1 shapes, random bf16 weights)"
+    )
     print(f"Output size: {size / 1e9:.2f} GB\n")
     print("| converter | wall time (s), each run | peak RSS (MB), each run |")
     print("|---|---|---|")

@@ -32,14 +32,41 @@ def build_llama_perplexity() -> Path:
     build = tree / "build-perplexity"
     binary = build / "bin" / "llama-perplexity"
     if not binary.is_file():
-        subprocess.run(["cmake", "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_NATIVE=ON"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "cmake",
+                "-S",
+                str(tree),
+                "-B",
+                str(build),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_OPENSSL=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_SERVER=OFF",
+                "-DGGML_NATIVE=ON",
+            ],
+            check=True,
+            capture_output=True,
+        )
         subprocess.run(["cmake", "--build", str(build), "--target", "llama-perplexity", "-j", "2"], check=True, capture_output=True)
     return binary
 
 
 def llama_perplexity(binary: Path, model: Path, text_file: Path, base: Path, first: bool) -> dict[str, float]:
-    command = [str(binary), "-m", str(model), "-f", str(text_file), "-c", str(CONTEXT), "-b", str(CONTEXT), "--kl-divergence-base", str(base)]
+    command = [
+        str(binary),
+        "-m",
+        str(model),
+        "-f",
+        str(text_file),
+        "-c",
+        str(CONTEXT),
+        "-b",
+        str(CONTEXT),
+        "--kl-divergence-base",
+        str(base),
+    ]
     if not first:
         command.append("--kl-divergence")
     out = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -47,7 +74,12 @@ def llama_perplexity(binary: Path, model: Path, text_file: Path, base: Path, fir
     if first:
         return {"ppl": float(re.search(r"Final estimate: PPL = ([\d.]+)", log)[1])}
     grab = lambda label: float(re.search(rf"{label}\s*:?\s*([\d.]+)", log)[1])  # noqa: E731
-    return {"ppl_ref": grab(r"Mean PPL\(base\)"), "ppl": grab(r"Mean PPL\(Q\)"), "kld": grab("Mean    KLD"), "top1": grab("Same top p:") / 100}
+    return {
+        "ppl_ref": grab(r"Mean PPL\(base\)"),
+        "ppl": grab(r"Mean PPL\(Q\)"),
+        "kld": grab("Mean    KLD"),
+        "top1": grab("Same top p:") / 100,
+    }
 
 
 def main() -> None:
@@ -73,10 +105,16 @@ def main() -> None:
             theirs = llama_perplexity(binary, candidate, text_file, base, first=False)
             with open_runner(reference, n_ctx=CONTEXT) as ref, open_runner(candidate, n_ctx=CONTEXT) as cand:
                 ours = check_accuracy(cand, ref, builtin_text("evaluation"), n_tokens=10**9, context=CONTEXT, bars=Bars(10, 0, 10))
-            print(f"| {type_name} | llama-perplexity | {theirs['ppl_ref']:.4f} | {theirs['ppl']:.4f} | {theirs['kld']:.5f} | {theirs['top1']:.2%} |")
-            print(f"| {type_name} | fox-edge check | {ours.ppl_reference:.4f} | {ours.ppl_candidate:.4f} | {ours.kld_mean:.5f} | {ours.top1_agreement:.2%} |")
-            print(f"| {type_name} | ratio | {ours.ppl_reference / theirs['ppl_ref']:.3f} | {ours.ppl_candidate / theirs['ppl']:.3f} | "
-                  f"{ours.kld_mean / theirs['kld']:.3f} | {ours.top1_agreement / theirs['top1']:.3f} |")
+            print(
+                f"| {type_name} | llama-perplexity | {theirs['ppl_ref']:.4f} | {theirs['ppl']:.4f} | {theirs['kld']:.5f} | {theirs['top1']:.2%} |"
+            )
+            print(
+                f"| {type_name} | fox-edge check | {ours.ppl_reference:.4f} | {ours.ppl_candidate:.4f} | {ours.kld_mean:.5f} | {ours.top1_agreement:.2%} |"
+            )
+            print(
+                f"| {type_name} | ratio | {ours.ppl_reference / theirs['ppl_ref']:.3f} | {ours.ppl_candidate / theirs['ppl']:.3f} | "
+                f"{ours.kld_mean / theirs['kld']:.3f} | {ours.top1_agreement / theirs['top1']:.3f} |"
+            )
             sys.stdout.flush()
 
 

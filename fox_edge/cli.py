@@ -98,6 +98,9 @@ def convert(
         int | None,
         typer.Option("--embedding-bits", help="ONNX int4: 8 keeps the tied embedding / lm_head at 8 bits (more accurate, larger)"),
     ] = None,
+    exporter: Annotated[
+        str, typer.Option("--exporter", help="ONNX: fox-edge (fused ONNX Runtime ops) or optimum (standard ops, its own environment)")
+    ] = "fox-edge",
     ort_format: Annotated[
         bool, typer.Option("--ort-format", help="ONNX: also write model.ort and its operator config for mobile builds")
     ] = False,
@@ -113,6 +116,16 @@ def convert(
             if quant or vocab_only or calibration:
                 raise FoxEdgeError("--quant, --vocab-only and --calibration are GGUF options; for ONNX use --precision int8 or int4")
             options = OnnxOptions(precision, block_size, accuracy_level, threads or 0, embedding_bits, not asymmetric)
+            if exporter == "optimum":
+                from fox_edge.converters.optimum import convert_with_optimum
+
+                result = convert_with_optimum(source, output, options, report=_say)
+                _say(
+                    f"wrote {result.output}: {result.precision} (optimum-onnx graph) in {result.seconds:.1f} s; runs in ONNX Runtime, not in fox-edge's runner"
+                )
+                return
+            if exporter != "fox-edge":
+                raise FoxEdgeError(f"unknown --exporter {exporter!r}; choose fox-edge or optimum")
             _convert_onnx(source, output, options, ort_format, not no_check, threads)
             return
         if to != "gguf":

@@ -39,7 +39,9 @@ def test_non_llama_config(checkpoint, tmp_path):
     config = json.loads((checkpoint / "config.json").read_text())
     config.update(architectures=["GemmaForCausalLM"], model_type="gemma")
     (checkpoint / "config.json").write_text(json.dumps(config))
-    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "GemmaForCausalLM", "LlamaForCausalLM")
+    assert_clean_failure(
+        *run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "GemmaForCausalLM", "LlamaForCausalLM"
+    )
 
 
 def test_missing_tokenizer(checkpoint, tmp_path):
@@ -60,7 +62,9 @@ def test_pickle_checkpoint_is_refused(checkpoint, tmp_path):
         shard.unlink()
     (checkpoint / "model.safetensors.index.json").unlink()
     (checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
-    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "pytorch_model.bin", "safetensors")
+    assert_clean_failure(
+        *run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "pytorch_model.bin", "safetensors"
+    )
 
 
 def test_unwritable_output(checkpoint, tmp_path):
@@ -120,7 +124,10 @@ def test_not_a_gguf(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     code, stderr = run_cli("chat", str(other))
-    assert code != 0 and stderr == f"error: {other} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
+    assert (
+        code != 0
+        and stderr == f"error: {other} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
+    )
 
 
 def test_prompt_longer_than_context(tiny_gguf):

@@ -27,7 +27,9 @@ def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_
 
 
 def test_cli_json(tiny_gguf):
-    result = CliRunner().invoke(app, ["bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "16", "-n", "4", "-c", "128", "--json"])
+    result = CliRunner().invoke(
+        app, ["bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "16", "-n", "4", "-c", "128", "--json"]
+    )
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
     assert entry["samples"]["generate_tps"][0] > 0

@@ -34,7 +34,10 @@ def test_info_on_checkpoint(tiny_fox1, tiny_reference):
 def _chat(model, stdin: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fox_edge.cli", "chat", str(model), "--temperature", "0", "-n", "8", *args],
-        input=stdin, capture_output=True, text=True, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -22,7 +22,10 @@ def test_tensors_identical_to_convert_hf_to_gguf(tiny_fox1, tmp_path, dtype):
     environment = {**os.environ, "PYTHONPATH": str(tree / "gguf-py")}
     subprocess.run(
         [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(tiny_fox1), "--outtype", dtype, "--outfile", str(reference)],
-        check=True, capture_output=True, env=environment, timeout=600,
+        check=True,
+        capture_output=True,
+        env=environment,
+        timeout=600,
     )
     ours = convert_to_gguf(tiny_fox1, tmp_path / "ours.gguf", dtype).output
     theirs = {t.name: t for t in gguf.GGUFReader(reference).tensors}

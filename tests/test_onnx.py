@@ -103,7 +103,9 @@ def test_block_quantized_graph_computes_the_dequantized_model(tiny_fox1, tmp_pat
     """accuracy_level 0 (float compute): ONNX Runtime must reproduce PyTorch running the dequantized weights."""
     precision = {8: "int8", 4: "int4"}[bits]
     for symmetric in (True, False):
-        folder = convert_to_onnx(tiny_fox1, tmp_path / f"{precision}-{symmetric}", OnnxOptions(precision, accuracy_level=0, symmetric=symmetric)).output
+        folder = convert_to_onnx(
+            tiny_fox1, tmp_path / f"{precision}-{symmetric}", OnnxOptions(precision, accuracy_level=0, symmetric=symmetric)
+        ).output
         with torch.no_grad():
             expected = dequantized_reference(tiny_fox1, bits, symmetric)(torch.tensor([PROMPT])).logits[0].numpy()
         got = OnnxRunner(folder).logits(PROMPT)
@@ -170,5 +172,7 @@ def test_ort_format_keeps_weight_sharing(tiny_onnx):
 
 
 def test_check_reads_onnx_precision(tiny_onnx, tiny_fox1):
-    report = check_model(tiny_onnx["int8"], tiny_fox1, CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0))
+    report = check_model(
+        tiny_onnx["int8"], tiny_fox1, CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0)
+    )
     assert report.precision == "int8" and report.tokens_scored > 0 and report.kld_mean > 0

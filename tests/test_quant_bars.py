@@ -38,7 +38,12 @@ def test_imatrix_lowers_int4_kld_on_held_out_text(smollm2, tmp_path):
     imatrix = tmp_path / "smollm2.imatrix.gguf"
     for type_name in ("Q4_K_M", "IQ4_XS"):
         plain = quantize(f16, tmp_path / f"{type_name}.gguf", type_name, check=MEASURE).check
-        calibrated = quantize(f16, tmp_path / f"{type_name}-imatrix.gguf", type_name, check=MEASURE,
-                              **({"imatrix": imatrix} if imatrix.exists() else {"calibration": "builtin", "imatrix": imatrix})).check
+        calibrated = quantize(
+            f16,
+            tmp_path / f"{type_name}-imatrix.gguf",
+            type_name,
+            check=MEASURE,
+            **({"imatrix": imatrix} if imatrix.exists() else {"calibration": "builtin", "imatrix": imatrix}),
+        ).check
         print(f"{type_name}: mean KLD {plain.kld_mean:.5f} without calibration, {calibrated.kld_mean:.5f} with")
         assert calibrated.kld_mean + calibrated.kld_mean_ci95 < plain.kld_mean - plain.kld_mean_ci95

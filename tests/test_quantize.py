@@ -70,11 +70,14 @@ def test_requantizing_needs_permission(tiny_f16, tmp_path):
     assert code == 0 and types_of(tmp_path / "again.gguf")["blk.0.attn_q.weight"] == T.Q4_0
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", ["only 0 tokens"]),
-    (b"too short to calibrate anything", ["tokens", "at least"]),
-    (b"caf\xe9 latin-1 text " * 200, ["not UTF-8", "line 1"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", ["only 0 tokens"]),
+        (b"too short to calibrate anything", ["tokens", "at least"]),
+        (b"caf\xe9 latin-1 text " * 200, ["not UTF-8", "line 1"]),
+    ],
+)
 def test_bad_calibration_text(tiny_f16, tmp_path, content, words):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -112,11 +115,18 @@ def test_imatrix_matches_an_independent_computation(tiny_f16, tiny_fox1, botchan
 
 
 def test_imatrix_file_round_trip(tmp_path):
-    matrix = ImportanceMatrix({"blk.0.attn_q.weight": np.arange(8, dtype=np.float64), "token_embd.weight": np.ones(4)}, 1024, 512, ["builtin"])
+    matrix = ImportanceMatrix(
+        {"blk.0.attn_q.weight": np.arange(8, dtype=np.float64), "token_embd.weight": np.ones(4)}, 1024, 512, ["builtin"]
+    )
     path = save_imatrix(matrix, tmp_path / "m.imatrix.gguf")
     reader = gguf.GGUFReader(path)
     assert reader.fields["general.type"].contents() == "imatrix"
-    assert {t.name for t in reader.tensors} == {"blk.0.attn_q.weight.in_sum2", "blk.0.attn_q.weight.counts", "token_embd.weight.in_sum2", "token_embd.weight.counts"}
+    assert {t.name for t in reader.tensors} == {
+        "blk.0.attn_q.weight.in_sum2",
+        "blk.0.attn_q.weight.counts",
+        "token_embd.weight.in_sum2",
+        "token_embd.weight.counts",
+    }
     loaded = load_imatrix(path)
     assert loaded.count == 1024 and loaded.chunk_size == 512 and loaded.datasets == ["builtin"]
     np.testing.assert_allclose(loaded.means()["blk.0.attn_q.weight"], np.arange(8) / 1024, rtol=1e-6)
@@ -130,16 +140,25 @@ def test_kld_matches_torch(tiny_reference):
     candidate = reference + rng.normal(size=(10, 50)).astype(np.float32) * 0.3
     targets = rng.integers(0, 50, size=10)
     scores = score_chunk(reference, candidate, targets, rows=3)
-    expected = torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(candidate, dtype=torch.float64), -1),
-                                          torch.log_softmax(torch.tensor(reference, dtype=torch.float64), -1), log_target=True, reduction="none").sum(-1)
+    expected = torch.nn.functional.kl_div(
+        torch.log_softmax(torch.tensor(candidate, dtype=torch.float64), -1),
+        torch.log_softmax(torch.tensor(reference, dtype=torch.float64), -1),
+        log_target=True,
+        reduction="none",
+    ).sum(-1)
     np.testing.assert_allclose(scores["kld"], expected.numpy(), rtol=1e-9)
-    np.testing.assert_allclose(scores["nll_r"], -torch.log_softmax(torch.tensor(reference, dtype=torch.float64), -1)[range(10), targets].numpy())
+    np.testing.assert_allclose(
+        scores["nll_r"], -torch.log_softmax(torch.tensor(reference, dtype=torch.float64), -1)[range(10), targets].numpy()
+    )
 
 
 def test_check_against_pytorch_reference(tiny_gguf, tiny_fox1):
     """An f32 GGUF against the PyTorch checkpoint: no loss, measured through two different runtimes."""
     text = open(__file__).read() * 3
-    with open_runner(tiny_fox1, n_ctx=256) as reference, open_runner(tiny_gguf["f32"], n_ctx=256, kv_type="f32", flash_attention=False) as candidate:
+    with (
+        open_runner(tiny_fox1, n_ctx=256) as reference,
+        open_runner(tiny_gguf["f32"], n_ctx=256, kv_type="f32", flash_attention=False) as candidate,
+    ):
         report = check_accuracy(candidate, reference, text, n_tokens=300, context=256)
     assert report.passed and report.precision == "f16"
     assert report.kld_mean < 1e-5 and report.top1_agreement == 1.0
@@ -156,8 +175,30 @@ def test_check_fails_with_nonzero_exit_and_json(tiny_gguf, tmp_path):
     quantize(tiny_gguf["f16"], quantized, "Q4_0", check=CheckSettings(enabled=False))
     code, _ = run_cli("check", str(quantized), "-r", str(tiny_gguf["f16"]), "--tokens", "256", "--ctx", "256", "--max-kld", "0.0000001")
     assert code == 1
-    result = subprocess.run([sys.executable, "-m", "fox_edge.cli", "check", str(quantized), "-r", str(tiny_gguf["f16"]), "--tokens", "256",
-                             "--ctx", "256", "--json", "--max-kld", "10", "--min-top1", "0", "--max-ppl-ratio", "10"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fox_edge.cli",
+            "check",
+            str(quantized),
+            "-r",
+            str(tiny_gguf["f16"]),
+            "--tokens",
+            "256",
+            "--ctx",
+            "256",
+            "--json",
+            "--max-kld",
+            "10",
+            "--min-top1",
+            "0",
+            "--max-ppl-ratio",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     import json
 
@@ -210,5 +251,3 @@ def test_budget_keeps_the_smallest_passing(tiny_f16, tmp_path):
     assert passed[0]["type"] == "Q6_K" and len(outcome.tried) == 3
     assert output.exists() and load_report(output)["kld_mean"] <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.gguf", "best.gguf.check.json"]
-
-

@@ -74,8 +74,12 @@ def test_smollm2_answers_paris(smollm2_gguf):
 def test_smollm2_chat_prompt_matches_transformers(smollm2, smollm2_gguf):
     from transformers import AutoTokenizer
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"}, {"role": "assistant", "content": "Hello."},
-                {"role": "user", "content": "Name a colour."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Name a colour."},
+    ]
     expected = AutoTokenizer.from_pretrained(smollm2).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
     with open_runner(smollm2_gguf, n_ctx=512) as runner:

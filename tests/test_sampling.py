@@ -16,8 +16,10 @@ def test_top_k_one_is_greedy_at_any_temperature():
 
 def test_min_p_and_top_p_cut_the_tail():
     logits = np.array([10.0, 9.5, 0.0, -1.0, -2.0], dtype=np.float32)
-    for params in (SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repeat_penalty=1.0, seed=0),
-                   SamplingParams(temperature=1.0, top_k=0, top_p=0.9, min_p=0.0, repeat_penalty=1.0, seed=0)):
+    for params in (
+        SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, repeat_penalty=1.0, seed=0),
+        SamplingParams(temperature=1.0, top_k=0, top_p=0.9, min_p=0.0, repeat_penalty=1.0, seed=0),
+    ):
         sampler = Sampler(params)
         assert {sampler(logits, []) for _ in range(200)} == {0, 1}
 

@@ -1,0 +1,74 @@
+"""ONNX int8/int4 variants next to GGUF Q8_0 / Q4_K_M / Q4_0, all checked against PyTorch on the same text.
+
+    .venv/bin/python benchmarks/onnx_accuracy.py [--tokens 2048]
+
+Models: SmolLM2-135M-Instruct (real weights, which lie on a Q4_1 grid: see the test module's docstring)
+and the trained tiny Fox-1 (bf16, no grid). Every candidate is scored by `fox_edge.check.check_model`
+against the Hugging Face checkpoint on PyTorch: the built-in evaluation text, 512-token chunks.
+Prints a Markdown table per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from fox_edge import assets
+from fox_edge.check import CheckSettings, check_model
+from fox_edge.converters.gguf import convert_to_gguf
+from fox_edge.converters.onnx import DYNAMIC_INT8, OnnxOptions, convert_to_onnx
+from fox_edge.quantize import quantize
+
+ONNX_VARIANTS = {
+    "ONNX int8 (default: symmetric, accuracy_level 4)": (OnnxOptions("int8"), None),
+    "ONNX int8 --asymmetric": (OnnxOptions("int8", symmetric=False), None),
+    "ONNX int8 --accuracy-level 0": (OnnxOptions("int8", accuracy_level=0), None),
+    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions("int8"), DYNAMIC_INT8),
+    "ONNX int4 (default: block 32 symmetric, 4-bit embedding)": (OnnxOptions("int4"), None),
+    "ONNX int4 --embedding-bits 8": (OnnxOptions("int4", embedding_bits=8), None),
+    "ONNX int4 --asymmetric": (OnnxOptions("int4", symmetric=False), None),
+    "ONNX int4 --asymmetric --embedding-bits 8": (OnnxOptions("int4", symmetric=False, embedding_bits=8), None),
+}
+GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
+
+
+def size_mb(path: Path) -> float:
+    files = [p for p in path.iterdir() if p.name != "model.ort"] if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
+
+
+def measure(checkpoint: Path, settings: CheckSettings, work: Path) -> list[tuple[str, float, object]]:
+    rows = []
+    for label, (options, override) in ONNX_VARIANTS.items():
+        folder = convert_to_onnx(checkpoint, work / label.split(" (")[0].replace(" ", "_"), options, precision_override=override).output
+        rows.append((label, size_mb(folder), check_model(folder, checkpoint, settings)))
+    f16 = convert_to_gguf(checkpoint, work / "model.f16.gguf", "f16").output
+    for type_name in GGUF_TYPES:
+        output = work / f"model.{type_name}.gguf"
+        quantize(f16, output, type_name, check=CheckSettings(enabled=False))
+        rows.append((f"GGUF {type_name}", size_mb(output), check_model(output, checkpoint, settings)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=2048)
+    args = parser.parse_args()
+    settings = CheckSettings(tokens=args.tokens, context=512, max_kld=100.0, min_top1=0.0, max_ppl_ratio=100.0)
+    tiny = assets.cache_dir() / "trained-tiny-fox1-v1"
+    if not (tiny / "config.json").is_file():
+        from fox_edge.synthetic import train_tiny_fox1
+
+        train_tiny_fox1(tiny, assets.botchan_text() + "\n\n" + assets.shakespeare_text(), steps=600)
+    for name, checkpoint in (("SmolLM2-135M-Instruct", assets.smollm2_checkpoint()), ("trained tiny Fox-1", tiny)):
+        with tempfile.TemporaryDirectory() as work:
+            rows = measure(checkpoint, settings, Path(work))
+        print(f"\n**{name}** ({rows[0][2].tokens_scored} tokens scored, against PyTorch fp32)\n")
+        print("| variant | MB | mean KLD | top-1 agreement | PPL ratio |\n|---|---|---|---|---|")
+        for label, mb, r in rows:
+            print(f"| {label} | {mb:.1f} | {r.kld_mean:.5f} ± {r.kld_mean_ci95:.5f} | {r.top1_agreement:.2%} | {r.ppl_ratio:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
