@@ -54,7 +54,7 @@ def untie_lm_head(model) -> bool:
 def convert_with_optimum(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    options: OnnxOptions = OnnxOptions(),
+    options: OnnxOptions | None = None,
     report: Callable[[str], None] = lambda message: None,
 ) -> OnnxReport:
     """Export with optimum-onnx, then (int8/int4) quantize the weights with onnxruntime.quantization."""
@@ -67,6 +67,7 @@ def convert_with_optimum(
         ) from None
     import onnx
 
+    options = options or OnnxOptions()
     if options.precision not in ("fp32", "int8", "int4"):
         raise FoxEdgeError(f"--exporter optimum writes fp32, int8 or int4, not {options.precision!r}")
     started = time.monotonic()
