@@ -1,5 +1,7 @@
-"""Peak RSS and wall time of `fox-edge convert --to gguf --dtype f16` on a full-size random-weight Fox-1,
-next to llama.cpp's own convert_hf_to_gguf.py (from the installed llama-cpp-python's source archive).
+"""Peak RSS and wall time of fox-edge's converters on a full-size random-weight Fox-1, side by side with the peers:
+GGUF f16 next to llama.cpp's own convert_hf_to_gguf.py (from the installed llama-cpp-python's source archive),
+ONNX int4 next to onnxruntime-genai's model builder (int4, CPU) and optimum-onnx's export (fp32; it runs in
+its own environment, fox_edge.assets.side_environment("optimum"), since it pins transformers<4.58).
 
     ./dev bench            (or: .venv/bin/python benchmarks/convert_memory.py [--keep])
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,8 +57,9 @@ def main() -> None:
     checkpoint = fox1_random_checkpoint()
     tree = assets.llama_cpp_source()
     fox_edge = str(Path(sys.executable).with_name("fox-edge"))
+    optimum_python = assets.side_environment("optimum")
     with tempfile.TemporaryDirectory(dir=assets.cache_dir()) as scratch:
-        output = Path(scratch) / "out.gguf"
+        output, folder = Path(scratch) / "out.gguf", Path(scratch) / "out"
         commands = {
             "fox-edge convert --to gguf --dtype f16": [fox_edge, "convert", str(checkpoint), "--dtype", "f16", "-o", str(output)],
             "llama.cpp convert_hf_to_gguf.py --outtype f16": [
@@ -69,23 +73,34 @@ def main() -> None:
                 "--outfile",
                 str(output),
             ],
-        }
+            "fox-edge convert --to onnx --precision int4": [fox_edge, "convert", str(checkpoint), "--to", "onnx", "--no-check", "-o", str(folder)],
+            "onnxruntime-genai model builder -p int4 -e cpu": [
+                sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(folder),
+                "-p", "int4", "-e", "cpu", "-c", str(Path(scratch) / "builder-cache"),
+            ],
+            "optimum-onnx export (fp32, --no-post-process)": [
+                str(optimum_python), "-m", "optimum.exporters.onnx", "--model", str(checkpoint),
+                "--task", "text-generation-with-past", "--no-post-process", str(folder),
+            ],
+        }  # fmt: skip
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        sizes: dict[str, float] = {}
         for _ in range(args.repeats):  # interleaved, so a noisy machine does not favour one
             for name, command in commands.items():
                 results[name].append(measure(command))
-                size = output.stat().st_size
-                output.unlink()
+                written = [output] if output.exists() else [p for p in folder.rglob("*") if p.is_file()]
+                sizes[name] = sum(p.stat().st_size for p in written) / 1e9
+                output.unlink(missing_ok=True)
+                shutil.rmtree(folder, ignore_errors=True)
 
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, "
         f"Python {platform.python_version()}, {date.today()}; checkpoint: {checkpoint} (Fox-1 shapes, random bf16 weights)"
     )
-    print(f"Output size: {size / 1e9:.2f} GB\n")
-    print("| converter | wall time (s), each run | peak RSS (MB), each run |")
-    print("|---|---|---|")
+    print("| converter | output GB | wall time (s), each run | peak RSS (MB), each run |")
+    print("|---|---|---|---|")
     for name, runs in results.items():
-        print(f"| {name} | {', '.join(f'{s:.1f}' for s, _ in runs)} | {', '.join(f'{m:.0f}' for _, m in runs)} |")
+        print(f"| {name} | {sizes[name]:.2f} | {', '.join(f'{s:.1f}' for s, _ in runs)} | {', '.join(f'{m:.0f}' for _, m in runs)} |")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def shakespeare_text(plays: tuple[str, ...] = ("macbeth", "othello", "the-tempes
 
 # Side environments for tools whose pins conflict with fox-edge's (optimum-onnx wants transformers<4.58).
 SIDE_ENVIRONMENTS = {
-    "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime>=1.20", "onnx>=1.17", "numpy", "tokenizers", "sentencepiece",
+    "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime>=1.20", "onnx>=1.17", "onnx-ir", "numpy", "tokenizers", "sentencepiece",
                 "protobuf", "huggingface_hub", "jinja2", "typer", "rich", "gguf"],
 }  # fmt: skip
 TORCH_PIN = "torch==2.13.0"  # the local CPU wheel; any other requirement pulls CUDA wheels
@@ -180,12 +180,14 @@ def side_environment(name: str, report: Callable[[str], None] = lambda message: 
     this checkout through PYTHONPATH, without its own dependencies (llama-cpp-python is not needed to convert)."""
     folder = cache_dir() / f"env-{name}"
     python = folder / "bin" / "python"
-    stamp = folder / ".complete"
-    if not stamp.is_file():
+    stamp = folder / ".requirements"  # what was installed; a changed list installs again on top
+    wanted = "\n".join(SIDE_ENVIRONMENTS[name])
+    if not python.is_file():
         report(f"creating the {name} environment in {folder} (a few minutes, once)")
         shutil.rmtree(folder, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(folder)], f"a venv for {name}")
         _run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], TORCH_PIN)
+    if not stamp.is_file() or stamp.read_text() != wanted:
         _run([str(python), "-m", "pip", "install", "-q", *SIDE_ENVIRONMENTS[name]], ", ".join(SIDE_ENVIRONMENTS[name]))
-        stamp.touch()
+        stamp.write_text(wanted)
     return python
