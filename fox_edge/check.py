@@ -117,7 +117,7 @@ def check_model(
 
 
 # `convert --to onnx --precision` -> precision class (float ONNX models are held to the f16 bars).
-ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4"}
+ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "dynamic-int8": "int8", "int4": "int4"}
 
 
 def precision_of(runner: Runner) -> str:

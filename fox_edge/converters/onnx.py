@@ -238,25 +238,26 @@ class GraphBuilder:
         for name in names:
             yield from self.weights.float32_rows(name)
 
-    def linear(self, x: str, sources: list[str], name: str) -> str:
+    def linear(self, x: str, sources: list[str], node_name: str) -> str:
         """x @ W.T for the checkpoint matrices `sources` stacked by rows (fused q/k/v, fused gate/up)."""
+        name = node_name.strip("/").replace("/", ".")  # initializers: model.layers.0.attn.qkv_proj.qweight
         k = self.weights.refs[sources[0]].shape[1]
         n = sum(self.weights.refs[s].shape[0] for s in sources)
         kind = self.precision.weight
         if kind == "float":
             # FusedMatMul with transB reads the checkpoint's (out, in) layout as is: no transpose to hold in memory.
             w = self.float_tensor(f"{name}.weight", self.source_rows(sources), (n, k))
-            return self.node("FusedMatMul", [x, w], f"{name}/MatMul", domain="com.microsoft", transB=1)[0]
+            return self.node("FusedMatMul", [x, w], f"{node_name}/MatMul", domain="com.microsoft", transB=1)[0]
         if kind == "nbits":
             bits = self.precision.bits
-            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], name, n, k, bits)
+            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], node_name, n, k, bits)
         matrix = np.concatenate([self.weights.float32(s) for s in sources]).T  # (K, N), at most one fused matrix
         scale = np.maximum(np.abs(matrix).max(0), 1e-12) / 127
         quantized = np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
         self.data.add(f"{name}.weight_int8", TensorProto.INT8, (k, n), quantized)
         self.data.add(f"{name}.weight_scale", TensorProto.FLOAT, (n,), scale.astype(np.float32))
         return self.node(
-            "DynamicQuantizeMatMul", [x, f"{name}.weight_int8", f"{name}.weight_scale"], f"{name}/MatMul", domain="com.microsoft"
+            "DynamicQuantizeMatMul", [x, f"{name}.weight_int8", f"{name}.weight_scale"], f"{node_name}/MatMul", domain="com.microsoft"
         )[0]
 
     def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
@@ -313,7 +314,7 @@ class GraphBuilder:
                 embedded = self.node("Slice", [embedded, *self._slice_last(s.hidden_size)], "/model/embed_tokens/Slice")[0]
             if tied:
                 return embedded, lambda x: self.matmul_nbits([x, qweight, scales], "/model/lm_head", s.vocab_size, s.hidden_size, bits)
-        elif kind == "float":
+        else:
             table = self.float_tensor(source, self.weights.float32_rows(source), (s.vocab_size, s.hidden_size))
             embedded = self.node("Gather", [table, ids], "/model/embed_tokens/Gather")[0]
             if tied:
