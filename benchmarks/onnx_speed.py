@@ -1,12 +1,14 @@
 """Prompt and generation speed of ONNX int4 models: fox-edge's runner vs onnxruntime-genai, interleaved.
 
-    .venv/bin/python benchmarks/onnx_speed.py OURS_FOLDER [BUILDER_FOLDER] [--rounds 3] [--threads 2]
+    .venv/bin/python benchmarks/onnx_speed.py OURS_FOLDER... [--builder FOLDER] [--gguf Q4_K_M.gguf] [--rounds 3] [--threads 2]
 
-OURS_FOLDER comes from `fox-edge convert CHECKPOINT --to onnx --precision int4`; BUILDER_FOLDER from
+OURS_FOLDER comes from `fox-edge convert CHECKPOINT --to onnx --precision int4` (the first one also runs under
+onnxruntime-genai); the --builder folder from
 onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder -p int4 -e cpu`). Every
 measurement runs in a fresh process, the engines alternate A B C A B C, and the table reports medians and
 min-max. onnxruntime-genai gets `intra_op_num_threads` set to --threads in its config overlay (its own
-default threading runs at single-core speed, FOX1.md), so the comparison is with it tuned.
+default threading runs at single-core speed, FOX1.md), so the comparison is with it tuned. --gguf adds a GGUF
+run through fox-edge's llama.cpp runner to the same rotation, for reference.
 """
 
 from __future__ import annotations
@@ -56,14 +58,18 @@ print(json.dumps({"prompt_tps": prompt_len / prompt_s, "generate_tps": generate 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ours", type=Path)
-    parser.add_argument("builder", type=Path, nargs="?")
+    parser.add_argument("ours", type=Path, nargs="+")
+    parser.add_argument("--builder", type=Path)
+    parser.add_argument("--gguf", type=Path, help="a GGUF model to run through fox-edge's llama.cpp runner in the same rotation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    engines = [("fox-edge runner", "fox-edge", args.ours), ("onnxruntime-genai", "genai", args.ours)]
+    engines = [(f"fox-edge ONNX runner, {folder.name}", "fox-edge", folder) for folder in args.ours]
+    engines.append((f"onnxruntime-genai, {args.ours[0].name}", "genai", args.ours[0]))
     if args.builder:
-        engines.append(("onnxruntime-genai, builder graph", "genai", args.builder))
+        engines.append((f"onnxruntime-genai, builder graph {args.builder.name}", "genai", args.builder))
+    if args.gguf:
+        engines.append((f"fox-edge llama.cpp runner, {args.gguf.name}", "fox-edge", args.gguf))
     samples: dict[str, dict[str, list[float]]] = {label: {"prompt_tps": [], "generate_tps": []} for label, _, _ in engines}
     for _ in range(args.rounds):
         for label, engine, folder in engines:
