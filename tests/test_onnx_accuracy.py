@@ -60,6 +60,12 @@ def test_int8_embedding_beats_int4_embedding(trained_tiny_fox1, tmp_path):
     assert kld[8] < 0.7 * kld[4], kld
 
 
+def genai_deviates(text: str) -> bool:
+    """onnxruntime-genai 0.18's tokenizer (not ours) differs on two of the texts: it stops at a NUL character
+    (a C string), and it merges a long run of one letter differently from Hugging Face."""
+    return "\x00" in text or (len(set(text)) == 1 and len(text) > 40)
+
+
 @pytest.fixture(scope="module")
 def gemma_onnx(tmp_path_factory):
     """A small random model with Gemma's 256K tokenizer (Fox-1's), converted to ONNX int4."""
@@ -73,18 +79,20 @@ def gemma_onnx(tmp_path_factory):
 
 
 def test_gemma_tokenizer_token_for_token(gemma_onnx, botchan):
-    from transformers import AutoTokenizer
+    """Against Hugging Face `tokenizers` on the checkpoint's tokenizer.json, the reference the GGUF test uses too."""
+    from tokenizers import Tokenizer
 
     checkpoint, folder = gemma_onnx
-    reference = AutoTokenizer.from_pretrained(checkpoint)
+    reference = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
     runner = OnnxRunner(folder)
     genai = og.Tokenizer(og.Model(str(folder)))
     assert runner.n_vocab == 256000 and runner.bos_id == 2 and runner.eos_id == 1 and runner.add_bos
     whitespace = [f"x{c * n}y" for c in (" ", "\n", "\t") for n in range(1, 40, 3)]
     for text in TOKENIZER_TEXTS + whitespace + [botchan[:5000]]:
-        expected = reference(text, add_special_tokens=False).input_ids
+        expected = reference.encode(text, add_special_tokens=False).ids
         assert runner.tokenize(text) == expected, repr(text[:80])
-        assert list(genai.encode(text)) == expected, repr(text[:80])
+        if not genai_deviates(text):
+            assert list(genai.encode(text)) == expected, repr(text[:80])
         assert runner.detokenize(expected, special=True) == text, repr(text[:80])
     end_of_turn = runner.tokenize("<end_of_turn>")
     assert len(end_of_turn) == 1 and {runner.eos_id, end_of_turn[0]} <= runner.stop_ids
@@ -103,9 +111,12 @@ def test_gemma_chat_template_renders_like_transformers(gemma_onnx):
         {"role": "assistant", "content": "Fennec."},
         {"role": "user", "content": "Another?"},
     ]
-    expected = AutoTokenizer.from_pretrained(checkpoint).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    expected = expected["input_ids"] if isinstance(expected, dict) else expected
-    assert chat_prompt(OnnxRunner(folder), messages) == list(expected)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    # Fox-1's template writes no BOS and add_bos_token is true: fox-edge puts it in front, as llama.cpp's server does
+    # (and as the GGUF runner does); transformers' apply_chat_template leaves it to the template.
+    runner = OnnxRunner(folder)
+    assert expected[0] != runner.bos_id and chat_prompt(runner, messages) == [runner.bos_id, *expected]
 
 
 def test_convert_checks_by_default_and_info_shows_it(trained_tiny_fox1, tmp_path):
