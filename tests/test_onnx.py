@@ -43,7 +43,7 @@ def dequantized_reference(tiny_fox1, bits: int, symmetric: bool = True, embeddin
             if parameter.ndim == 2:
                 is_embedding = "embed_tokens" in name
                 b = (embedding_bits or bits) if is_embedding else bits
-                packed, scales, zeros = quantize_blockwise(parameter.numpy(), b, 32, symmetric or is_embedding)
+                packed, scales, zeros = quantize_blockwise(parameter.numpy(), b, 32, symmetric or (is_embedding and b != 8))
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, b, parameter.shape[1], zeros)))
     return model
 

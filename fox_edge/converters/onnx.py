@@ -90,7 +90,7 @@ class OnnxOptions:
     accuracy_level: int = 4
     intra_op_threads: int = 0  # written to genai_config.json; 0: this machine's core count
     embedding_bits: int | None = None  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
-    symmetric: bool = True  # the linear layers' int8/int4 blocks (the embedding is always symmetric)
+    symmetric: bool = True  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
 
 
 @dataclass
@@ -296,16 +296,16 @@ class GraphBuilder:
         source = "model.embed_tokens.weight"
         if kind != "float":  # block-wise weights; dynamic int8 (a measurement) keeps its 8-bit embedding here too
             bits = self.options.embedding_bits or self.precision.bits
-            # Always symmetric: GatherBlockQuantized takes only integer zero points.
-            qweight, scales = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits)
-            # GatherBlockQuantized wants scales of the data's rank: a second view of the same bytes on disk.
+            # Asymmetric only at 8 bits, where both ops take the same integer zero points; at 4 bits MatMulNBits'
+            # asymmetric blocks use float zero points, which GatherBlockQuantized does not take.
+            symmetric = self.options.symmetric or bits != 8
+            tensors = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits, symmetric)
+            # GatherBlockQuantized wants scales (and zero points) of the data's rank: second views of the same bytes.
             blocks = -(-s.hidden_size // self.options.block_size)
-            span = _external_span(self.data.initializers[-1])
-            gather_scales = self.data.alias(
-                "model.embed_tokens.scales_3d", self.precision.activation, (s.vocab_size, blocks, 1), *span
-            ).name
+            stored = self.data.initializers[-len(tensors) + 1 :]
+            views = [self.data.alias(f"{t.name}_3d", t.data_type, (s.vocab_size, blocks, 1), *_external_span(t)).name for t in stored]
             gathered = self.node(
-                "GatherBlockQuantized", [qweight, ids, gather_scales], "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+                "GatherBlockQuantized", [tensors[0], ids, *views], "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
                 gather_axis=0, quantize_axis=2, block_size=self.options.block_size, bits=bits,
             )[0]  # fmt: skip
             hidden_shape = self.constant("/model/embed_tokens/shape", np.array([0, 0, -1], np.int64))
@@ -313,7 +313,7 @@ class GraphBuilder:
             if s.hidden_size % self.options.block_size:
                 embedded = self.node("Slice", [embedded, *self._slice_last(s.hidden_size)], "/model/embed_tokens/Slice")[0]
             if tied:
-                return embedded, lambda x: self.matmul_nbits([x, qweight, scales], "/model/lm_head", s.vocab_size, s.hidden_size, bits)
+                return embedded, lambda x: self.matmul_nbits([x, *tensors], "/model/lm_head", s.vocab_size, s.hidden_size, bits)
         else:
             table = self.float_tensor(source, self.weights.float32_rows(source), (s.vocab_size, s.hidden_size))
             embedded = self.node("Gather", [table, ids], "/model/embed_tokens/Gather")[0]
