@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fox_edge.converters.onnx import GENAI_CONFIG, MODEL_FILE, ORT_FILE, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from fox_edge.errors import FoxEdgeError
 from fox_edge.runner import common_prefix, default_threads, is_onnx_model
 from fox_edge.spec import END_OF_TURN_TOKENS
 
-GENAI_CONFIG = "genai_config.json"
-MODEL_FILES = ("model.onnx", "model.ort")
+MODEL_FILES = (MODEL_FILE, ORT_FILE)
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -142,7 +142,7 @@ class OnnxRunner:
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
         inputs = {i.name: i for i in self._session.get_inputs()}
-        self._dtype = NUMPY_TYPES[inputs["past_key_values.0.key"].type]
+        self._dtype = NUMPY_TYPES[inputs[PAST_KEY.format(0)].type]
         if "logits_to_keep" not in {i.name for i in self._session.get_overridable_initializers()}:
             raise FoxEdgeError(
                 f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again"
@@ -181,9 +181,7 @@ class OnnxRunner:
         shape = [1, self.n_kv_heads, self.n_ctx, self.head_size]
         self._cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._dtype) for _ in range(2 * self.n_layers)]
         for layer in range(self.n_layers):
-            for j, (past, present) in enumerate(
-                (("past_key_values.{}.key", "present.{}.key"), ("past_key_values.{}.value", "present.{}.value"))
-            ):
+            for j, (past, present) in enumerate(((PAST_KEY, PRESENT_KEY), (PAST_VALUE, PRESENT_VALUE))):
                 value = self._cache[2 * layer + j]
                 self._binding.bind_ortvalue_input(past.format(layer), value)
                 self._binding.bind_ortvalue_output(present.format(layer), value)
