@@ -69,17 +69,22 @@ def test_cache_rolls_back_to_a_common_prefix(tiny_onnx, tiny_reference):
     np.testing.assert_allclose(logits, tiny_reference.logits(branch)[-1], atol=1e-3)
 
 
-def test_fp32_runs_in_onnxruntime_genai(tiny_onnx, tiny_reference):
-    model = og.Model(str(tiny_onnx["fp32"]))
+def genai_greedy(folder, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after `prompt` from onnxruntime-genai on the folder."""
+    model = og.Model(str(folder))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + 24, do_sample=False)
+    params.set_search_options(max_length=len(prompt) + n, do_sample=False)
     generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT)
+    generator.append_tokens(prompt)
     produced = []
     while not generator.is_done():
         generator.generate_next_token()
         produced.append(int(generator.get_next_tokens()[0]))
-    assert produced == tiny_reference.greedy(PROMPT, 24)
+    return produced
+
+
+def test_fp32_runs_in_onnxruntime_genai(tiny_onnx, tiny_reference):
+    assert genai_greedy(tiny_onnx["fp32"], PROMPT, 24) == tiny_reference.greedy(PROMPT, 24)
 
 
 def test_genai_config_and_tokenizer_files(tiny_onnx, tiny_fox1):
@@ -134,16 +139,7 @@ def test_quantized_runs_track_pytorch_and_genai(tiny_onnx, tiny_reference):
         assert np.mean(got.argmax(-1) == expected.argmax(-1)) >= min_agreement, precision
     runner = OnnxRunner(tiny_onnx["int4"])
     ours = list(generate_tokens(runner, PROMPT, SamplingParams.greedy(16), stop_ids=frozenset()))
-    model = og.Model(str(tiny_onnx["int4"]))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + 16, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT)
-    theirs = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        theirs.append(int(generator.get_next_tokens()[0]))
-    assert ours == theirs
+    assert ours == genai_greedy(tiny_onnx["int4"], PROMPT, 16)
 
 
 def test_int4_embedding_is_shared_with_the_lm_head(tiny_onnx):
