@@ -434,9 +434,9 @@ class GraphBuilder:
 # --- folder ------------------------------------------------------------------------------------------
 
 
-def estimate_bytes(shape: LlamaShape, precision: Precision, block_size: int) -> int:
+def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions) -> int:
     """External data the conversion will write (what progress counts and format limits are checked against)."""
-    s = shape
+    s, block = shape, options.block_size
     act = 2 if precision.activation == TensorProto.FLOAT16 else 4
     per_layer = [
         ((s.n_heads + 2 * s.n_kv_heads) * s.head_size, s.hidden_size),
@@ -444,11 +444,15 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, block_size: int) -> 
         (2 * s.intermediate_size, s.hidden_size),
         (s.hidden_size, s.intermediate_size),
     ]
-    matrices = per_layer * s.n_layers + [(s.vocab_size, s.hidden_size)] * (1 if s.tie_word_embeddings else 2)
+    embeddings = [(s.vocab_size, s.hidden_size)] * (1 if s.tie_word_embeddings else 2)
     if precision.weight == "float":
-        weights = sum(n * k * act for n, k in matrices)
+        weights = sum(n * k * act for n, k in per_layer * s.n_layers + embeddings)
     else:
-        weights = sum(n * (-(-k // block_size)) * (block_size * precision.bits // 8 + act) for n, k in matrices)
+
+        def blockwise(matrices: list[tuple[int, int]], bits: int) -> int:
+            return sum(n * -(-k // block) * (block * bits // 8 + act) for n, k in matrices)
+
+        weights = blockwise(per_layer * s.n_layers, precision.bits) + blockwise(embeddings, options.embedding_bits or precision.bits)
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
 
@@ -469,7 +473,7 @@ def convert_to_onnx(
         raise FoxEdgeError(f"{output} already exists; remove it or choose another output folder")
     checkpoint = open_checkpoint(source)
     shape = checkpoint.shape
-    total = estimate_bytes(shape, precision, options.block_size)
+    total = estimate_bytes(shape, precision, options)
     if ort_format and total > INLINE_LIMIT:
         raise FoxEdgeError(
             f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
