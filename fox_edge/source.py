@@ -94,11 +94,11 @@ def read_shape(config: dict) -> LlamaShape:
         raise FoxEdgeError(f"config.json lacks {exc.args[0]}; is this a complete Llama checkpoint?") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, fix: str = "re-download the checkpoint") -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FoxEdgeError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from None
+        raise FoxEdgeError(f"{path} is not valid JSON ({exc}); {fix}") from None
 
 
 def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weights: bool = True) -> Checkpoint:
@@ -107,7 +107,7 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
     config_path = path / "config.json"
     if not config_path.is_file():
         raise FoxEdgeError(f"{path} has no config.json; give a Hugging Face checkpoint folder")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     architectures = config.get("architectures") or [config.get("model_type", "unknown")]
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures) or config.get("model_type", "llama") != "llama":
         raise FoxEdgeError(
@@ -131,8 +131,8 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
         weight_files=weight_files,
         tokenizer_model=tokenizer_model if tokenizer_model.is_file() else None,
         tokenizer_json=tokenizer_json if tokenizer_json.is_file() else None,
-        tokenizer_config=_read_json(tokenizer_config_path) if tokenizer_config_path.is_file() else {},
-        generation_config=_read_json(generation_config_path) if generation_config_path.is_file() else {},
+        tokenizer_config=read_json(tokenizer_config_path) if tokenizer_config_path.is_file() else {},
+        generation_config=read_json(generation_config_path) if generation_config_path.is_file() else {},
         hub_id=hub_id,
     )
 
@@ -140,7 +140,7 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        names = sorted(set(read_json(index).get("weight_map", {}).values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise FoxEdgeError(f"{path} lacks {', '.join(missing)} named in model.safetensors.index.json; re-download the checkpoint")

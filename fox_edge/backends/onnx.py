@@ -12,7 +12,6 @@ tokenizers run), so no PyTorch is needed to chat.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from collections.abc import Sequence
@@ -23,9 +22,11 @@ import numpy as np
 from fox_edge.converters.onnx import GENAI_CONFIG, MODEL_FILE, ORT_FILE, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 from fox_edge.errors import FoxEdgeError
 from fox_edge.runner import common_prefix, default_threads, is_onnx_model
+from fox_edge.source import read_json
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 MODEL_FILES = (MODEL_FILE, ORT_FILE)
+REWRITE = "re-run `fox-edge convert --to onnx` to rewrite the folder"
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -93,22 +94,22 @@ class OnnxRunner:
             raise FoxEdgeError(
                 f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`"
             )
-        genai = json.loads((self.path / GENAI_CONFIG).read_text())["model"]
+        genai = read_json(self.path / GENAI_CONFIG, REWRITE)["model"]
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
         self.n_ctx = min(n_ctx, genai["context_length"]) if n_ctx > 0 else genai["context_length"]
         self.n_batch = max(1, min(n_batch, self.n_ctx))
         self.n_vocab = genai["vocab_size"]
 
-        tokenizer_config = _read_json(self.path / "tokenizer_config.json")
+        config_path = self.path / "tokenizer_config.json"
+        tokenizer_config = read_json(config_path, REWRITE) if config_path.is_file() else {}
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
             raise FoxEdgeError(
                 f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model"
             ) from None
-        self._plain_tokenizer = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
-        self._plain_tokenizer.encode_special_tokens = True  # special=False: "<eos>" in a text is just text
+        self._plain_tokenizer = None  # built on first use: copying a 256K vocabulary costs a second at start-up
         byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
         special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
         size = max(self.n_vocab, self._tokenizer.get_vocab_size())
@@ -158,8 +159,14 @@ class OnnxRunner:
 
     # -- vocabulary ------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        tokenizer = self._tokenizer if special else self._plain_tokenizer
-        return tokenizer.encode(text, add_special_tokens=False).ids
+        if special:
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
+        if self._plain_tokenizer is None:
+            import tokenizers
+
+            self._plain_tokenizer = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())
+            self._plain_tokenizer.encode_special_tokens = True  # "<eos>" in a text is just text
+        return self._plain_tokenizer.encode(text, add_special_tokens=False).ids
 
     def token_bytes(self, token: int) -> bytes:
         return self._bytes[token] if 0 <= token < len(self._bytes) else b""
@@ -265,10 +272,3 @@ def check_external_data(model_file: Path) -> None:
             raise FoxEdgeError(
                 f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
             )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FoxEdgeError(f"{path} is not valid JSON; re-run `fox-edge convert` to rewrite the folder") from None
