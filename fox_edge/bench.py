@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,12 @@ class BenchSettings:
     n_ctx: int = 2048
     flash_attention: bool | None = None  # None: the backend decides
     kv_type: str | None = None  # None: the backend's default (llama.cpp: f16)
+    n_batch: int | None = None  # prompt tokens per forward pass; None: the runner's default (512)
+    use_mmap: bool | None = None  # GGUF: False reads the whole file into memory; None: llama.cpp's default (mmap)
+
+    @classmethod
+    def from_json(cls, text: str) -> BenchSettings:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
 
 
 @dataclass
@@ -54,7 +60,12 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     from fox_edge.texts import builtin_text
 
     started = time.perf_counter()
-    options = {"flash_attention": settings.flash_attention, "kv_type": settings.kv_type}
+    options = {
+        "flash_attention": settings.flash_attention,
+        "kv_type": settings.kv_type,
+        "n_batch": settings.n_batch,
+        "use_mmap": settings.use_mmap,
+    }
     runner = open_runner(model, n_ctx=settings.n_ctx, n_threads=settings.threads, **{k: v for k, v in options.items() if v is not None})
     load = time.perf_counter() - started
     text_tokens = runner.tokenize(builtin_text("evaluation") * 4)
@@ -66,52 +77,94 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     runner.prefill(text_tokens[:32])  # warm-up: first-call allocations and page faults are not measured
 
     result: dict[str, float | str | int] = {"load_s": load, "backend": runner.backend}
+    result |= measure_protocol(
+        settings,
+        text_tokens,
+        runner.prefill,
+        lambda prompt: generate_tokens(runner, prompt, SamplingParams.greedy(settings.generate_tokens + 1), stop_ids=frozenset()),
+    )
+    runner.close()
+    return result
+
+
+def measure_protocol(
+    settings: BenchSettings,
+    text_tokens: list[int],
+    prefill: Callable[[list[int]], object],
+    generate: Callable[[list[int]], Iterator[object]],
+) -> dict[str, float | int]:
+    """Prompt speed at each length, time to first token and generation speed, the same way for every engine.
+
+    `prefill(tokens)` evaluates a prompt from an empty cache; `generate(prompt)` yields at least
+    settings.generate_tokens + 1 tokens after it. The caller loads the model and warms it up first.
+    """
+    result: dict[str, float | int] = {}
     for i, length in enumerate(settings.prompt_lengths):
         prompt = text_tokens[(i + 1) * 7 : (i + 1) * 7 + length]  # a different prefix each time: nothing reused from the cache
         started = time.perf_counter()
-        runner.prefill(prompt)
+        prefill(prompt)
         result[f"prompt_{length}_tps"] = length / (time.perf_counter() - started)
 
-    prompt = text_tokens[1000 : 1000 + min(settings.prompt_lengths)]
     started = time.perf_counter()
-    stream = generate_tokens(runner, prompt, SamplingParams.greedy(settings.generate_tokens + 1), stop_ids=frozenset())
+    stream = generate(text_tokens[1000 : 1000 + min(settings.prompt_lengths)])
     next(stream)
     first = time.perf_counter()
-    produced = 1 + sum(1 for _ in stream)
+    for _ in range(settings.generate_tokens):
+        next(stream)
     result["ttft_ms"] = (first - started) * 1000
-    result["generate_tps"] = (produced - 1) / (time.perf_counter() - first)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["generate_tps"] = settings.generate_tokens / (time.perf_counter() - first)
+    result["peak_rss_mb"] = peak_rss_mb()
     result["threads"] = settings.threads or default_threads()
-    runner.close()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program.
+
+    Linux: VmHWM of /proc/self/status. Not getrusage's ru_maxrss there: a child started with vfork carries its
+    parent's peak into its own ru_maxrss across exec, so a child of a large parent would report the parent's.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def bench(models: list[str | Path], settings: BenchSettings, progress: Callable[[int, int, str], None] | None = None) -> list[BenchResult]:
     for model in models:
         if not Path(model).exists():
             raise FoxEdgeError(f"no such model: {model}")
-    results = {str(m): BenchResult(str(m), file_mb=_size_mb(Path(m))) for m in models}
+    results = [BenchResult(str(m), file_mb=size_mb(Path(m))) for m in models]
     total, done = settings.repeats * len(models), 0
     for repeat in range(settings.repeats):
-        for model in models:  # interleaved: A B A B ...
-            child = subprocess.run(
-                [sys.executable, "-m", "fox_edge.bench", str(model), json.dumps(asdict(settings))], capture_output=True, text=True
+        for result in results:  # interleaved: A B A B ...
+            add_sample(
+                result, run_child([sys.executable, "-m", "fox_edge.bench", result.model, json.dumps(asdict(settings))], result.model)
             )
-            if child.returncode != 0:
-                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
-                raise FoxEdgeError(f"benchmarking {model} failed: {last}")
-            measured = json.loads(child.stdout.strip().splitlines()[-1])
-            result = results[str(model)]
-            result.backend, result.threads = measured.pop("backend"), measured.pop("threads")
-            for metric, value in measured.items():
-                result.samples.setdefault(metric, []).append(value)
             done += 1
             if progress:
-                progress(done, total, f"{Path(model).name} run {repeat + 1}")
-    return list(results.values())
+                progress(done, total, f"{Path(result.model).name} run {repeat + 1}")
+    return results
 
 
-def _size_mb(path: Path) -> float:
+def run_child(command: list[str], what: str) -> dict:
+    """Run one measuring child process; it prints its measurements as JSON on its last line."""
+    child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FoxEdgeError(f"benchmarking {what} failed: {last}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def add_sample(result: BenchResult, measured: dict) -> None:
+    result.backend, result.threads = measured.pop("backend"), measured.pop("threads")
+    for metric, value in measured.items():
+        result.samples.setdefault(metric, []).append(value)
+
+
+def size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
 
@@ -141,8 +194,7 @@ def format_table(results: list[BenchResult], settings: BenchSettings) -> str:
 
 
 if __name__ == "__main__":
-    child_settings = BenchSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[2]).items()})
     try:
-        print(json.dumps(measure_once(sys.argv[1], child_settings)))
+        print(json.dumps(measure_once(sys.argv[1], BenchSettings.from_json(sys.argv[2]))))
     except FoxEdgeError as exc:
         sys.exit(str(exc))

@@ -461,6 +461,8 @@ def bench_command(
     threads: Threads = None,
     flash_attention: Annotated[str, typer.Option("--flash-attention", help="GGUF: auto, on or off")] = "auto",
     kv_type: Annotated[str | None, typer.Option("--kv-type", help="GGUF KV cache type: f16 (default), f32 or q8_0")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="prompt tokens per forward pass (default 512)")] = None,
+    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="GGUF: read the file into memory instead of mapping it")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Load time, prompt and generation speed, time to first token and peak RSS: medians and spread of interleaved runs."""
@@ -475,8 +477,18 @@ def bench_command(
             raise FoxEdgeError(f"--prompt-lengths takes comma-separated numbers, not {prompt_lengths!r}") from None
         if flash_attention not in ("auto", "on", "off"):
             raise FoxEdgeError(f"--flash-attention takes auto, on or off, not {flash_attention!r}")
+        if batch_size is not None and batch_size < 1:
+            raise FoxEdgeError(f"--batch-size must be at least 1, not {batch_size}")
         settings = BenchSettings(
-            lengths, generate, repeats, threads, ctx_size, {"auto": None, "on": True, "off": False}[flash_attention], kv_type
+            lengths,
+            generate,
+            repeats,
+            threads,
+            ctx_size,
+            {"auto": None, "on": True, "off": False}[flash_attention],
+            kv_type,
+            batch_size,
+            False if no_mmap else None,
         )
         with _progress_bar("benchmarking", in_bytes=False) as progress:
             results = bench([str(m) for m in models], settings, progress)

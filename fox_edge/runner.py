@@ -164,7 +164,7 @@ def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = No
     if is_onnx_model(path if path.is_dir() else path.parent) and (path.is_dir() or path.suffix in (".onnx", ".ort")):
         from fox_edge.backends.onnx import OnnxRunner
 
-        if llama_only := sorted(set(options) & {"flash_attention", "kv_type", "gpu_layers"}):
+        if llama_only := sorted(set(options) & {"flash_attention", "kv_type", "gpu_layers", "use_mmap"}):
             raise FoxEdgeError(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to the ONNX model {path}")
         return OnnxRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
     if path.is_dir() and (path / "config.json").is_file():

@@ -60,11 +60,13 @@ class LlamaCppRunner:
         vocab_only: bool = False,
         kv_type: str = "f16",
         flash_attention: bool | None = None,
+        use_mmap: bool = True,
     ):
         self.path = Path(path)
         model_params = C.llama_model_default_params()
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only
+        model_params.use_mmap = use_mmap  # False reads the file into memory (benchmarks/BENCHMARKS.md: mmap vs load)
         _log_lines.clear()
         self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:

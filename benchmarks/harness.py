@@ -1,0 +1,325 @@
+"""Every speed and memory figure of fox-edge and its peers, side by side, in one run on one machine.
+
+    ./dev bench [--rounds 3] [--output benchmarks] [--work DIR] [--optimum]
+
+1. Builds, once, a full-size random-weight checkpoint with Fox-1's exact shapes under the fox-edge cache.
+2. Converts it, each converter in a fresh process, timing it and reading its peak RSS: fox-edge to GGUF f16
+   and ONNX int8/int4, llama.cpp's convert_hf_to_gguf.py (from the llama-cpp-python source archive),
+   onnxruntime-genai's model builder (int4, CPU), then `fox-edge quantize` to Q8_0, Q4_K_M, Q4_0 and IQ4_XS.
+   --optimum adds optimum-onnx's export (3 minutes, 17 GB, in its own environment).
+3. Runs every engine on every variant (fox-edge's runners; raw llama-cpp-python, onnxruntime-genai and
+   transformers + PyTorch through benchmarks/peers.py) and the tuning settings, each measurement in a fresh
+   process, all interleaved for --rounds rounds; the memory read bandwidth is measured at the start of
+   every round and each generation figure is divided by the roofline of its own round.
+4. Writes BENCHMARKS.md and speed.png into --output.
+
+About 30 minutes on 2 cores. Variants are built in a temporary folder under the fox-edge cache (about 12 GB)
+and removed afterwards unless --work names a folder to keep them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from fox_edge import assets
+from fox_edge.bench import BenchResult, BenchSettings, add_sample, run_child, size_mb
+from fox_edge.runner import default_threads
+from fox_edge.spec import FOX1
+
+HERE = Path(__file__).resolve().parent
+QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS")
+SETTINGS = BenchSettings(prompt_lengths=(128, 512), generate_tokens=64, n_ctx=2048)
+
+
+# -- the checkpoint and its conversions -------------------------------------------------------------------
+
+
+def fox1_random_checkpoint() -> Path:
+    from fox_edge.synthetic import build_checkpoint, fox1_tokenizer_config
+
+    folder = assets.cache_dir() / "bench" / "fox1-random-bf16"
+    if not (folder / "config.json").is_file():
+        tokenizer = assets.gemma_tokenizer()
+        build_checkpoint(folder, FOX1, {"tokenizer.json": tokenizer / "tokenizer.json"}, fox1_tokenizer_config(), max_shard_size="2GB")
+    return folder
+
+
+@dataclass
+class Conversion:
+    name: str
+    command: list[str]
+    output: Path
+    keep: bool = True  # False: only measured, deleted afterwards (a second copy of a kept output)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    output_gb: float = 0.0
+
+
+def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]:
+    tree = assets.llama_cpp_source()
+    fox_edge = str(Path(sys.executable).with_name("fox-edge"))
+    f16 = work / "fox1.f16.gguf"
+    steps = [
+        Conversion("fox-edge convert --to gguf --dtype f16", [fox_edge, "convert", str(checkpoint), "--dtype", "f16", "-o", str(f16)], f16),
+        Conversion(
+            "llama.cpp convert_hf_to_gguf.py --outtype f16",
+            ["env", f"PYTHONPATH={tree / 'gguf-py'}", sys.executable, str(tree / "convert_hf_to_gguf.py"), str(checkpoint),
+             "--outtype", "f16", "--outfile", str(work / "llama.cpp.f16.gguf")],
+            work / "llama.cpp.f16.gguf", keep=False,
+        ),
+        *(
+            Conversion(f"fox-edge convert --to onnx --precision {p}", [fox_edge, "convert", str(checkpoint), "--to", "onnx", "--precision", p,
+                       "--no-check", "-o", str(work / f"onnx-{p}")], work / f"onnx-{p}")
+            for p in ("int4", "int8")
+        ),
+        Conversion(
+            "onnxruntime-genai model builder -p int4 -e cpu",
+            [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(work / "builder-int4"),
+             "-p", "int4", "-e", "cpu", "-c", str(work / "builder-cache")],
+            work / "builder-int4",
+        ),
+        *(
+            Conversion(f"fox-edge quantize --type {t}", [fox_edge, "quantize", str(f16), "--type", t, "--no-check", "-o",
+                       str(work / f"fox1.{t}.gguf")], work / f"fox1.{t}.gguf")
+            for t in QUANT_TYPES
+        ),
+    ]  # fmt: skip
+    if optimum:
+        steps.append(
+            Conversion(
+                "optimum-onnx export (fp32, --no-post-process)",
+                [str(assets.side_environment("optimum")), "-m", "optimum.exporters.onnx", "--model", str(checkpoint),
+                 "--task", "text-generation-with-past", "--no-post-process", str(work / "optimum")],
+                work / "optimum", keep=False,
+            )
+        )  # fmt: skip
+    return steps
+
+
+def run_measured(step: Conversion) -> None:
+    """Run one conversion in a fresh process: its wall time and the peak RSS of that process (os.wait4).
+
+    That peak includes this process's own (small: conversions run before anything large happens here),
+    since a child started with vfork inherits its parent's peak across exec."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(step.command, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            errors.seek(0)
+            last = (errors.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"{step.name} failed: {last}")
+    step.seconds = time.perf_counter() - started
+    step.peak_rss_mb = usage.ru_maxrss / 1024
+    step.output_gb = size_mb(step.output) / 1e3
+    if not step.keep:
+        shutil.rmtree(step.output) if step.output.is_dir() else step.output.unlink()
+    shutil.rmtree(step.output.parent / "builder-cache", ignore_errors=True)
+
+
+# -- what runs in the speed rotation --------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    label: str
+    engine: str  # "fox-edge" (fox_edge.bench) or one of benchmarks/peers.py's PEERS
+    model: Path
+    tuning: str = ""  # "": the main table, with defaults; else the setting this entry changes
+    overrides: dict = field(default_factory=dict)  # BenchSettings fields
+
+    def command(self) -> list[str]:
+        settings = json.dumps(asdict(SETTINGS) | self.overrides)
+        if self.engine == "fox-edge":
+            return [sys.executable, "-m", "fox_edge.bench", str(self.model), settings]
+        return [sys.executable, str(HERE / "peers.py"), self.engine, str(self.model), settings]
+
+
+def entries(checkpoint: Path, work: Path) -> list[Entry]:
+    gguf = {t: work / f"fox1.{t}.gguf" for t in ("f16", *QUANT_TYPES)}
+    q4km, int4 = gguf["Q4_K_M"], work / "onnx-int4"
+    return [
+        *(Entry(f"GGUF {t}", "fox-edge", path) for t, path in gguf.items()),
+        Entry("GGUF Q4_K_M, raw llama-cpp-python", "llama-cpp-python", q4km),
+        Entry("ONNX int8", "fox-edge", work / "onnx-int8"),
+        Entry("ONNX int4", "fox-edge", int4),
+        Entry("ONNX int4 (fox-edge graph), onnxruntime-genai", "onnxruntime-genai", int4),
+        Entry("ONNX int4 (builder graph), onnxruntime-genai", "onnxruntime-genai", work / "builder-int4"),
+        Entry("Hugging Face bf16, transformers generate", "torch-bf16", checkpoint),
+        Entry("Hugging Face fp32, transformers generate", "torch-fp32", checkpoint),
+        # Tuning: one setting changed from the defaults each.
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--threads 1", {"threads": 1}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--batch-size 128", {"n_batch": 128}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--batch-size 256", {"n_batch": 256}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--flash-attention on", {"flash_attention": True}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--flash-attention off", {"flash_attention": False}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--kv-type q8_0", {"kv_type": "q8_0"}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--no-mmap", {"use_mmap": False}),
+        Entry("ONNX int4", "fox-edge", int4, "--threads 1", {"threads": 1}),
+        Entry("ONNX int4", "fox-edge", int4, "--batch-size 128", {"n_batch": 128}),
+    ]
+
+
+# -- memory bandwidth and the roofline ------------------------------------------------------------------
+
+
+def read_bandwidth_gbs(size: int = 2 << 30, passes: int = 5, threads: int | None = None) -> float:
+    """Best of `passes` sums over a buffer far larger than the caches, split over the runners' thread count
+    (numpy releases the GIL inside reductions): how fast this machine's cores can stream memory now."""
+    threads = threads or default_threads()
+    data = np.ones(size // 8)  # written once, so every page is resident before the clock starts
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(passes):
+            started = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, size / (time.perf_counter() - started))
+    return best / 1e9
+
+
+def weight_bytes_per_token(model: Path) -> int:
+    """Bytes of weights a decoding step reads: every matrix once; of an embedding table that only a Gather
+    reads, one row (counted as nothing); a tied embedding is read whole, as the output projection."""
+    if model.is_file():
+        from gguf import GGUFReader
+
+        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(model).tensors}
+        return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
+    if (model / "model.onnx").is_file():
+        return _onnx_weight_bytes(model / "model.onnx")
+    from fox_edge.weights import read_header
+
+    refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
+    embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
+    return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+
+
+def _onnx_weight_bytes(path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    extents = set()  # (file, offset, length): views of the same bytes count once
+    for tensor in graph.initializer:
+        if readers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"}:
+            continue  # an embedding table read one row per token
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            extents.add((info["location"], int(info.get("offset", 0)), int(info["length"])))
+        else:
+            extents.add((tensor.name, 0, len(tensor.raw_data)))
+    return sum(length for _, _, length in extents)
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), ""
+    )
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("llama-cpp-python", "onnxruntime", "onnxruntime-genai", "torch", "transformers", "numpy")
+    )
+    return {
+        "cpu": f"{platform.machine()} {cpu or platform.processor()}, {default_threads()} cores usable of {os.cpu_count()}",
+        "memory": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
+        "system": f"{platform.platform()}, Python {platform.python_version()}",
+        "versions": versions,
+    }
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the speed rotation")
+    parser.add_argument("--output", type=Path, default=HERE, help="where BENCHMARKS.md and speed.png go")
+    parser.add_argument("--work", type=Path, help="keep the converted variants in this folder")
+    parser.add_argument("--optimum", action="store_true", help="also time optimum-onnx's export (3 min, 17 GB)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="another Hugging Face checkpoint folder instead of the full-size random Fox-1 (a quick try)"
+    )
+    args = parser.parse_args()
+    started, today = time.time(), date.today()
+
+    if args.checkpoint is None:
+        log("building the full-size random-weight Fox-1 checkpoint (once, cached)")
+    checkpoint = args.checkpoint or fox1_random_checkpoint()
+    with tempfile.TemporaryDirectory(dir=assets.cache_dir()) as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        steps = conversions(checkpoint, work, args.optimum)
+        for i, step in enumerate(steps, 1):
+            if step.output.exists():
+                shutil.rmtree(step.output) if step.output.is_dir() else step.output.unlink()
+            log(f"[{i}/{len(steps)}] {step.name}")
+            run_measured(step)
+            log(f"    {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB, {step.output_gb:.2f} GB")
+
+        rotation = entries(checkpoint, work)
+        results = [BenchResult(entry.label, file_mb=size_mb(entry.model)) for entry in rotation]
+        bandwidth: list[float] = []
+        total, done, rotation_started = args.rounds * len(rotation), 0, time.perf_counter()
+        for round_index in range(args.rounds):
+            # In a child: a 2 GiB peak in this process would show up in the peak RSS its later children report.
+            bandwidth.append(run_child([sys.executable, __file__, "--bandwidth"], "memory bandwidth")["read_gbs"])
+            log(f"round {round_index + 1}/{args.rounds}: memory read bandwidth {bandwidth[-1]:.1f} GB/s")
+            for entry, result in zip(rotation, results, strict=True):
+                add_sample(result, run_child(entry.command(), entry.label))
+                done += 1
+                left = (time.perf_counter() - rotation_started) / done * (total - done)
+                log(
+                    f"  [{done}/{total}] {entry.label} {entry.tuning}: {result.samples['generate_tps'][-1]:.1f} tok/s generating; {left / 60:.0f} min left"
+                )
+        weights = {entry.model: weight_bytes_per_token(entry.model) for entry in rotation}
+
+    from report import write_report
+
+    command = " ".join(["./dev bench", *sys.argv[1:]])
+    aliases = {
+        str(checkpoint): "CHECKPOINT",
+        str(work): "WORK",
+        str(assets.llama_cpp_source()): "LLAMA_CPP_SOURCE",
+        str(Path(sys.executable).with_name("fox-edge")): "fox-edge",
+        sys.executable: "python",
+    }
+    if args.optimum:
+        aliases[str(assets.side_environment("optimum"))] = "OPTIMUM_ENV_PYTHON"
+    seconds = time.time() - started
+    model = (
+        f"{checkpoint.name} (--checkpoint)"
+        if args.checkpoint
+        else "full-size Fox-1 shapes and tokenizer, random bf16 weights (speed and memory, not accuracy)"
+    )
+    write_report(args.output, command, model, today, seconds, machine(), steps, aliases, rotation, SETTINGS, results, bandwidth, weights)
+    log(f"wrote {args.output / 'BENCHMARKS.md'} and {args.output / 'speed.png'}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--bandwidth"]:
+        print(json.dumps({"read_gbs": read_bandwidth_gbs()}))
+    else:
+        main()

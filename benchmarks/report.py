@@ -1,0 +1,157 @@
+"""BENCHMARKS.md and speed.png from one run of benchmarks/harness.py."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import date
+from pathlib import Path
+
+from fox_edge.bench import BenchResult, BenchSettings
+from fox_edge.files import atomic_output
+
+
+def cell(values: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def ratio(a: BenchResult, b: BenchResult, metric: str) -> float:
+    return a.median(metric) / b.median(metric)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def write_report(
+    output: Path,
+    command: str,
+    model: str,
+    today: date,
+    seconds: float,
+    machine: dict,
+    steps,
+    aliases: dict[str, str],
+    rotation,
+    settings: BenchSettings,
+    results: list[BenchResult],
+    bandwidth: list[float],
+    weights: dict[Path, int],
+) -> None:
+    """`aliases` shortens paths in the commands shown (the scratch folder to WORK, and so on)."""
+    by_key = {(e.label, e.tuning): r for e, r in zip(rotation, results, strict=True)}
+    main = [(e, r) for e, r in zip(rotation, results, strict=True) if not e.tuning]
+    tuning = [(e, r) for e, r in zip(rotation, results, strict=True) if e.tuning]
+    lengths = settings.prompt_lengths
+    rounds = len(bandwidth)
+
+    def roofline_fractions(entry, result) -> list[float]:  # each generation sample against its own round's bandwidth
+        return [tps * weights[entry.model] / (gbs * 1e9) for tps, gbs in zip(result.samples["generate_tps"], bandwidth, strict=True)]
+
+    speed_rows = []
+    for entry, result in main:
+        roofline = statistics.median(bandwidth) * 1e9 / weights[entry.model]
+        speed_rows.append([
+            entry.label, result.backend, f"{result.file_mb:.0f}", f"{weights[entry.model] / 1e6:.0f}", cell(result.samples["load_s"], "{:.2f}"),
+            *(cell(result.samples[f"prompt_{n}_tps"]) for n in lengths), cell(result.samples["ttft_ms"], "{:.0f}"),
+            cell(result.samples["generate_tps"]), f"{roofline:.1f}", f"{statistics.median(roofline_fractions(entry, result)):.0%}",
+            f"{max(result.samples['peak_rss_mb']):.0f}",
+        ])  # fmt: skip
+    speed_header = ["variant, engine", "backend", "file MB", "weights read per token MB", "load s", *(f"prompt {n} tok/s" for n in lengths),
+                    "TTFT ms", "generate tok/s", "roofline tok/s", "of roofline", "peak RSS MB"]  # fmt: skip
+
+    tuning_rows = []
+    for entry, result in tuning:
+        default = by_key[(entry.label, "")]
+        changes = [f"{ratio(result, default, m) - 1:+.0%}" for m in (f"prompt_{lengths[-1]}_tps", "generate_tps")]
+        tuning_rows.append([
+            entry.label, entry.tuning, *(cell(result.samples[f"prompt_{n}_tps"]) for n in lengths), cell(result.samples["ttft_ms"], "{:.0f}"),
+            cell(result.samples["generate_tps"]), f"{max(result.samples['peak_rss_mb']):.0f}", cell(result.samples["load_s"], "{:.2f}"), *changes,
+        ])  # fmt: skip
+    tuning_header = ["model", "setting", *(f"prompt {n} tok/s" for n in lengths), "TTFT ms", "generate tok/s", "peak RSS MB", "load s",
+                     f"prompt {lengths[-1]} vs default", "generate vs default"]  # fmt: skip
+
+    runner, raw = by_key[("GGUF Q4_K_M", "")], by_key[("GGUF Q4_K_M, raw llama-cpp-python", "")]
+    onnx, builder = by_key[("ONNX int4", "")], by_key[("ONNX int4 (builder graph), onnxruntime-genai", "")]
+    text = f"""# fox-edge benchmarks
+
+Written by `{command}` (benchmarks/harness.py; what it does: benchmarks/README.md) on {today},
+in {seconds / 60:.0f} minutes. Do not edit by hand: rerun the command. Model: {model}.
+
+## Machine
+- CPU: {machine["cpu"]}
+- memory: {machine["memory"]}; read bandwidth, measured at the start of each round (best of 5 passes over 2 GiB,
+  {results[0].threads} threads): {", ".join(f"{b:.1f}" for b in bandwidth)} GB/s
+- system: {machine["system"]}
+- {machine["versions"]}
+
+## Conversion: wall time and peak RSS, each in a fresh process
+
+{table(["step", "output GB", "wall time s", "peak RSS MB"], [[s.name, f"{s.output_gb:.2f}", f"{s.seconds:.1f}", f"{s.peak_rss_mb:.0f}"] for s in steps])}
+
+Commands, with CHECKPOINT the random-weight folder and WORK a scratch folder:
+
+```
+{chr(10).join(_shown(s.command, aliases) for s in steps)}
+```
+
+## Speed
+
+Prompts of {", ".join(map(str, lengths))} tokens from an empty cache, then {settings.generate_tokens} tokens generated greedily after a
+{lengths[0]}-token prompt; context {settings.n_ctx}; every engine at its defaults with {results[0].threads} threads; median (min-max) of
+{rounds} rounds, every measurement in a fresh process after a warm-up, all engines interleaved in each round.
+"Weights read per token" counts every matrix once (the tied embedding whole, as the output projection; an
+embedding read only by a Gather, one row, as nothing); roofline = bandwidth of the round / those bytes, and
+"of roofline" is the median over rounds of generation speed / roofline of the same round.
+
+{table(speed_header, speed_rows)}
+
+![prompt and generation speed per variant and engine](speed.png)
+
+- fox-edge's llama.cpp runner vs raw llama-cpp-python (`Llama.generate`, same file, settings, flash
+  attention on): generation {ratio(runner, raw, "generate_tps"):.3f}x, prompt {lengths[-1]} {ratio(runner, raw, f"prompt_{lengths[-1]}_tps"):.3f}x.
+- fox-edge's ONNX runner (int4) vs onnxruntime-genai on its model builder's int4 graph (intra_op_num_threads =
+  {results[0].threads}): generation {ratio(onnx, builder, "generate_tps"):.2f}x, prompt {lengths[0]} {ratio(onnx, builder, f"prompt_{lengths[0]}_tps"):.2f}x,
+  prompt {lengths[-1]} {ratio(onnx, builder, f"prompt_{lengths[-1]}_tps"):.2f}x.
+
+## Tuning: one setting changed from the defaults
+
+Same rounds as the table above (interleaved with it); "vs default" compares medians with the default row
+of the same model.
+
+{table(tuning_header, tuning_rows)}
+"""
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_output(output / "BENCHMARKS.md") as path:
+        path.write_text(text)
+    plot(output / "speed.png", main, lengths, model, today, machine)
+
+
+def _shown(command: list[str], aliases: dict[str, str]) -> str:
+    text = " ".join(command)
+    for long in sorted(aliases, key=len, reverse=True):
+        text = text.replace(long, aliases[long])
+    return text
+
+
+def plot(path: Path, rows, lengths: tuple[int, ...], model: str, today: date, machine: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [entry.label for entry, _ in rows][::-1]
+    metrics = [("generate_tps", "generation tok/s"), *((f"prompt_{n}_tps", f"prompt {n} tok/s") for n in lengths)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(labels) + 1.5), sharey=True)
+    for axis, (metric, title) in zip(axes, metrics, strict=True):
+        medians = [result.median(metric) for _, result in rows][::-1]
+        lows = [m - result.spread(metric)[0] for m, (_, result) in zip(medians, rows[::-1], strict=True)]
+        highs = [result.spread(metric)[1] - m for m, (_, result) in zip(medians, rows[::-1], strict=True)]
+        axis.barh(labels, medians, xerr=[lows, highs], color="#3b7dd8", capsize=2)
+        axis.set_title(title)
+        axis.grid(axis="x", alpha=0.3)
+        for y, value in enumerate(medians):
+            axis.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+    figure.suptitle(f"{model} on {machine['cpu']}, {today}: median and min-max", fontsize=10)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
