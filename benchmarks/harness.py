@@ -28,16 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from fox_edge import assets
-from fox_edge.bench import BenchResult, BenchSettings, add_sample, run_child, size_mb
+from fox_edge.bench import BenchResult, BenchSettings, add_sample, measure_bandwidth, run_child, size_mb, weight_bytes_per_token
 from fox_edge.runner import default_threads
 from fox_edge.spec import FOX1
 
@@ -175,61 +172,6 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
     ]
 
 
-# -- memory bandwidth and the roofline ------------------------------------------------------------------
-
-
-def read_bandwidth_gbs(size: int = 2 << 30, passes: int = 5, threads: int | None = None) -> float:
-    """Best of `passes` sums over a buffer far larger than the caches, split over the runners' thread count
-    (numpy releases the GIL inside reductions): how fast this machine's cores can stream memory now."""
-    threads = threads or default_threads()
-    data = np.ones(size // 8)  # written once, so every page is resident before the clock starts
-    parts = np.array_split(data, threads)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(passes):
-            started = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = max(best, size / (time.perf_counter() - started))
-    return best / 1e9
-
-
-def weight_bytes_per_token(model: Path) -> int:
-    """Bytes of weights a decoding step reads: every matrix once; of an embedding table that only a Gather
-    reads, one row (counted as nothing); a tied embedding is read whole, as the output projection."""
-    if model.is_file():
-        from gguf import GGUFReader
-
-        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(model).tensors}
-        return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
-    if (model / "model.onnx").is_file():
-        return _onnx_weight_bytes(model / "model.onnx")
-    from fox_edge.weights import read_header
-
-    refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
-    embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
-    return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
-
-
-def _onnx_weight_bytes(path: Path) -> int:
-    import onnx
-
-    graph = onnx.load(path, load_external_data=False).graph
-    readers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    extents = set()  # (file, offset, length): views of the same bytes count once
-    for tensor in graph.initializer:
-        if readers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"}:
-            continue  # an embedding table read one row per token
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {entry.key: entry.value for entry in tensor.external_data}
-            extents.add((info["location"], int(info.get("offset", 0)), int(info["length"])))
-        else:
-            extents.add((tensor.name, 0, len(tensor.raw_data)))
-    return sum(length for _, _, length in extents)
-
-
 # -- the run ------------------------------------------------------------------------------------------
 
 
@@ -280,21 +222,20 @@ def main() -> None:
             log(f"    {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB, {step.output_gb:.2f} GB")
 
         rotation = entries(checkpoint, work)
-        results = [BenchResult(entry.label, file_mb=size_mb(entry.model)) for entry in rotation]
+        weights = {e.model: weight_bytes_per_token(e.model) / 1e6 for e in rotation}  # reading a GGUF's 256K-token vocabulary takes a while
+        results = [BenchResult(e.label, file_mb=size_mb(e.model), weights_mb=weights[e.model]) for e in rotation]
         bandwidth: list[float] = []
         total, done, rotation_started = args.rounds * len(rotation), 0, time.perf_counter()
         for round_index in range(args.rounds):
-            # In a child: a 2 GiB peak in this process would show up in the peak RSS its later children report.
-            bandwidth.append(run_child([sys.executable, __file__, "--bandwidth"], "memory bandwidth")["read_gbs"])
+            bandwidth.append(measure_bandwidth())
             log(f"round {round_index + 1}/{args.rounds}: memory read bandwidth {bandwidth[-1]:.1f} GB/s")
             for entry, result in zip(rotation, results, strict=True):
-                add_sample(result, run_child(entry.command(), entry.label))
+                add_sample(result, run_child(entry.command(), entry.label), bandwidth[-1])
                 done += 1
                 left = (time.perf_counter() - rotation_started) / done * (total - done)
                 log(
                     f"  [{done}/{total}] {entry.label} {entry.tuning}: {result.samples['generate_tps'][-1]:.1f} tok/s generating; {left / 60:.0f} min left"
                 )
-        weights = {entry.model: weight_bytes_per_token(entry.model) for entry in rotation}
 
     from report import write_report
 
@@ -314,12 +255,9 @@ def main() -> None:
         if args.checkpoint
         else "full-size Fox-1 shapes and tokenizer, random bf16 weights (speed and memory, not accuracy)"
     )
-    write_report(args.output, command, model, today, seconds, machine(), steps, aliases, rotation, SETTINGS, results, bandwidth, weights)
+    write_report(args.output, command, model, today, seconds, machine(), steps, aliases, rotation, SETTINGS, results, bandwidth)
     log(f"wrote {args.output / 'BENCHMARKS.md'} and {args.output / 'speed.png'}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--bandwidth"]:
-        print(json.dumps({"read_gbs": read_bandwidth_gbs()}))
-    else:
-        main()
+    main()

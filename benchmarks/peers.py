@@ -23,12 +23,6 @@ from fox_edge.runner import default_threads
 from fox_edge.texts import builtin_text
 
 
-def text_tokens(tokenizer_json: Path) -> list[int]:
-    import tokenizers
-
-    return tokenizers.Tokenizer.from_file(str(tokenizer_json)).encode(builtin_text("evaluation") * 4, add_special_tokens=False).ids
-
-
 def llama_cpp_python(model: Path, settings: BenchSettings) -> dict:
     """`llama_cpp.Llama` with fox-edge's settings: context, threads, batch, and flash attention on (what
     fox-edge's default, llama.cpp's auto, chooses on CPU), so the difference is the runner's own overhead."""
@@ -62,7 +56,7 @@ def onnxruntime_genai(folder: Path, settings: BenchSettings) -> dict:
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
     load = time.perf_counter() - started
-    tokens = text_tokens(folder / "tokenizer.json")
+    tokens = og.Tokenizer(model).encode(builtin_text("evaluation") * 4).tolist()
 
     def generator(prompt: list[int]):
         length = len(prompt) + settings.generate_tokens + 2
@@ -86,14 +80,14 @@ def transformers_generate(folder: Path, settings: BenchSettings, dtype_name: str
     """transformers' `generate` (greedy, KV cache) on PyTorch's CPU kernels, in the given dtype."""
     started = time.perf_counter()
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.streamers import BaseStreamer
 
     threads = settings.threads or default_threads()
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype_name)).eval()
     load = time.perf_counter() - started
-    tokens = text_tokens(folder / "tokenizer.json")
+    tokens = AutoTokenizer.from_pretrained(folder)(builtin_text("evaluation") * 4, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
     def prefill(prompt: list[int]) -> None:

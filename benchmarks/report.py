@@ -35,7 +35,6 @@ def write_report(
     settings: BenchSettings,
     results: list[BenchResult],
     bandwidth: list[float],
-    weights: dict[Path, int],
 ) -> None:
     """`aliases` shortens paths in the commands shown (the scratch folder to WORK, and so on)."""
     by_key = {(e.label, e.tuning): r for e, r in zip(rotation, results, strict=True)}
@@ -44,16 +43,13 @@ def write_report(
     lengths = settings.prompt_lengths
     rounds = len(bandwidth)
 
-    def roofline_fractions(entry, result) -> list[float]:  # each generation sample against its own round's bandwidth
-        return [tps * weights[entry.model] / (gbs * 1e9) for tps, gbs in zip(result.samples["generate_tps"], bandwidth, strict=True)]
-
     speed_rows = []
     for entry, result in main:
-        roofline = statistics.median(bandwidth) * 1e9 / weights[entry.model]
+        roofline = statistics.median(bandwidth) * 1e3 / result.weights_mb
         speed_rows.append([
-            entry.label, result.backend, f"{result.file_mb:.0f}", f"{weights[entry.model] / 1e6:.0f}", cell(result.samples["load_s"], "{:.2f}"),
+            entry.label, result.backend, f"{result.file_mb:.0f}", f"{result.weights_mb:.0f}", cell(result.samples["load_s"], "{:.2f}"),
             *(cell(result.samples[f"prompt_{n}_tps"]) for n in lengths), cell(result.samples["ttft_ms"], "{:.0f}"),
-            cell(result.samples["generate_tps"]), f"{roofline:.1f}", f"{statistics.median(roofline_fractions(entry, result)):.0%}",
+            cell(result.samples["generate_tps"]), f"{roofline:.1f}", f"{statistics.median(result.samples['of_roofline']):.0%}",
             f"{max(result.samples['peak_rss_mb']):.0f}",
         ])  # fmt: skip
     speed_header = ["variant, engine", "backend", "file MB", "weights read per token MB", "load s", *(f"prompt {n} tok/s" for n in lengths),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class BenchSettings:
     kv_type: str | None = None  # None: the backend's default (llama.cpp: f16)
     n_batch: int | None = None  # prompt tokens per forward pass; None: the runner's default (512)
     use_mmap: bool | None = None  # GGUF: False reads the whole file into memory; None: llama.cpp's default (mmap)
+    roofline: bool = False  # measure the memory read bandwidth before each round; report generation against it
 
     @classmethod
     def from_json(cls, text: str) -> BenchSettings:
@@ -44,6 +46,7 @@ class BenchResult:
     backend: str = ""
     threads: int = 0
     file_mb: float = 0.0
+    weights_mb: float | None = None  # weights a decoding step reads (weight_bytes_per_token)
     samples: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per repeat
 
     def median(self, metric: str) -> float:
@@ -136,13 +139,13 @@ def bench(models: list[str | Path], settings: BenchSettings, progress: Callable[
     for model in models:
         if not Path(model).exists():
             raise FoxEdgeError(f"no such model: {model}")
-    results = [BenchResult(str(m), file_mb=size_mb(Path(m))) for m in models]
+    results = [BenchResult(str(m), file_mb=size_mb(Path(m)), weights_mb=_mb(weight_bytes_per_token(m))) for m in models]
     total, done = settings.repeats * len(models), 0
     for repeat in range(settings.repeats):
+        bandwidth = measure_bandwidth() if settings.roofline else None
         for result in results:  # interleaved: A B A B ...
-            add_sample(
-                result, run_child([sys.executable, "-m", "fox_edge.bench", result.model, json.dumps(asdict(settings))], result.model)
-            )
+            command = [sys.executable, "-m", "fox_edge.bench", result.model, json.dumps(asdict(settings))]
+            add_sample(result, run_child(command, result.model), bandwidth)
             done += 1
             if progress:
                 progress(done, total, f"{Path(result.model).name} run {repeat + 1}")
@@ -158,15 +161,90 @@ def run_child(command: list[str], what: str) -> dict:
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def add_sample(result: BenchResult, measured: dict) -> None:
+def add_sample(result: BenchResult, measured: dict, bandwidth_gbs: float | None = None) -> None:
+    """One child's measurements; with the memory bandwidth of the same round, generation as a fraction of
+    its roofline (bandwidth / weights read per token)."""
     result.backend, result.threads = measured.pop("backend"), measured.pop("threads")
+    if bandwidth_gbs and result.weights_mb:
+        measured["bandwidth_gbs"] = bandwidth_gbs
+        measured["of_roofline"] = measured["generate_tps"] * result.weights_mb / (bandwidth_gbs * 1e3)
     for metric, value in measured.items():
         result.samples.setdefault(metric, []).append(value)
+
+
+def measure_bandwidth() -> float:
+    """read_bandwidth_gbs in a child process: a 2 GiB peak here would show in the peak RSS of later children
+    (a child started with vfork inherits its parent's peak, see peak_rss_mb)."""
+    return run_child([sys.executable, "-m", "fox_edge.bench", "--bandwidth"], "the memory bandwidth")["read_gbs"]
+
+
+def _mb(n_bytes: int | None) -> float | None:
+    return None if n_bytes is None else n_bytes / 1e6
 
 
 def size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def read_bandwidth_gbs(size: int = 2 << 30, passes: int = 5, threads: int | None = None) -> float:
+    """Best of `passes` sums over a buffer far larger than the caches, split over the runners' thread count
+    (numpy releases the GIL inside reductions): how fast this machine's cores can stream memory now."""
+    threads = threads or default_threads()
+    import numpy as np
+
+    data = np.ones(size // 8)  # written once, so every page is resident before the clock starts
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(passes):
+            started = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, size / (time.perf_counter() - started))
+    return best / 1e9
+
+
+def weight_bytes_per_token(model: str | Path) -> int | None:
+    """Bytes of weights a decoding step reads: every matrix once; of an embedding table that only a Gather
+    reads, one row (counted as nothing); a tied embedding is read whole, as the output projection.
+    None for a model.ort flatbuffer (its initializers are not read here)."""
+    model = Path(model)
+    if model.is_file() and model.suffix == ".ort":
+        return None
+    if model.is_file():
+        from gguf import GGUFReader
+
+        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(model).tensors}
+        return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
+    if model.suffix == ".onnx" or (model / "model.onnx").is_file():
+        return _onnx_weight_bytes(model if model.suffix == ".onnx" else model / "model.onnx")
+    if (model / "model.ort").is_file():
+        return None
+    from fox_edge.weights import read_header
+
+    refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
+    embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
+    return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+
+
+def _onnx_weight_bytes(path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    extents = set()  # (file, offset, length): views of the same bytes count once
+    for tensor in graph.initializer:
+        if readers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"}:
+            continue  # an embedding table read one row per token
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            extents.add((info["location"], int(info.get("offset", 0)), int(info["length"])))
+        else:
+            extents.add((tensor.name, 0, len(tensor.raw_data)))
+    return sum(length for _, _, length in extents)
 
 
 METRICS = (
@@ -180,20 +258,34 @@ METRICS = (
 def format_table(results: list[BenchResult], settings: BenchSettings) -> str:
     columns = [(f"prompt_{n}_tps", f"prompt {n} tok/s", "{:.1f}") for n in settings.prompt_lengths]
     columns = [METRICS[0], *columns, *METRICS[1:]]
-    header = ["model", "backend", "threads", "MB", *(title for _, title, _ in columns)]
+    if settings.roofline:
+        columns.insert(-1, ("of_roofline", "of roofline", "{:.0%}"))
+    header = ["model", "backend", "threads", "MB", "weights/token MB", *(title for _, title, _ in columns)]
     rows = []
     for r in results:
-        cells = [Path(r.model).name, r.backend, str(r.threads), f"{r.file_mb:.0f}"]
+        cells = [Path(r.model).name, r.backend, str(r.threads), f"{r.file_mb:.0f}", "-" if r.weights_mb is None else f"{r.weights_mb:.0f}"]
         for metric, _, fmt in columns:
+            if metric not in r.samples:
+                cells.append("-")
+                continue
             low, high = r.spread(metric)
             cells.append(f"{fmt.format(r.median(metric))} ({fmt.format(low)}-{fmt.format(high)})")
         rows.append(cells)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + f"\n\nmedian (min-max) of {settings.repeats} interleaved runs, each in a fresh process after a warm-up"
+    note = f"\n\nmedian (min-max) of {settings.repeats} interleaved runs, each in a fresh process after a warm-up"
+    if settings.roofline:
+        bandwidths = next((r.samples["bandwidth_gbs"] for r in results if "bandwidth_gbs" in r.samples), [])
+        note += (
+            f"; memory read bandwidth per run: {', '.join(f'{b:.1f}' for b in bandwidths)} GB/s; roofline = bandwidth / weights per token"
+        )
+    return "\n".join(lines) + note
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--bandwidth"]:
+        print(json.dumps({"read_gbs": read_bandwidth_gbs()}))
+        sys.exit()
     try:
         print(json.dumps(measure_once(sys.argv[1], BenchSettings.from_json(sys.argv[2]))))
     except FoxEdgeError as exc:

@@ -463,6 +463,9 @@ def bench_command(
     kv_type: Annotated[str | None, typer.Option("--kv-type", help="GGUF KV cache type: f16 (default), f32 or q8_0")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="prompt tokens per forward pass (default 512)")] = None,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="GGUF: read the file into memory instead of mapping it")] = False,
+    roofline: Annotated[
+        bool, typer.Option("--roofline", help="measure memory read bandwidth each round; show generation as a fraction of its roofline")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Load time, prompt and generation speed, time to first token and peak RSS: medians and spread of interleaved runs."""
@@ -489,6 +492,7 @@ def bench_command(
             kv_type,
             batch_size,
             False if no_mmap else None,
+            roofline,
         )
         with _progress_bar("benchmarking", in_bytes=False) as progress:
             results = bench([str(m) for m in models], settings, progress)
