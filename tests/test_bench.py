@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from test_bad_input import run_cli
 from typer.testing import CliRunner
 
@@ -33,6 +34,40 @@ def test_cli_json(tiny_gguf):
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
     assert entry["samples"]["generate_tps"][0] > 0
+
+
+def test_batch_size_no_mmap_and_roofline(tiny_gguf):
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(tiny_gguf["f16"]),
+            "-r",
+            "2",
+            "--prompt-lengths",
+            "16",
+            "-n",
+            "4",
+            "-c",
+            "128",
+            "-b",
+            "8",
+            "--no-mmap",
+            "--roofline",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)
+    assert entry["weights_mb"] > 0 and len(entry["samples"]["bandwidth_gbs"]) == 2  # measured once per round
+    assert all(b > 0.5 for b in entry["samples"]["bandwidth_gbs"]) and all(f > 0 for f in entry["samples"]["of_roofline"])
+
+
+def test_peak_rss_is_the_child_processs_own(tiny_gguf):
+    """getrusage's ru_maxrss of a vfork'ed child includes its parent's peak: a large parent must not leak into it."""
+    ballast = np.ones(1 << 28)  # 2 GiB resident in this (the parent) process
+    (result,) = bench([str(tiny_gguf["f16"])], BenchSettings(prompt_lengths=(16,), generate_tokens=4, repeats=1, n_ctx=128))
+    assert ballast[-1] == 1 and result.median("peak_rss_mb") < 1000
 
 
 def test_prompt_longer_than_context_is_refused(tiny_gguf):

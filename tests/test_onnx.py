@@ -172,3 +172,21 @@ def test_check_reads_onnx_precision(tiny_onnx, tiny_fox1):
         tiny_onnx["int8"], tiny_fox1, CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0)
     )
     assert report.precision == "int8" and report.tokens_scored > 0 and report.kld_mean > 0
+
+
+def test_weight_bytes_per_token_counts_every_matrix_once(tiny_onnx, tiny_gguf, tiny_reference):
+    """The roofline's numerator (fox-edge bench --roofline, benchmarks/harness.py), against PyTorch's parameter count:
+    the tied embedding is read whole, as the output projection, but only once."""
+    from fox_edge.bench import weight_bytes_per_token
+    from fox_edge.synthetic import TINY_FOX1
+
+    n_params = sum(p.numel() for p in tiny_reference.model.parameters())  # tied weights are one parameter
+    assert weight_bytes_per_token(tiny_gguf["f32"]) == 4 * n_params
+    rotary_caches = 2 * TINY_FOX1.context_length * TINY_FOX1.head_size // 2 * 4  # cos and sin, read by attention
+    assert 4 * n_params <= weight_bytes_per_token(tiny_onnx["fp32"]) <= 4 * n_params + rotary_caches
+    # int4: everything in model.onnx.data is read per token (the embedding's bytes serve Gather and lm_head;
+    # its scales are a second view of the same bytes), less the 4096-byte alignment padding.
+    data = tiny_onnx["int4"] / "model.onnx.data"
+    n_initializers = len(onnx.load(tiny_onnx["int4"] / "model.onnx", load_external_data=False).graph.initializer)
+    assert data.stat().st_size - 4096 * n_initializers <= weight_bytes_per_token(tiny_onnx["int4"]) <= data.stat().st_size
+    assert weight_bytes_per_token(tiny_onnx["int4"] / "model.ort") is None
