@@ -140,8 +140,8 @@ class Entry:
     tuning: str = ""  # "": the main table, with defaults; else the setting this entry changes
     overrides: dict = field(default_factory=dict)  # BenchSettings fields
 
-    def command(self) -> list[str]:
-        settings = json.dumps(asdict(SETTINGS) | self.overrides)
+    def command(self, **more: object) -> list[str]:
+        settings = json.dumps(asdict(SETTINGS) | self.overrides | more)
         if self.engine == "fox-edge":
             return [sys.executable, "-m", "fox_edge.bench", str(self.model), settings]
         return [sys.executable, str(HERE / "peers.py"), self.engine, str(self.model), settings]
@@ -151,8 +151,9 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
     gguf = {t: work / f"fox1.{t}.gguf" for t in ("f16", *QUANT_TYPES)}
     q4km, int4 = gguf["Q4_K_M"], work / "onnx-int4"
     return [
-        *(Entry(f"GGUF {t}", "fox-edge", path) for t, path in gguf.items()),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km),
         Entry("GGUF Q4_K_M, raw llama-cpp-python", "llama-cpp-python", q4km),
+        *(Entry(f"GGUF {t}", "fox-edge", path) for t, path in gguf.items() if t != "Q4_K_M"),
         Entry("ONNX int8", "fox-edge", work / "onnx-int8"),
         Entry("ONNX int4", "fox-edge", int4),
         Entry("ONNX int4 (fox-edge graph), onnxruntime-genai", "onnxruntime-genai", int4),
@@ -170,6 +171,26 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
         Entry("ONNX int4", "fox-edge", int4, "--threads 1", {"threads": 1}),
         Entry("ONNX int4", "fox-edge", int4, "--batch-size 128", {"n_batch": 128}),
     ]
+
+
+# The bars of issue 5, measured again head to head: the two engines run back to back, in alternating order,
+# --pairs times after the rounds, and compared pair by pair (a noisy host moves both alike).
+HEAD_TO_HEAD = (
+    ("GGUF Q4_K_M", "GGUF Q4_K_M, raw llama-cpp-python"),
+    ("ONNX int4", "ONNX int4 (builder graph), onnxruntime-genai"),
+)
+
+
+def head_to_head(rotation: list[Entry], n_pairs: int) -> dict[tuple[str, str], list[tuple[dict, dict]]]:
+    by_label = {e.label: e for e in rotation if not e.tuning}
+    pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {pair: [] for pair in HEAD_TO_HEAD}
+    for i in range(n_pairs):
+        for a, b in HEAD_TO_HEAD:
+            order = (a, b) if i % 2 == 0 else (b, a)
+            measured = {label: run_child(by_label[label].command(prompt_lengths=[128]), label) for label in order}
+            pairs[(a, b)].append((measured[a], measured[b]))
+            log(f"  pair {i + 1}/{n_pairs}: {a} / {b}: generation {measured[a]['generate_tps'] / measured[b]['generate_tps']:.3f}x")
+    return pairs
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -198,6 +219,7 @@ def log(message: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the speed rotation")
+    parser.add_argument("--pairs", type=int, default=4, help="head-to-head pairs per bar after the rounds")
     parser.add_argument("--output", type=Path, default=HERE, help="where BENCHMARKS.md and speed.png go")
     parser.add_argument("--work", type=Path, help="keep the converted variants in this folder")
     parser.add_argument("--optimum", action="store_true", help="also time optimum-onnx's export (3 min, 17 GB)")
@@ -236,6 +258,7 @@ def main() -> None:
                 log(
                     f"  [{done}/{total}] {entry.label} {entry.tuning}: {result.samples['generate_tps'][-1]:.1f} tok/s generating; {left / 60:.0f} min left"
                 )
+        pairs = head_to_head(rotation, args.pairs)
 
     from report import write_report
 
@@ -255,7 +278,7 @@ def main() -> None:
         if args.checkpoint
         else "full-size Fox-1 shapes and tokenizer, random bf16 weights (speed and memory, not accuracy)"
     )
-    write_report(args.output, command, model, today, seconds, machine(), steps, aliases, rotation, SETTINGS, results, bandwidth)
+    write_report(args.output, command, model, today, seconds, machine(), steps, aliases, rotation, SETTINGS, results, bandwidth, pairs)
     log(f"wrote {args.output / 'BENCHMARKS.md'} and {args.output / 'speed.png'}")
 
 

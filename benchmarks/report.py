@@ -35,6 +35,7 @@ def write_report(
     settings: BenchSettings,
     results: list[BenchResult],
     bandwidth: list[float],
+    pairs: dict[tuple[str, str], list[tuple[dict, dict]]],
 ) -> None:
     """`aliases` shortens paths in the commands shown (the scratch folder to WORK, and so on)."""
     by_key = {(e.label, e.tuning): r for e, r in zip(rotation, results, strict=True)}
@@ -66,8 +67,20 @@ def write_report(
     tuning_header = ["model", "setting", *(f"prompt {n} tok/s" for n in lengths), "TTFT ms", "generate tok/s", "peak RSS MB", "load s",
                      f"prompt {lengths[-1]} vs default", "generate vs default"]  # fmt: skip
 
-    runner, raw = by_key[("GGUF Q4_K_M", "")], by_key[("GGUF Q4_K_M, raw llama-cpp-python", "")]
-    onnx, builder = by_key[("ONNX int4", "")], by_key[("ONNX int4 (builder graph), onnxruntime-genai", "")]
+    pair_prompt, n_pairs = 128, len(next(iter(pairs.values())))
+    pair_rows, rotation_ratios = [], []
+    for (a, b), measured in pairs.items():
+        generate = [x["generate_tps"] / y["generate_tps"] for x, y in measured]
+        prompt = [x[f"prompt_{pair_prompt}_tps"] / y[f"prompt_{pair_prompt}_tps"] for x, y in measured]
+        pair_rows.append([
+            a, b, cell([x["generate_tps"] for x, _ in measured]), cell([y["generate_tps"] for _, y in measured]),
+            cell(generate, "{:.3f}"), cell(prompt, "{:.3f}"),
+        ])  # fmt: skip
+        rotation_ratios.append(
+            f"{ratio(by_key[(a, '')], by_key[(b, '')], 'generate_tps'):.3f} (generation) and "
+            f"{ratio(by_key[(a, '')], by_key[(b, '')], f'prompt_{pair_prompt}_tps'):.3f} (prompt) for {a} / {b}"
+        )
+    rotation_ratios = "; ".join(rotation_ratios)
     text = f"""# fox-edge benchmarks
 
 Written by `{command}` (benchmarks/harness.py; what it does: benchmarks/README.md) on {today},
@@ -103,11 +116,17 @@ embedding read only by a Gather, one row, as nothing); roofline = bandwidth of t
 
 ![prompt and generation speed per variant and engine](speed.png)
 
-- fox-edge's llama.cpp runner vs raw llama-cpp-python (`Llama.generate`, same file, settings, flash
-  attention on): generation {ratio(runner, raw, "generate_tps"):.3f}x, prompt {lengths[-1]} {ratio(runner, raw, f"prompt_{lengths[-1]}_tps"):.3f}x.
-- fox-edge's ONNX runner (int4) vs onnxruntime-genai on its model builder's int4 graph (intra_op_num_threads =
-  {results[0].threads}): generation {ratio(onnx, builder, "generate_tps"):.2f}x, prompt {lengths[0]} {ratio(onnx, builder, f"prompt_{lengths[0]}_tps"):.2f}x,
-  prompt {lengths[-1]} {ratio(onnx, builder, f"prompt_{lengths[-1]}_tps"):.2f}x.
+### Head to head (the issue's bars)
+
+After the rounds, each pair of engines ran {n_pairs} more times back to back, in alternating order, with a
+{pair_prompt}-token prompt; the ratio is taken within each pair (median and min-max over the pairs), so a
+host that slows down or speeds up moves both sides alike. Raw llama-cpp-python is `Llama.eval` and
+`Llama.generate` on the same file with the same context, threads and batch and flash attention on (what
+fox-edge's default, llama.cpp's auto, picks on CPU); onnxruntime-genai runs with intra_op_num_threads set to
+the thread count (its default threading is far slower here). In the rotation above the same ratios were
+{rotation_ratios}.
+
+{table(["fox-edge", "peer", "generate tok/s, fox-edge", "generate tok/s, peer", "generation ratio", f"prompt {pair_prompt} ratio"], pair_rows)}
 
 ## Tuning: one setting changed from the defaults
 
