@@ -107,7 +107,7 @@ Commands, with CHECKPOINT the random-weight folder and WORK a scratch folder:
 
 Prompts of {", ".join(map(str, lengths))} tokens from an empty cache, then {settings.generate_tokens} tokens generated greedily after a
 {lengths[0]}-token prompt; context {settings.n_ctx}; every engine at its defaults with {results[0].threads} threads; median (min-max) of
-{rounds} rounds, every measurement in a fresh process after a warm-up, all engines interleaved in each round.
+{rounds} rounds, every measurement in a fresh process after a warm-up, all engines interleaved in each round, each round starting at a different entry.
 "Weights read per token" counts every matrix once (the tied embedding whole, as the output projection; an
 embedding read only by a Gather, one row, as nothing); roofline = bandwidth of the round / those bytes, and
 "of roofline" is the median over rounds of generation speed / roofline of the same round.
