@@ -98,6 +98,7 @@ def test_ctrl_c_during_conversion_leaves_nothing(checkpoint, tmp_path):
     output = tmp_path / "out.gguf"
     script = (
         "import os, signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started with SIGINT ignored (nohup, &)\n"
         "import fox_edge.converters.gguf as g\n"
         "original = g._tensor_blocks\n"
         "def interrupted(weights, plan):\n"

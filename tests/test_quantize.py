@@ -225,6 +225,7 @@ def test_ctrl_c_during_quantization_leaves_nothing(tiny_f16, tmp_path):
     output = tmp_path / "q.gguf"
     script = (
         "import os, signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started with SIGINT ignored (nohup, &)\n"
         "import fox_edge.quant.gguf as q\n"
         "original = q._follow\n"
         "def interrupted(child, progress):\n"
