@@ -125,8 +125,14 @@ def run_measured(step: Conversion) -> None:
     step.peak_rss_mb = usage.ru_maxrss / 1024
     step.output_gb = size_mb(step.output) / 1e3
     if not step.keep:
-        shutil.rmtree(step.output) if step.output.is_dir() else step.output.unlink()
-    shutil.rmtree(step.output.parent / "builder-cache", ignore_errors=True)
+        remove(step.output)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 # -- what runs in the speed rotation --------------------------------------------------------------------
@@ -175,6 +181,7 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
 
 # The bars of issue 5, measured again head to head: the two engines run back to back, in alternating order,
 # --pairs times after the rounds, and compared pair by pair (a noisy host moves both alike).
+PAIR_PROMPT = 128  # tokens: pairs measure one prompt length, to keep them short
 HEAD_TO_HEAD = (
     ("GGUF Q4_K_M", "GGUF Q4_K_M, raw llama-cpp-python"),
     ("ONNX int4", "ONNX int4 (builder graph), onnxruntime-genai"),
@@ -189,7 +196,7 @@ def head_to_head(rotation: list[Entry], n_pairs: int) -> dict[tuple[str, str], l
     for i in range(n_pairs):
         for a, b in HEAD_TO_HEAD:
             order = (a, b) if i % 2 == 0 else (b, a)
-            measured = {label: run_child(by_label[label].command(prompt_lengths=[128]), label) for label in order}
+            measured = {label: run_child(by_label[label].command(prompt_lengths=[PAIR_PROMPT]), label) for label in order}
             pairs[(a, b)].append((measured[a], measured[b]))
             log(f"  pair {i + 1}/{n_pairs}: {a} / {b}: generation {measured[a]['generate_tps'] / measured[b]['generate_tps']:.3f}x")
     return pairs
@@ -239,15 +246,16 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         steps = conversions(checkpoint, work, args.optimum)
         for i, step in enumerate(steps, 1):
-            if step.output.exists():
-                shutil.rmtree(step.output) if step.output.is_dir() else step.output.unlink()
+            remove(step.output)
             log(f"[{i}/{len(steps)}] {step.name}")
             run_measured(step)
             log(f"    {step.seconds:.1f} s, peak RSS {step.peak_rss_mb:.0f} MB, {step.output_gb:.2f} GB")
+        remove(work / "builder-cache")  # the model builder's download cache, empty for a local checkpoint
 
         rotation = entries(checkpoint, work)
         weights = {e.model: weight_bytes_per_token(e.model) / 1e6 for e in rotation}  # reading a GGUF's 256K-token vocabulary takes a while
         results = [BenchResult(e.label, file_mb=size_mb(e.model), weights_mb=weights[e.model]) for e in rotation]
+        measured_entries = list(zip(rotation, results, strict=True))
         bandwidth: list[float] = []
         total, done, rotation_started = args.rounds * len(rotation), 0, time.perf_counter()
         for round_index in range(args.rounds):
@@ -256,7 +264,7 @@ def main() -> None:
             # Each round starts at a different entry: the first run after the bandwidth measurement ran slow
             # (its prompts 10-15 % below the same settings later in the round), so no entry may always be first.
             shift = round_index * len(rotation) // args.rounds
-            for entry, result in list(zip(rotation, results, strict=True))[shift:] + list(zip(rotation, results, strict=True))[:shift]:
+            for entry, result in measured_entries[shift:] + measured_entries[:shift]:
                 add_sample(result, run_child(entry.command(), entry.label), bandwidth[-1])
                 done += 1
                 left = (time.perf_counter() - rotation_started) / done * (total - done)

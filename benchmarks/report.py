@@ -67,7 +67,9 @@ def write_report(
     tuning_header = ["model", "setting", *(f"prompt {n} tok/s" for n in lengths), "TTFT ms", "generate tok/s", "peak RSS MB", "load s",
                      f"prompt {lengths[-1]} vs default", "generate vs default"]  # fmt: skip
 
-    pair_prompt, n_pairs = 128, len(next(iter(pairs.values())))
+    first_pair = next(iter(pairs.values()))
+    n_pairs = len(first_pair)
+    pair_prompt = next(int(k.split("_")[1]) for k in first_pair[0][0] if k.startswith("prompt_"))  # harness.PAIR_PROMPT
     pair_rows, rotation_ratios = [], []
     for (a, b), measured in pairs.items():
         generate = [x["generate_tps"] / y["generate_tps"] for x, y in measured]
