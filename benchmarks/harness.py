@@ -33,10 +33,10 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-from fox_edge import assets
 from fox_edge.bench import BenchResult, BenchSettings, add_sample, measure_bandwidth, run_child, size_mb, weight_bytes_per_token
-from fox_edge.runner import default_threads
+from fox_edge.cpu import default_threads
 from fox_edge.spec import FOX1
+from fox_edge.testing import assets
 
 HERE = Path(__file__).resolve().parent
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS")
@@ -47,7 +47,7 @@ SETTINGS = BenchSettings(prompt_lengths=(128, 512), generate_tokens=64, n_ctx=20
 
 
 def fox1_random_checkpoint() -> Path:
-    from fox_edge.synthetic import build_checkpoint, fox1_tokenizer_config
+    from fox_edge.testing.synthetic import build_checkpoint, fox1_tokenizer_config
 
     folder = assets.cache_dir() / "bench" / "fox1-random-bf16"
     if not (folder / "config.json").is_file():

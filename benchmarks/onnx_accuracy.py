@@ -14,21 +14,48 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from fox_edge import assets
+import numpy as np
+from onnx import TensorProto
+
+from fox_edge.assets import smollm2_checkpoint
 from fox_edge.check import CheckSettings, check_model
 from fox_edge.converters.gguf import convert_to_gguf
-from fox_edge.converters.onnx import DYNAMIC_INT8, OnnxOptions, convert_to_onnx
+from fox_edge.converters.onnx import GraphBuilder, OnnxOptions, Precision, convert_to_onnx
 from fox_edge.quantize import quantize
+from fox_edge.testing import assets
+
+
+class DynamicInt8(GraphBuilder):
+    """int8 per-column weights read by DynamicQuantizeMatMul, which quantizes activations per tensor at run time:
+    the alternative to 8-bit MatMulNBits that `--precision int8` was chosen against (benchmarks/README.md)."""
+
+    @classmethod
+    def precision_for(cls, options: OnnxOptions) -> Precision:
+        super().precision_for(options)
+        return Precision(
+            activation=TensorProto.FLOAT, weight="dynamic-int8", bits=8, description="int8 per-column weights, dynamic int8 activations"
+        )
+
+    def linear(self, x: str, sources: list[str], node_name: str) -> str:
+        name = node_name.strip("/").replace("/", ".")
+        matrix = np.concatenate([self.weights.float32(s) for s in sources]).T  # (K, N), at most one fused matrix
+        scale = np.maximum(np.abs(matrix).max(0), 1e-12) / 127
+        quantized = np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
+        self.data.add(f"{name}.weight_int8", TensorProto.INT8, quantized.shape, quantized)
+        self.data.add(f"{name}.weight_scale", TensorProto.FLOAT, scale.shape, scale.astype(np.float32))
+        inputs = [x, f"{name}.weight_int8", f"{name}.weight_scale"]
+        return self.node("DynamicQuantizeMatMul", inputs, f"{node_name}/MatMul", domain="com.microsoft")[0]
+
 
 ONNX_VARIANTS = {
-    "ONNX int8 (default: symmetric, accuracy_level 4)": (OnnxOptions("int8"), None),
-    "ONNX int8 --asymmetric": (OnnxOptions("int8", symmetric=False), None),
-    "ONNX int8 --accuracy-level 0": (OnnxOptions("int8", accuracy_level=0), None),
-    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions("int8"), DYNAMIC_INT8),
-    "ONNX int4 (default: block 32 symmetric, 4-bit embedding)": (OnnxOptions("int4"), None),
-    "ONNX int4 --embedding-bits 8": (OnnxOptions("int4", embedding_bits=8), None),
-    "ONNX int4 --asymmetric": (OnnxOptions("int4", symmetric=False), None),
-    "ONNX int4 --asymmetric --embedding-bits 8": (OnnxOptions("int4", symmetric=False, embedding_bits=8), None),
+    "ONNX int8 (default: symmetric, accuracy_level 4)": (OnnxOptions(precision="int8"), GraphBuilder),
+    "ONNX int8 --asymmetric": (OnnxOptions(precision="int8", symmetric=False), GraphBuilder),
+    "ONNX int8 --accuracy-level 0": (OnnxOptions(precision="int8", accuracy_level=0), GraphBuilder),
+    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions(precision="int8"), DynamicInt8),
+    "ONNX int4 (default: block 32 symmetric, 4-bit embedding)": (OnnxOptions(precision="int4"), GraphBuilder),
+    "ONNX int4 --embedding-bits 8": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder),
+    "ONNX int4 --asymmetric": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder),
+    "ONNX int4 --asymmetric --embedding-bits 8": (OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder),
 }
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
 
@@ -40,8 +67,8 @@ def size_mb(path: Path) -> float:
 
 def measure(checkpoint: Path, settings: CheckSettings, work: Path) -> list[tuple[str, float, object]]:
     rows = []
-    for label, (options, override) in ONNX_VARIANTS.items():
-        folder = convert_to_onnx(checkpoint, work / label.split(" (")[0].replace(" ", "_"), options, precision_override=override).output
+    for label, (options, builder) in ONNX_VARIANTS.items():
+        folder = convert_to_onnx(checkpoint, work / label.split(" (")[0].replace(" ", "_"), options, builder=builder).output
         rows.append((label, size_mb(folder), check_model(folder, checkpoint, settings)))
     f16 = convert_to_gguf(checkpoint, work / "model.f16.gguf", "f16").output
     for type_name in GGUF_TYPES:
@@ -56,12 +83,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     args = parser.parse_args()
     settings = CheckSettings(tokens=args.tokens, context=512, max_kld=100.0, min_top1=0.0, max_ppl_ratio=100.0)
-    tiny = assets.cache_dir() / "trained-tiny-fox1-v1"
-    if not (tiny / "config.json").is_file():
-        from fox_edge.synthetic import train_tiny_fox1
-
-        train_tiny_fox1(tiny, assets.botchan_text() + "\n\n" + assets.shakespeare_text(), steps=600)
-    for name, checkpoint in (("SmolLM2-135M-Instruct", assets.smollm2_checkpoint()), ("trained tiny Fox-1", tiny)):
+    tiny = assets.trained_tiny_fox1()
+    for name, checkpoint in (("SmolLM2-135M-Instruct", smollm2_checkpoint()), ("trained tiny Fox-1", tiny)):
         with tempfile.TemporaryDirectory() as work:
             rows = measure(checkpoint, settings, Path(work))
         print(f"\n**{name}** ({rows[0][2].tokens_scored} tokens scored, against PyTorch fp32)\n")

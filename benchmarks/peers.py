@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fox_edge.bench import BenchSettings, measure_protocol
-from fox_edge.runner import default_threads
+from fox_edge.cpu import default_threads
 from fox_edge.texts import builtin_text
 
 

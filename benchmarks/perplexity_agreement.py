@@ -17,11 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fox_edge import assets
+from fox_edge.assets import smollm2_checkpoint
 from fox_edge.check import Bars, check_accuracy
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.quantize import quantize
 from fox_edge.runner import open_runner
+from fox_edge.testing import assets
 from fox_edge.texts import builtin_text
 
 CONTEXT = 512
@@ -89,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     binary = build_llama_perplexity()
-    source = args.model or assets.smollm2_checkpoint()
+    source = args.model or smollm2_checkpoint()
     with tempfile.TemporaryDirectory(dir=assets.cache_dir()) as scratch:
         work = Path(scratch)
         reference = convert_to_gguf(source, work / "f16.gguf", "f16").output
@@ -101,10 +102,17 @@ def main() -> None:
         print("| type | tool | PPL(ref) | PPL(candidate) | mean KLD | top-1 agreement |")
         print("|---|---|---|---|---|---|")
         for type_name in args.types.split(","):
-            candidate = quantize(reference, work / f"{type_name}.gguf", type_name).result.output
+            candidate = quantize(reference, work / f"{type_name}.gguf", type_name).file.output
             theirs = llama_perplexity(binary, candidate, text_file, base, first=False)
             with open_runner(reference, n_ctx=CONTEXT) as ref, open_runner(candidate, n_ctx=CONTEXT) as cand:
-                ours = check_accuracy(cand, ref, builtin_text("evaluation"), n_tokens=10**9, context=CONTEXT, bars=Bars(10, 0, 10))
+                ours = check_accuracy(
+                    cand,
+                    ref,
+                    builtin_text("evaluation"),
+                    n_tokens=10**9,
+                    context=CONTEXT,
+                    bars=Bars(max_kld=10, min_top1=0, max_ppl_ratio=10),
+                )
             print(
                 f"| {type_name} | llama-perplexity | {theirs['ppl_ref']:.4f} | {theirs['ppl']:.4f} | {theirs['kld']:.5f} | {theirs['top1']:.2%} |"
             )

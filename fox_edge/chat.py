@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.runner import GenerationStats, Runner, chat_prompt, generate_tokens, stream_text
 from fox_edge.sampling import SamplingParams
 
@@ -16,7 +16,7 @@ class ChatSession:
     runner: Runner
     params: SamplingParams = field(default_factory=SamplingParams)
     system: str | None = None
-    report: Callable[[str], None] = lambda message: None
+    on_message: OnMessage = ignore_message
     history: list[dict] = field(default_factory=list)  # user and assistant messages, oldest first
     last_stats: GenerationStats = field(default_factory=GenerationStats)
 
@@ -36,14 +36,12 @@ class ChatSession:
             history = history[2:] if len(history) > 2 else history[1:]
             dropped += 1
             tokens = chat_prompt(self.runner, self._messages(history))
-        if len(tokens) >= self.runner.n_ctx:
-            raise FoxEdgeError(
-                f"this message needs {len(tokens)} tokens with the template, more than the {self.runner.n_ctx}-token context; "
-                "shorten it or raise --ctx-size"
-            )
+        self.runner.check_fits(len(tokens), "this message with the chat template", room=1)
         if dropped:
             self.history = history[:-1]
-            self.report(f"[context full: dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit {self.runner.n_ctx} tokens]")
+            self.on_message(
+                f"[context full: dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit {self.runner.n_ctx} tokens]"
+            )
         return tokens
 
     def send(self, user_text: str, cancel: threading.Event | None = None) -> Iterator[str]:

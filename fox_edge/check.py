@@ -12,21 +12,21 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fox_edge.backends.base import Runner
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output
-from fox_edge.runner import Runner
+from fox_edge.hooks import Progress
 
 # Strings whose tokenization differs between unrelated tokenizers (special tokens, whitespace, bytes).
 PROBE_TEXTS = ["<bos><eos><start_of_turn><|im_start|>", "  \t\n\n x", "日本語 😀 café", "1234567 + 89"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bars:
     max_kld: float  # mean KL divergence, nats
     min_top1: float  # fraction of positions where both models' most likely token agree
@@ -44,8 +44,10 @@ DEFAULT_BARS = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckReport:
+    """The accuracy report: what `fox-edge check` prints and stores beside a model."""
+
     candidate: str
     reference: str
     precision: str
@@ -78,7 +80,7 @@ class CheckReport:
         return json.dumps({**asdict(self), "passed": self.passed}, indent=2)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckSettings:
     enabled: bool = True
     text: str | Path = "builtin"  # evaluation text: a file or "builtin" (disjoint from the built-in calibration set)
@@ -89,35 +91,38 @@ class CheckSettings:
     max_ppl_ratio: float | None = None
 
     def bars_for(self, precision: str) -> Bars:
-        default = DEFAULT_BARS.get(precision, Bars(math.inf, 0.0, math.inf))
+        default = DEFAULT_BARS.get(precision, Bars(max_kld=math.inf, min_top1=0.0, max_ppl_ratio=math.inf))
         return Bars(
-            self.max_kld if self.max_kld is not None else default.max_kld,
-            self.min_top1 if self.min_top1 is not None else default.min_top1,
-            self.max_ppl_ratio if self.max_ppl_ratio is not None else default.max_ppl_ratio,
+            max_kld=self.max_kld if self.max_kld is not None else default.max_kld,
+            min_top1=self.min_top1 if self.min_top1 is not None else default.min_top1,
+            max_ppl_ratio=self.max_ppl_ratio if self.max_ppl_ratio is not None else default.max_ppl_ratio,
         )
 
 
 def check_model(
     candidate: str | os.PathLike[str],
     reference: str | os.PathLike[str],
-    settings: CheckSettings,
-    progress: Callable[[int, int, str], None] | None = None,
+    settings: CheckSettings | None = None,
+    *,
+    progress: Progress | None = None,
     n_threads: int | None = None,
 ) -> CheckReport:
     """Open both models (GGUF, ONNX folder or checkpoint folder) and score the candidate on the settings' text."""
     from fox_edge.runner import open_runner
     from fox_edge.texts import read_text
 
+    settings = settings or CheckSettings()
     text = read_text(settings.text, "evaluation")
     with (
         open_runner(reference, n_ctx=settings.context, n_threads=n_threads) as ref,
         open_runner(candidate, n_ctx=settings.context, n_threads=n_threads) as cand,
     ):
-        return check_accuracy(cand, ref, text, settings.tokens, settings.context, settings.bars_for(precision_of(cand)), progress)
+        bars = settings.bars_for(precision_of(cand))
+        return check_accuracy(cand, ref, text, n_tokens=settings.tokens, context=settings.context, bars=bars, progress=progress)
 
 
 # `convert --to onnx --precision` -> precision class (float ONNX models are held to the f16 bars).
-ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "dynamic-int8": "int8", "int4": "int4"}
+ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4"}
 
 
 def precision_of(runner: Runner) -> str:
@@ -188,10 +193,11 @@ def check_accuracy(
     candidate: Runner,
     reference: Runner,
     text: str,
+    *,
     n_tokens: int = 4096,
     context: int = 512,
     bars: Bars | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> CheckReport:
     started = time.monotonic()
     precision = precision_of(candidate)

@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.formats import CHECKPOINT, GENAI_CONFIG, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
+from fox_edge.source import is_hub_id, read_json
 
 SPECIAL_KEYS = ("bos", "eos", "eot", "unknown", "padding")
 
@@ -20,26 +22,16 @@ def _human(n: float, unit: str = "B") -> str:
 
 
 def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    from fox_edge.runner import is_onnx_model
-
-    path = Path(target)
-    if path.is_dir() and is_onnx_model(path):
-        return describe_onnx(path)
-    if path.is_file():
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise FoxEdgeError(f"{path} is neither a GGUF file nor a checkpoint folder")
-        return describe_gguf(path)
-    return describe_checkpoint(target)
+    """A GGUF file, an ONNX folder, a checkpoint folder or a hub id (downloaded if not cached)."""
+    if not Path(target).exists() and is_hub_id(str(target)):
+        return describe_checkpoint(target)
+    model_format = identify(target)
+    describer = {GGUF: describe_gguf, ONNX: describe_onnx, CHECKPOINT: describe_checkpoint}[model_format]
+    return describer(Path(target))
 
 
 def describe_gguf(path: Path) -> list[tuple[str, str]]:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError / struct errors / IndexError on damaged files
-        raise FoxEdgeError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); re-create it with `fox-edge convert`") from None
+    reader = open_gguf(path)
 
     def field(key, default=None):
         f = reader.fields.get(key)
@@ -93,20 +85,19 @@ def describe_gguf(path: Path) -> list[tuple[str, str]]:
     return rows + accuracy_rows(path)
 
 
-def describe_onnx(folder: Path) -> list[tuple[str, str]]:
+def describe_onnx(path: Path) -> list[tuple[str, str]]:
     """An ONNX folder: its graph's operators, initializers by type, genai_config.json and tokenizer files."""
-    import json
-
     import onnx
 
-    model_file = folder / "model.onnx"
+    folder = onnx_folder(path)
+    model_file = folder / ONNX_MODEL
     try:
         model = onnx.load(model_file, load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and OSError
         raise FoxEdgeError(
             f"{model_file} is truncated or corrupt ({type(exc).__name__}); re-create the folder with `fox-edge convert --to onnx`"
         ) from None
-    genai = json.loads((folder / "genai_config.json").read_text())["model"]
+    genai = read_json(folder / GENAI_CONFIG, ONNX_REWRITE)["model"]
     decoder = genai["decoder"]
     meta = {p.key: p.value for p in model.metadata_props}
     by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -124,7 +115,7 @@ def describe_onnx(folder: Path) -> list[tuple[str, str]]:
         ops[node.op_type] += 1
     files = sorted(f.name for f in folder.iterdir() if f.is_file())
     size = sum((folder / f).stat().st_size for f in files)
-    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").is_file() else {}
+    tokenizer_config = read_json(folder / "tokenizer_config.json", ONNX_REWRITE) if (folder / "tokenizer_config.json").is_file() else {}
     eos = genai.get("eos_token_id")
     rows = [
         ("folder", f"{folder} ({_human(size)}: {', '.join(files)})"),

@@ -9,34 +9,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_report
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
-from fox_edge.quant.gguf import (
-    QUANT_TYPES,
-    TENSOR_TYPES,
-    QuantizeResult,
-    parse_tensor_type,
-    parse_type,
-    quantize_gguf,
-    refuse_quantized,
-    tensor_infos,
-)
+from fox_edge.formats import gguf_tensors
+from fox_edge.hooks import OnMessage, Progress, ignore_message
+from fox_edge.quant.gguf import QUANT_TYPES, TENSOR_TYPES, QuantizedFile, parse_tensor_type, parse_type, quantize_gguf, refuse_quantized
 from fox_edge.texts import read_text
 
-Report = Callable[[str], None]
-Progress = Callable[[int, int, str], None]
 
-
-@dataclass
-class QuantizeOutcome:
-    result: QuantizeResult
-    check: CheckReport | None
-    imatrix: Path | None
+@dataclass(kw_only=True)
+class QuantizeResult:
+    file: QuantizedFile
+    check: CheckReport | None = None
+    imatrix: Path | None = None  # the importance matrix saved with --imatrix
     tried: list[dict] = field(default_factory=list)  # the accuracy-budget search's table
 
 
@@ -45,8 +34,9 @@ def prepare_imatrix(
     calibration: str | Path | None,
     imatrix: str | Path | None,
     scratch: Path,
-    report: Report,
-    progress: Progress | None,
+    *,
+    on_message: OnMessage = ignore_message,
+    progress: Progress | None = None,
     chunk_size: int = 512,
     max_chunks: int = 64,
 ) -> Path | None:
@@ -64,14 +54,16 @@ def prepare_imatrix(
     with LlamaCppRunner(input_path, vocab_only=True) as vocab:
         tokens = vocab.tokenize(text)
         chunks = calibration_chunks(tokens, chunk_size, vocab.bos_id if vocab.add_bos else None, max_chunks)
-    report(f"computing the importance matrix: {len(chunks)} chunks of {len(chunks[0])} tokens through the full-precision model in PyTorch")
+    on_message(
+        f"computing the importance matrix: {len(chunks)} chunks of {len(chunks[0])} tokens through the full-precision model in PyTorch"
+    )
     model = load_torch_model(input_path)
     matrix = compute_imatrix(model, chunks, progress, dataset=str(calibration))
     del model
     target = Path(imatrix) if imatrix is not None else scratch / f".{input_path.name}.imatrix-{os.getpid()}.gguf"
     save_imatrix(matrix, target)
     if imatrix is not None:
-        report(f"saved the importance matrix to {target} (llama.cpp's imatrix format)")
+        on_message(f"saved the importance matrix to {target} (llama.cpp's imatrix format)")
     return target
 
 
@@ -79,6 +71,7 @@ def quantize(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     type_name: str,
+    *,
     threads: int = 0,
     embedding: str | None = None,
     output_tensor: str | None = None,
@@ -86,9 +79,11 @@ def quantize(
     imatrix: str | Path | None = None,
     allow_requantize: bool = False,
     check: CheckSettings | None = None,
-    report: Report = lambda message: None,
+    on_message: OnMessage = ignore_message,
     progress: Progress | None = None,
-) -> QuantizeOutcome:
+) -> QuantizeResult:
+    """Quantize a GGUF to `type_name` with llama.cpp (calibrated with `calibration` or `imatrix`), then check it
+    against the input unless check.enabled is False; the report is stored beside the output."""
     input_path, output = Path(input_path), Path(output)
     check = check or CheckSettings()
     parse_type(type_name)
@@ -96,26 +91,27 @@ def quantize(
     parse_tensor_type(output_tensor, "--output-type")
     check_writable(output)
     refuse_quantized(input_path, allow_requantize)
-    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, report, progress)
+    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)
     try:
-        result = quantize_gguf(input_path, output, type_name, threads, embedding, output_tensor, matrix, allow_requantize, progress)
+        file = quantize_gguf(
+            input_path, output, type_name, threads=threads, embedding=embedding, output_tensor=output_tensor,
+            imatrix_path=matrix, allow_requantize=allow_requantize, progress=progress,
+        )  # fmt: skip
     finally:
         if matrix is not None and imatrix is None:
             matrix.unlink(missing_ok=True)
-    report(
-        f"wrote {output}: {result.type} (token embedding {result.embedding_type}), {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
-    )
-    outcome = QuantizeOutcome(result, None, Path(imatrix) if imatrix else None)
+    on_message(f"wrote {output}: {file.type} (token embedding {file.embedding_type}), {file.bytes / 1e6:.1f} MB in {file.seconds:.1f} s")
+    result = QuantizeResult(file=file, imatrix=Path(imatrix) if imatrix else None)
     if check.enabled:
-        report(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
-        outcome.check = check_model(output, input_path, check, progress)
-        save_report(outcome.check, output)
-    return outcome
+        on_message(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
+        result.check = check_model(output, input_path, check, progress=progress)
+        save_report(result.check, output)
+    return result
 
 
 def budget_candidates(input_path: Path, types: list[str] | None = None) -> list[tuple[str, str | None, float]]:
     """(type, token-embedding override or None for llama.cpp's choice, estimated bytes), smallest first."""
-    infos = tensor_infos(input_path)
+    infos = gguf_tensors(input_path)
     embedding = infos["token_embd.weight"].n_elements
     rest = sum(info.n_elements for name, info in infos.items() if name != "token_embd.weight" and info.n_dims > 1)
     candidates = []
@@ -133,41 +129,44 @@ def quantize_to_budget(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     check: CheckSettings,
+    *,
     types: list[str] | None = None,
     threads: int = 0,
     calibration: str | Path | None = None,
     imatrix: str | Path | None = None,
-    report: Report = lambda message: None,
+    on_message: OnMessage = ignore_message,
     progress: Progress | None = None,
-) -> QuantizeOutcome:
+) -> QuantizeResult:
     """The smallest candidate whose check meets the budget (check.max_kld / min_top1 / max_ppl_ratio)."""
     input_path, output = Path(input_path), Path(output)
     if check.max_kld is None and check.min_top1 is None and check.max_ppl_ratio is None:
         raise FoxEdgeError("an accuracy budget needs --max-kld, --min-top1 or --max-ppl-ratio (or give --type)")
     budget = Bars(
-        check.max_kld if check.max_kld is not None else math.inf,
-        check.min_top1 if check.min_top1 is not None else 0.0,
-        check.max_ppl_ratio if check.max_ppl_ratio is not None else math.inf,
+        max_kld=check.max_kld if check.max_kld is not None else math.inf,
+        min_top1=check.min_top1 if check.min_top1 is not None else 0.0,
+        max_ppl_ratio=check.max_ppl_ratio if check.max_ppl_ratio is not None else math.inf,
     )
     check_writable(output)
     refuse_quantized(input_path, False)
     candidates = budget_candidates(input_path, types)
-    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, report, progress)
+    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)
     tried: list[dict] = []
     try:
         for type_name, embedding, estimate in candidates:
             label = f"{type_name} + embedding {embedding or 'default'}"
-            report(f"trying {label} (about {estimate / 1e6:.0f} MB)")
+            on_message(f"trying {label} (about {estimate / 1e6:.0f} MB)")
             scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
             try:
-                result = quantize_gguf(input_path, scratch, type_name, threads, embedding, None, matrix, False, progress)
+                file = quantize_gguf(
+                    input_path, scratch, type_name, threads=threads, embedding=embedding, imatrix_path=matrix, progress=progress
+                )
                 bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
-                result_check = check_model(scratch, input_path, bars, progress)
+                result_check = check_model(scratch, input_path, bars, progress=progress)
                 tried.append(
                     {
                         "type": type_name,
-                        "embedding": result.embedding_type,
-                        "mb": result.bytes / 1e6,
+                        "embedding": file.embedding_type,
+                        "mb": file.bytes / 1e6,
                         "kld": result_check.kld_mean,
                         "top1": result_check.top1_agreement,
                         "ppl_ratio": result_check.ppl_ratio,
@@ -176,10 +175,10 @@ def quantize_to_budget(
                 )
                 if result_check.passed:
                     scratch.replace(output)
-                    result.output = output
+                    file.output = output
                     result_check.candidate = str(output)
                     save_report(result_check, output)
-                    return QuantizeOutcome(result, result_check, Path(imatrix) if imatrix else None, tried)
+                    return QuantizeResult(file=file, check=result_check, imatrix=Path(imatrix) if imatrix else None, tried=tried)
             finally:
                 scratch.unlink(missing_ok=True)
     finally:

@@ -1,7 +1,7 @@
-"""The runner interface every backend implements, and what is built once on top of it.
+"""Running a model, whatever its backend: opening it, prompts, generation, streaming text and cancelling.
 
-A backend only loads a model, tokenizes, and evaluates tokens into logits while keeping its KV cache;
-prompt formatting, sampling, stopping, streaming text and cancelling live here, shared by all.
+The backends (fox_edge/backends/) only load a model, tokenize, and evaluate tokens into logits while
+keeping their KV cache; everything here is built once on top of their common interface (backends/base.py).
 """
 
 from __future__ import annotations
@@ -12,50 +12,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
+from fox_edge.backends.base import Runner
 from fox_edge.errors import FoxEdgeError
+from fox_edge.formats import CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.sampling import Sampler, SamplingParams
 from fox_edge.template import render
 
-
-class Runner(Protocol):
-    backend: str
-    path: Path
-    n_ctx: int  # the context this runner was opened with
-    n_vocab: int
-    bos_id: int | None
-    eos_id: int | None
-    stop_ids: frozenset[int]  # eos and end-of-turn tokens
-    add_bos: bool
-    chat_template: str | None
-    metadata: dict[str, str]
-    n_evaluated: int  # tokens the last prefill() actually computed (the rest came from the KV cache)
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]: ...
-
-    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str: ...
-
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes a generated token stands for (special tokens render as nothing)."""
-        ...
-
-    def token_text(self, token: int) -> str:
-        """The token's own spelling, special tokens included (for templates and reports)."""
-        ...
-
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (len(tokens), n_vocab), float32, for a chunk evaluated from position 0 with a fresh cache."""
-        ...
-
-    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
-        """Make the KV cache hold exactly `tokens`, reusing its longest common prefix; return the last position's logits."""
-        ...
-
-    def close(self) -> None: ...
+__all__ = ["Runner", "GenerationStats", "open_runner", "generate_tokens", "stream_text", "chat_prompt", "text_prompt"]
 
 
 @dataclass
@@ -88,10 +52,7 @@ def generate_tokens(
     """Stream sampled token ids after `prompt`; stops on eos / end-of-turn, max_tokens, a full context or `cancel`."""
     stats = stats if stats is not None else GenerationStats()
     stop_ids = runner.stop_ids if stop_ids is None else stop_ids
-    if len(prompt) >= runner.n_ctx:
-        raise FoxEdgeError(
-            f"the prompt is {len(prompt)} tokens, longer than the {runner.n_ctx}-token context; shorten it or raise --ctx-size"
-        )
+    runner.check_fits(len(prompt), room=1)
     started = time.perf_counter()
     logits = runner.prefill(prompt)
     stats.prompt_tokens, stats.prompt_evaluated = len(prompt), runner.n_evaluated
@@ -152,48 +113,32 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
     return tokens
 
 
-def open_runner(model: str | Path, n_ctx: int = 4096, n_threads: int | None = None, **options) -> Runner:
-    """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a Hugging Face checkpoint folder on PyTorch (the slow reference for `check`)."""
-    path = Path(model)
-    if not path.exists():
-        raise FoxEdgeError(f"no such model: {path}; convert one with `fox-edge convert SOURCE --to gguf -o MODEL.gguf`")
-    if path.is_file() and _magic(path) == b"GGUF":
+# Options only llama.cpp takes, and the command-line flags that set them.
+LLAMA_CPP_OPTIONS = {"flash_attention": "--flash-attention", "kv_type": "--kv-type", "gpu_layers": "--gpu-layers", "use_mmap": "--no-mmap"}
+
+
+def open_runner(
+    model: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None, chat_template: str | None = None, **options
+) -> Runner:
+    """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a Hugging Face checkpoint folder on PyTorch (the slow
+    reference for `check`). `chat_template` replaces the model's own; `options` go to the backend."""
+    model_format = identify(model)
+    if model_format is GGUF:
         from fox_edge.backends.llamacpp import LlamaCppRunner
 
-        return LlamaCppRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
-    if is_onnx_model(path if path.is_dir() else path.parent) and (path.is_dir() or path.suffix in (".onnx", ".ort")):
-        from fox_edge.backends.onnx import OnnxRunner
+        runner: Runner = LlamaCppRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
+    else:
+        if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
+            raise FoxEdgeError(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {model}; drop them")
+        if model_format is ONNX:
+            from fox_edge.backends.onnx import OnnxRunner
 
-        if llama_only := sorted(set(options) & {"flash_attention", "kv_type", "gpu_layers", "use_mmap"}):
-            raise FoxEdgeError(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to the ONNX model {path}")
-        return OnnxRunner(path, n_ctx=n_ctx, n_threads=n_threads, **options)
-    if path.is_dir() and (path / "config.json").is_file():
-        from fox_edge.backends.torch import TorchRunner
+            runner = OnnxRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
+        else:
+            assert model_format is CHECKPOINT
+            from fox_edge.backends.torch import TorchRunner
 
-        return TorchRunner(path, n_ctx=n_ctx, n_threads=n_threads)
-    raise FoxEdgeError(f"{path} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`")
-
-
-def default_threads() -> int:
-    """The CPUs this process may run on (both runners' default thread count; see benchmarks/README.md)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many leading tokens a KV cache holding `cached` can keep for `tokens`."""
-    n = 0
-    for old, new in zip(cached, tokens, strict=False):
-        if old != new:
-            break
-        n += 1
-    return n
-
-
-def is_onnx_model(path: Path) -> bool:
-    """A folder written by `fox-edge convert --to onnx` (or any onnxruntime-genai model folder)."""
-    return (path / "genai_config.json").is_file() and any((path / f).is_file() for f in ("model.onnx", "model.ort"))
-
-
-def _magic(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(4)
+            runner = TorchRunner(model, n_ctx=n_ctx, n_threads=n_threads)
+    if chat_template is not None:
+        runner.chat_template = chat_template
+    return runner

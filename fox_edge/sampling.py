@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingParams:
     temperature: float = 0.7  # 0: greedy
     top_k: int = 40  # 0: off

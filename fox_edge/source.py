@@ -41,9 +41,14 @@ def resolve(source: str | os.PathLike[str], progress: bool = True) -> tuple[Path
             )
         return path, None
     text = str(source)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise FoxEdgeError(f"no such folder: {text}; give a Hugging Face checkpoint folder or a hub id like tensoropera/Fox-1-1.6B")
     return _download(text, progress), text
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether `text` reads as a hub id (owner/name) rather than a local path."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
 def _download(repo_id: str, progress: bool) -> Path:

@@ -5,14 +5,27 @@ llama.cpp's template detection files Fox-1's Zephyr-style template under another
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 
 from fox_edge.errors import FoxEdgeError
 
 
+def read_template_file(path: str | os.PathLike[str]) -> str:
+    """A chat template given as a file (`--chat-template FILE`), checked to parse before any work."""
+    try:
+        template = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise FoxEdgeError(f"cannot read the chat template {path} ({reason}); give a UTF-8 Jinja file") from None
+    _compile(template, f"the chat template {path}")
+    return template
+
+
 @lru_cache(maxsize=8)
-def _compile(template: str):
+def _compile(template: str, origin: str = "the model's chat template"):
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -25,7 +38,7 @@ def _compile(template: str):
     try:
         return env.from_string(template)
     except TemplateError as exc:
-        raise FoxEdgeError(f"the model's chat template does not parse ({exc}); pass another with --chat-template") from None
+        raise FoxEdgeError(f"{origin} does not parse ({exc}); pass another with --chat-template FILE") from None
 
 
 def render(template: str, messages: list[dict], bos_token: str = "", eos_token: str = "", add_generation_prompt: bool = True) -> str:

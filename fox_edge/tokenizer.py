@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.source import Checkpoint
 from fox_edge.spec import END_OF_TURN_TOKENS, FOX1_CHAT_TEMPLATE, is_fox1_vocab
 
@@ -51,15 +51,16 @@ class Vocab:
     chat_template_source: str = "none"  # "checkpoint", "fox-1 fallback" or "none"
 
 
-def read_vocab(checkpoint: Checkpoint, report: Callable[[str], None] = lambda message: None) -> Vocab:
+def read_vocab(checkpoint: Checkpoint, on_message: OnMessage = ignore_message, *, chat_template: str | None = None) -> Vocab:
+    """The checkpoint's vocabulary, special ids and chat template (`chat_template`, when given, replaces the checkpoint's)."""
     if checkpoint.tokenizer_model is not None:
-        vocab = _from_sentencepiece(checkpoint, report)
+        vocab = _from_sentencepiece(checkpoint, on_message)
     else:
-        vocab = _from_tokenizer_json(checkpoint, report)
+        vocab = _from_tokenizer_json(checkpoint, on_message)
     _apply_added_tokens(vocab, checkpoint.tokenizer_config)
     _pad_to(vocab, checkpoint.shape.vocab_size)
-    _resolve_special_ids(vocab, checkpoint, report)
-    _resolve_chat_template(vocab, checkpoint, report)
+    _resolve_special_ids(vocab, checkpoint, on_message)
+    _resolve_chat_template(vocab, checkpoint, on_message, chat_template)
     if vocab.model == "llama":
         # llama.cpp matches user-defined tokens against the raw text, before it maps spaces to U+2581, and
         # prints them verbatim. Hugging Face reaches Gemma's U+2581-run tokens (spaces) through merges and
@@ -68,7 +69,7 @@ def read_vocab(checkpoint: Checkpoint, report: Callable[[str], None] = lambda me
     return vocab
 
 
-def _from_sentencepiece(checkpoint: Checkpoint, report: Callable[[str], None]) -> Vocab:
+def _from_sentencepiece(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab:
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
@@ -80,12 +81,12 @@ def _from_sentencepiece(checkpoint: Checkpoint, report: Callable[[str], None]) -
         raise FoxEdgeError(f"{checkpoint.tokenizer_model} holds no pieces; re-download it")
     normalizer = proto.normalizer_spec
     if normalizer.name not in ("identity", "") or normalizer.precompiled_charsmap:
-        report(
+        on_message(
             f"warning: the SentencePiece normalizer is '{normalizer.name}', which llama.cpp does not apply: "
             "texts it would change (e.g. tabs, newlines, full-width characters) will tokenize differently"
         )
     if not proto.trainer_spec.byte_fallback:
-        report("warning: the SentencePiece model has no byte fallback: characters outside its vocabulary become <unk>")
+        on_message("warning: the SentencePiece model has no byte fallback: characters outside its vocabulary become <unk>")
     spec = proto.trainer_spec
     vocab = Vocab(
         model="llama",
@@ -101,7 +102,7 @@ def _from_sentencepiece(checkpoint: Checkpoint, report: Callable[[str], None]) -
     return vocab
 
 
-def _from_tokenizer_json(checkpoint: Checkpoint, report: Callable[[str], None]) -> Vocab:
+def _from_tokenizer_json(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab:
     path = checkpoint.tokenizer_json
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,7 +144,7 @@ def _from_tokenizer_json(checkpoint: Checkpoint, report: Callable[[str], None]) 
                 types[index] = BYTE
             elif token == unk:
                 types[index] = UNKNOWN
-        _check_spm_normalizer(data, path, report)
+        _check_spm_normalizer(data, path, on_message)
         return Vocab(
             model="llama",
             tokens=tokens,
@@ -172,13 +173,13 @@ def _from_tokenizer_json(checkpoint: Checkpoint, report: Callable[[str], None]) 
     )
 
 
-def _check_spm_normalizer(data: dict, path, report: Callable[[str], None]) -> None:
+def _check_spm_normalizer(data: dict, path, on_message: OnMessage) -> None:
     """llama.cpp replaces spaces with U+2581 and may prepend one; any other normalization it does not do."""
     normalizer = data.get("normalizer") or {}
     steps = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
     for step in steps:
         if step and step.get("type") not in ("Replace", "Prepend"):
-            report(
+            on_message(
                 f"warning: {path} normalizes text with {step.get('type')}, which llama.cpp does not: some texts will tokenize differently"
             )
 
@@ -252,7 +253,7 @@ def _token_text(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, report: Callable[[str], None]) -> None:
+def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, on_message: OnMessage) -> None:
     index = {t: i for i, t in enumerate(vocab.tokens) if vocab.types[i] != UNUSED}
     config = checkpoint.tokenizer_config
     for key in ("bos", "eos", "unk", "pad"):
@@ -278,13 +279,16 @@ def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, report: Callable[
                 claims.setdefault(theirs, []).append(file)
         for theirs, files in claims.items():
             named = vocab.tokens[theirs] if 0 <= theirs < len(vocab.tokens) else "out of range"
-            report(
+            on_message(
                 f"warning: {' and '.join(files)} say{'s' if len(files) == 1 else ''} {key}_token_id={theirs} ({named}) but the "
                 f"tokenizer's {key} token is {vocab.tokens[ours]} (id {ours}); using the tokenizer's"
             )
 
 
-def _resolve_chat_template(vocab: Vocab, checkpoint: Checkpoint, report: Callable[[str], None]) -> None:
+def _resolve_chat_template(vocab: Vocab, checkpoint: Checkpoint, on_message: OnMessage, given: str | None) -> None:
+    if given is not None:
+        vocab.chat_template, vocab.chat_template_source = given, "--chat-template"
+        return
     template = checkpoint.tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
         named = {t.get("name"): t.get("template") for t in template}
@@ -297,4 +301,4 @@ def _resolve_chat_template(vocab: Vocab, checkpoint: Checkpoint, report: Callabl
         vocab.chat_template, vocab.chat_template_source = template, "checkpoint"
     elif is_fox1_vocab(vocab.tokens):
         vocab.chat_template, vocab.chat_template_source = FOX1_CHAT_TEMPLATE, "fox-1 fallback"
-        report("note: the checkpoint has no chat template; using Fox-1's built-in one")
+        on_message("note: the checkpoint has no chat template; using Fox-1's built-in one")

@@ -1,6 +1,6 @@
 """Shared fixtures: the tiny Fox-1-structured checkpoint, its GGUF conversions and the PyTorch reference.
 
-Assets come from the package registries through fox_edge.assets and are cached under FOX_EDGE_CACHE
+Assets come from the package registries through fox_edge.testing.assets and are cached under FOX_EDGE_CACHE
 (default ~/.cache/fox-edge); everything built from them goes to pytest's temporary folders.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fox_edge import assets
+from fox_edge.assets import smollm2_checkpoint
 from fox_edge.converters.gguf import convert_to_gguf
+from fox_edge.testing import assets
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def botchan() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_fox1(tmp_path_factory, botchan):
-    from fox_edge.synthetic import build_tiny_fox1
+    from fox_edge.testing.synthetic import build_tiny_fox1
 
     return build_tiny_fox1(tmp_path_factory.mktemp("tiny") / "tiny-fox1", botchan)
 
@@ -59,7 +60,7 @@ def tiny_reference(tiny_fox1):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    return assets.smollm2_checkpoint()
+    return smollm2_checkpoint()
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +70,4 @@ def smollm2_gguf(tmp_path_factory, smollm2):
 
 @pytest.fixture(scope="session")
 def trained_tiny_fox1():
-    """A Fox-1-structured model trained for a few CPU minutes on public-domain text; cached between runs."""
-    from fox_edge.synthetic import train_tiny_fox1
-
-    folder = assets.cache_dir() / "trained-tiny-fox1-v1"
-    if not (folder / "config.json").is_file():
-        train_tiny_fox1(folder, assets.botchan_text() + "\n\n" + assets.shakespeare_text(), steps=600)
-    return folder
+    return assets.trained_tiny_fox1()

@@ -167,9 +167,9 @@ def test_onnx_output_exists(tiny_fox1, tmp_path):
 
 def test_onnx_too_large_for_ort_format(tmp_path):
     """Full-size Fox-1 in fp32 cannot fit ORT's 2 GiB flatbuffer: refused before any weight is read."""
-    from fox_edge import assets
     from fox_edge.spec import FOX1
-    from fox_edge.synthetic import llama_config
+    from fox_edge.testing import assets
+    from fox_edge.testing.synthetic import llama_config
 
     folder = tmp_path / "fox1"
     shutil.copytree(assets.gemma_tokenizer(), folder)
@@ -184,7 +184,7 @@ def test_onnx_too_large_for_ort_format(tmp_path):
 def tiny_onnx_int8(tmp_path_factory, tiny_fox1):
     from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
 
-    return convert_to_onnx(tiny_fox1, tmp_path_factory.mktemp("onnx") / "int8", OnnxOptions("int8")).output
+    return convert_to_onnx(tiny_fox1, tmp_path_factory.mktemp("onnx") / "int8", OnnxOptions(precision="int8")).output
 
 
 @pytest.mark.parametrize(("damage", "words"), [("missing", ["missing", "copy the whole folder"]), ("truncated", ["truncated", "bytes"])])

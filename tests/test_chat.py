@@ -46,7 +46,7 @@ def test_prompt_uses_the_checkpoint_template_and_bos(runner):
 def test_overflow_drops_the_oldest_turns(tiny_gguf):
     with open_runner(tiny_gguf["f32"], n_ctx=160) as small:
         notes: list[str] = []
-        session = ChatSession(small, SamplingParams.greedy(8), report=notes.append)
+        session = ChatSession(small, SamplingParams.greedy(8), on_message=notes.append)
         for i in range(8):
             "".join(session.send(f"message number {i} about the samurai family"))
         assert any("dropped the oldest" in n for n in notes)

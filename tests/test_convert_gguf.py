@@ -76,7 +76,7 @@ def test_metadata(tiny_gguf):
 
 def test_config_disagreement_is_reported(tiny_fox1, tmp_path):
     messages: list[str] = []
-    convert_to_gguf(tiny_fox1, tmp_path / "x.gguf", "f16", report=messages.append)
+    convert_to_gguf(tiny_fox1, tmp_path / "x.gguf", "f16", on_message=messages.append)
     bos = [m for m in messages if "config.json and generation_config.json say bos_token_id=1" in m]
     assert bos and "<eos>" in bos[0] and "<bos> (id 2)" in bos[0]
 

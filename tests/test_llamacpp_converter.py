@@ -9,8 +9,8 @@ import sys
 import gguf
 import pytest
 
-from fox_edge import assets
 from fox_edge.converters.gguf import convert_to_gguf
+from fox_edge.testing import assets
 
 pytestmark = pytest.mark.slow
 

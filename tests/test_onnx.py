@@ -109,7 +109,7 @@ def test_block_quantized_graph_computes_the_dequantized_model(tiny_fox1, tmp_pat
     precision = {8: "int8", 4: "int4"}[bits]
     for symmetric in (True, False):
         folder = convert_to_onnx(
-            tiny_fox1, tmp_path / f"{precision}-{symmetric}", OnnxOptions(precision, accuracy_level=0, symmetric=symmetric)
+            tiny_fox1, tmp_path / f"{precision}-{symmetric}", OnnxOptions(precision=precision, accuracy_level=0, symmetric=symmetric)
         ).output
         with torch.no_grad():
             expected = dequantized_reference(tiny_fox1, bits, symmetric)(torch.tensor([PROMPT])).logits[0].numpy()
@@ -180,7 +180,7 @@ def test_weight_bytes_per_token_counts_every_matrix_once(tiny_onnx, tiny_gguf, t
     """The roofline's numerator (fox-edge bench --roofline, benchmarks/harness.py), against PyTorch's parameter count:
     the tied embedding is read whole, as the output projection, but only once."""
     from fox_edge.bench import weight_bytes_per_token
-    from fox_edge.synthetic import TINY_FOX1
+    from fox_edge.testing.synthetic import TINY_FOX1
 
     n_params = sum(p.numel() for p in tiny_reference.model.parameters())  # tied weights are one parameter
     assert weight_bytes_per_token(tiny_gguf["f32"]) == 4 * n_params

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fox_edge import assets
+from fox_edge.testing import assets
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

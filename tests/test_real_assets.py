@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from texts import TOKENIZER_TEXTS
 
-from fox_edge import assets
 from fox_edge.backends.llamacpp import LlamaCppRunner
 from fox_edge.chat import ChatSession
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.runner import chat_prompt, open_runner
 from fox_edge.sampling import SamplingParams
 from fox_edge.spec import FOX1
-from fox_edge.synthetic import llama_config
+from fox_edge.testing import assets
+from fox_edge.testing.synthetic import llama_config
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 def tiny_onnx_int4(tmp_path_factory, tiny_fox1):
     from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
 
-    return convert_to_onnx(tiny_fox1, tmp_path_factory.mktemp("startup") / "int4", OnnxOptions("int4")).output
+    return convert_to_onnx(tiny_fox1, tmp_path_factory.mktemp("startup") / "int4", OnnxOptions(precision="int4")).output
 
 
 @pytest.mark.parametrize("kind", ["gguf", "onnx"])

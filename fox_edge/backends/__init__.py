@@ -1,1 +1,1 @@
-"""Runtime backends behind fox_edge.runner.Runner: one module per runtime."""
+"""Runtime backends, one module per runtime, each implementing backends/base.py's Runner."""

@@ -17,9 +17,9 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
+from fox_edge.backends.base import Runner, common_prefix, stop_ids
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.runner import common_prefix, default_threads
-from fox_edge.spec import END_OF_TURN_TOKENS
 
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
@@ -47,7 +47,7 @@ def default_gpu_layers() -> int:
     return -1 if on_apple_silicon and C.llama_supports_gpu_offload() else 0
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(Runner):
     backend = "llama.cpp"
 
     def __init__(
@@ -82,7 +82,7 @@ class LlamaCppRunner:
         self.eos_id = _token_or_none(C.llama_vocab_eos(self._vocab))
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
-        self.stop_ids = frozenset(self._stop_ids())
+        self.stop_ids = stop_ids([self.eos_id, _token_or_none(C.llama_vocab_eot(self._vocab))], self._control_token)
         self.n_evaluated = 0
         self._ctx = None
         self.n_ctx = 0
@@ -128,13 +128,9 @@ class LlamaCppRunner:
                 metadata[key] = buffer.value.decode("utf-8", errors="replace")
         return metadata
 
-    def _stop_ids(self) -> set[int]:
-        stops = {t for t in (self.eos_id, _token_or_none(C.llama_vocab_eot(self._vocab))) if t is not None}
-        for text in END_OF_TURN_TOKENS:
-            ids = self.tokenize(text, special=True)
-            if len(ids) == 1 and C.llama_vocab_is_control(self._vocab, ids[0]):
-                stops.add(ids[0])
-        return stops
+    def _control_token(self, text: str) -> int | None:
+        ids = self.tokenize(text, special=True)
+        return ids[0] if len(ids) == 1 and C.llama_vocab_is_control(self._vocab, ids[0]) else None
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -203,8 +199,7 @@ class LlamaCppRunner:
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         self._require_context()
-        if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(f"a chunk of {len(tokens)} tokens does not fit the {self.n_ctx}-token context")
+        self.check_fits(len(tokens), "the chunk")
         C.llama_memory_clear(self._memory, True)
         self._cached = []
         result = self._decode(list(tokens), 0, all_logits=True)
@@ -216,10 +211,7 @@ class LlamaCppRunner:
         tokens = list(tokens)
         if not tokens:
             raise FoxEdgeError("nothing to evaluate: the prompt is empty")
-        if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(
-                f"the prompt is {len(tokens)} tokens, longer than the {self.n_ctx}-token context; shorten it or raise --ctx-size"
-            )
+        self.check_fits(len(tokens))
         common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # the last token is always evaluated: its logits are the answer
         if not C.llama_memory_seq_rm(self._memory, 0, common, -1):
             C.llama_memory_clear(self._memory, True)
@@ -240,12 +232,6 @@ class LlamaCppRunner:
             self._model = None
 
     def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
         self.close()
 
 

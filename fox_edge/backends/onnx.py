@@ -19,14 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.converters.onnx import GENAI_CONFIG, MODEL_FILE, ORT_FILE, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from fox_edge.backends.base import Runner, common_prefix, stop_ids
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.runner import common_prefix, default_threads, is_onnx_model
+from fox_edge.formats import (
+    GENAI_CONFIG,
+    LOGITS_TO_KEEP,
+    ONNX,
+    ONNX_MODEL,
+    ONNX_REWRITE,
+    ORT_MODEL,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+    identify,
+    onnx_folder,
+)
 from fox_edge.source import read_json
-from fox_edge.spec import END_OF_TURN_TOKENS
 
-MODEL_FILES = (MODEL_FILE, ORT_FILE)
-REWRITE = "re-run `fox-edge convert --to onnx` to rewrite the folder"
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -72,7 +83,7 @@ def _byte_decoder() -> dict[str, int]:
 BYTE_DECODER = _byte_decoder()
 
 
-class OnnxRunner:
+class OnnxRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(
@@ -89,12 +100,9 @@ class OnnxRunner:
 
         # The folder, or one model file in it (model.ort, say, where the folder holds both).
         path = Path(path)
-        self.path, model_file = (path, None) if path.is_dir() else (path.parent, path)
-        if not is_onnx_model(self.path):
-            raise FoxEdgeError(
-                f"{self.path} is not an ONNX model folder (genai_config.json and model.onnx); convert one with `fox-edge convert SOURCE --to onnx`"
-            )
-        genai = read_json(self.path / GENAI_CONFIG, REWRITE)["model"]
+        identify(path, (ONNX,))
+        self.path, model_file = onnx_folder(path), (None if path.is_dir() else path)
+        genai = read_json(self.path / GENAI_CONFIG, ONNX_REWRITE)["model"]
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
         self.n_ctx = min(n_ctx, genai["context_length"]) if n_ctx > 0 else genai["context_length"]
@@ -102,7 +110,7 @@ class OnnxRunner:
         self.n_vocab = genai["vocab_size"]
 
         config_path = self.path / "tokenizer_config.json"
-        tokenizer_config = read_json(config_path, REWRITE) if config_path.is_file() else {}
+        tokenizer_config = read_json(config_path, ONNX_REWRITE) if config_path.is_file() else {}
         try:
             self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
@@ -121,15 +129,14 @@ class OnnxRunner:
         self.eos_id = eos[0] if eos else None
         self.add_bos = bool(tokenizer_config.get("add_bos_token", False))
         self.chat_template = tokenizer_config.get("chat_template") or None
-        turn_ends = {self._tokenizer.token_to_id(t) for t in END_OF_TURN_TOKENS} & special
-        self.stop_ids = frozenset(eos) | frozenset(turn_ends)
+        self.stop_ids = stop_ids(eos, lambda text: token if (token := self._tokenizer.token_to_id(text)) in special else None)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads or default_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        model_file = model_file or next(self.path / f for f in MODEL_FILES if (self.path / f).is_file())
+        model_file = model_file or next(self.path / f for f in (ONNX_MODEL, ORT_MODEL) if (self.path / f).is_file())
         if model_file.suffix == ".onnx":
             check_external_data(model_file)
         try:
@@ -144,7 +151,7 @@ class OnnxRunner:
         self.n_threads = options.intra_op_num_threads
         inputs = {i.name: i for i in self._session.get_inputs()}
         self._dtype = NUMPY_TYPES[inputs[PAST_KEY.format(0)].type]
-        if "logits_to_keep" not in {i.name for i in self._session.get_overridable_initializers()}:
+        if LOGITS_TO_KEEP not in {i.name for i in self._session.get_overridable_initializers()}:
             raise FoxEdgeError(
                 f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again"
             )
@@ -206,7 +213,7 @@ class OnnxRunner:
             last = end == start + len(tokens)
             self._binding.bind_cpu_input("input_ids", chunk)
             self._binding.bind_cpu_input("attention_mask", np.ones((1, end), dtype=np.int64))
-            self._binding.bind_ortvalue_input("logits_to_keep", self._keep[all_logits])
+            self._binding.bind_ortvalue_input(LOGITS_TO_KEEP, self._keep[all_logits])
             rows = chunk.shape[1] if all_logits else 1
             logits = ort.OrtValue.ortvalue_from_shape_and_type([1, rows, self.n_vocab], np.float32)
             self._binding.bind_ortvalue_output("logits", logits)
@@ -216,10 +223,7 @@ class OnnxRunner:
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(
-                f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; lower the chunk length or raise --ctx-size"
-            )
+        self.check_fits(len(tokens), "the chunk")
         self._cached = []
         result = self._run(tokens, 0, all_logits=True).astype(np.float32, copy=False)
         self._cached = list(tokens)
@@ -228,8 +232,7 @@ class OnnxRunner:
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         tokens = list(tokens)
-        if len(tokens) > self.n_ctx:
-            raise FoxEdgeError(f"{len(tokens)} tokens do not fit the {self.n_ctx}-token context; shorten the prompt or raise --ctx-size")
+        self.check_fits(len(tokens))
         common = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # re-evaluate at least one token for its logits
         logits = self._run(tokens[common:], common, all_logits=False)[-1]
         self._cached = tokens
@@ -240,12 +243,6 @@ class OnnxRunner:
         self._binding = None
         self._cache = []
         self._session = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def check_external_data(model_file: Path) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fox_edge.backends.base import Runner, stop_ids
 from fox_edge.errors import FoxEdgeError
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     backend = "pytorch"
 
     def __init__(self, source: str | Path, n_ctx: int = 4096, n_threads: int | None = None, dtype: str = "float32"):
@@ -39,7 +40,8 @@ class TorchRunner:
         self.bos_id = self.tokenizer.bos_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.add_bos = bool(checkpoint.tokenizer_config.get("add_bos_token", False))
-        self.stop_ids = frozenset(t for t in (self.eos_id,) if t is not None)
+        special = {token.content: i for i, token in self.tokenizer.added_tokens_decoder.items() if token.special}
+        self.stop_ids = stop_ids([self.eos_id], special.get)
         self.chat_template = self.tokenizer.chat_template
         self.metadata = {"general.name": checkpoint.name}
         self.n_evaluated = 0
@@ -57,18 +59,14 @@ class TorchRunner:
         return self.tokenizer.convert_ids_to_tokens(token)
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        self.check_fits(len(tokens), "the chunk")
         with self._torch.no_grad():
             return self.model(self._torch.tensor([list(tokens)])).logits[0].float().numpy()
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        self.check_fits(len(tokens))
         self.n_evaluated = len(tokens)
         return self.logits(tokens)[-1]
 
     def close(self) -> None:
         self.model = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
+from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.source import Checkpoint, open_checkpoint
 from fox_edge.spec import FOX1_LICENSE, LlamaShape, is_fox1_vocab
 from fox_edge.tokenizer import Vocab, read_vocab
@@ -54,16 +55,13 @@ class TensorPlan:
 
 
 @dataclass
-class ConversionReport:
+class GgufResult:
     output: Path
     n_tensors: int
     n_bytes: int
     seconds: float
     vocab_source: str
     chat_template: str
-
-
-Progress = Callable[[int, int, str], None]  # bytes done, bytes total, current tensor
 
 
 def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -158,11 +156,15 @@ def convert_to_gguf(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     dtype: str = "f16",
-    progress: Progress | None = None,
-    report: Callable[[str], None] = lambda message: None,
+    *,
     vocab_only: bool = False,
-) -> ConversionReport:
-    """Convert a Llama-architecture Hugging Face checkpoint to a GGUF file at `output` (or only its tokenizer)."""
+    chat_template: str | None = None,
+    progress: Progress | None = None,
+    on_message: OnMessage = ignore_message,
+) -> GgufResult:
+    """Convert a Llama-architecture Hugging Face checkpoint to a GGUF file at `output` (or only its tokenizer).
+
+    `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each."""
     if dtype not in DTYPES:
         raise FoxEdgeError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     tensor_type, file_type = DTYPES[dtype]
@@ -171,7 +173,7 @@ def convert_to_gguf(
     checkpoint = open_checkpoint(source, weights=not vocab_only)
     weights = SafetensorsWeights(checkpoint.weight_files)  # checks every file's header and length first
     plans = [] if vocab_only else plan_tensors(weights, checkpoint.shape, tensor_type)
-    vocab = read_vocab(checkpoint, report)
+    vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     total = sum(p.nbytes for p in plans)
     done = 0
     try:
@@ -199,4 +201,7 @@ def convert_to_gguf(
         raise FoxEdgeError(f"cannot write {output}: {exc.strerror or exc}; free disk space or choose another output path") from None
     finally:
         weights.close()
-    return ConversionReport(Path(output), len(plans), total, time.monotonic() - started, vocab.source, vocab.chat_template_source)
+    return GgufResult(
+        output=Path(output), n_tensors=len(plans), n_bytes=total, seconds=time.monotonic() - started,
+        vocab_source=vocab.source, chat_template=vocab.chat_template_source,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ import numpy as np
 
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output
+from fox_edge.formats import open_gguf
 from fox_edge.tokenizer import BPE_PRE_TOKENIZERS, CONTROL, USER_DEFINED
 from fox_edge.weights import to_bfloat16_bits, write_safetensors
 
@@ -53,10 +54,7 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 def read_llama_gguf(gguf_path: str | os.PathLike[str]) -> tuple[gguf.GGUFReader, dict, Iterator[tuple[str, np.ndarray]]]:
     """(reader, config.json dict, lazy (Hugging Face name, float32 weight) pairs) of a llama-architecture GGUF."""
-    try:
-        reader = gguf.GGUFReader(gguf_path)
-    except Exception as exc:  # the reader raises ValueError / struct errors on damaged files
-        raise FoxEdgeError(f"{gguf_path} is truncated or not a GGUF file ({exc}); re-create it") from None
+    reader = open_gguf(gguf_path)
     if _field(reader, "general.architecture") != "llama":
         raise FoxEdgeError(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; fox-edge reads llama GGUFs")
     a = "llama."

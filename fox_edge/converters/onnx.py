@@ -25,42 +25,38 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
-from fox_edge.runner import default_threads
+from fox_edge.formats import (
+    GENAI_CONFIG,
+    LOGITS_TO_KEEP,
+    ONNX_DATA,
+    ONNX_MODEL,
+    ONNX_TOKENIZER_FILES,
+    ORT_MODEL,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+)
+from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.source import Checkpoint, open_checkpoint
 from fox_edge.spec import LlamaShape
 from fox_edge.tokenizer import Vocab, read_vocab
 from fox_edge.weights import SafetensorsWeights
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-ORT_FILE = "model.ort"
-GENAI_CONFIG = "genai_config.json"
-# Files copied next to the graph: genai's tokenizer reads tokenizer.json + tokenizer_config.json; fox-edge's
-# runner reads config.json too (shape, special-id cross-checks), exactly as it reads a checkpoint.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "config.json",
-)
-# Past and present KV names as onnxruntime-genai's defaults spell them.
-PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
-PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
 # ONNX protobuf and ORT's flatbuffer format cannot hold more than 2 GiB inline.
 INLINE_LIMIT = 2**31 - 1
 ALIGNMENT = 4096  # external data offsets page-aligned so ONNX Runtime can memory-map big initializers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Precision:
     """How one --precision stores weights and computes activations."""
 
     activation: int  # TensorProto element type of hidden states, KV cache and float weights
-    weight: str  # "float", "nbits" (MatMulNBits) or "dynamic-int8" (DynamicQuantizeMatMul)
+    weight: str  # "float" or "nbits" (MatMulNBits); benchmarks/onnx_accuracy.py adds "dynamic-int8" to measure int8's choice
     bits: int = 0
     description: str = ""
 
@@ -70,20 +66,20 @@ class Precision:
 
 
 PRECISIONS = {
-    "fp32": Precision(TensorProto.FLOAT, "float", description="float32 weights and activations"),
-    "fp16": Precision(TensorProto.FLOAT16, "float", description="float16 weights and activations"),
+    "fp32": Precision(activation=TensorProto.FLOAT, weight="float", description="float32 weights and activations"),
+    "fp16": Precision(activation=TensorProto.FLOAT16, weight="float", description="float16 weights and activations"),
     # int8: MatMulNBits 8-bit beat dynamic int8 on speed and accuracy here (benchmarks/README.md, "ONNX int8").
-    "int8": Precision(TensorProto.FLOAT, "nbits", bits=8, description="8-bit block-wise weights (MatMulNBits), float32 activations"),
-    "int4": Precision(TensorProto.FLOAT, "nbits", bits=4, description="4-bit block-wise weights (MatMulNBits), float32 activations"),
+    "int8": Precision(
+        activation=TensorProto.FLOAT, weight="nbits", bits=8, description="8-bit block-wise weights (MatMulNBits), float32 activations"
+    ),
+    "int4": Precision(
+        activation=TensorProto.FLOAT, weight="nbits", bits=4, description="4-bit block-wise weights (MatMulNBits), float32 activations"
+    ),
 }
-# Kept for measuring the choice above (benchmarks/onnx_int8.py), not offered on the command line.
-DYNAMIC_INT8 = Precision(
-    TensorProto.FLOAT, "dynamic-int8", bits=8, description="int8 per-column weights, dynamically quantized activations"
-)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: the minimum compute type (4 = int8 with dynamic activations)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OnnxOptions:
     precision: str = "int4"
     block_size: int = 32
@@ -94,7 +90,7 @@ class OnnxOptions:
 
 
 @dataclass
-class OnnxReport:
+class OnnxResult:
     output: Path
     precision: str
     n_initializers: int
@@ -103,9 +99,6 @@ class OnnxReport:
     vocab_source: str
     chat_template: str
     ort_model: Path | None = None
-
-
-Progress = Callable[[int, int, str], None]  # bytes done, bytes total, current tensor
 
 
 # --- block-wise quantization (MatMulNBits / GatherBlockQuantized layout) -------------------------------
@@ -174,7 +167,7 @@ class ExternalData:
 
     def __init__(self, path: Path, progress: Progress | None, total: int):
         self.file = path.open("wb")
-        self.location = DATA_FILE
+        self.location = ONNX_DATA
         self.initializers: list[TensorProto] = []
         self.progress, self.total, self.done = progress, total, 0
 
@@ -212,6 +205,9 @@ def _external_span(tensor: TensorProto) -> tuple[int, int]:
 
 @dataclass
 class GraphBuilder:
+    """The decoder graph, node by node. `precision_for` and `linear` are where a variant differs
+    (benchmarks/onnx_accuracy.py builds dynamic int8 that way, to measure the int8 choice)."""
+
     shape: LlamaShape
     precision: Precision
     options: OnnxOptions
@@ -219,6 +215,11 @@ class GraphBuilder:
     data: ExternalData
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inline: list[TensorProto] = field(default_factory=list)
+
+    @classmethod
+    def precision_for(cls, options: OnnxOptions) -> Precision:
+        """The Precision of options.precision, after checking every option."""
+        return _precision(options)
 
     def node(self, op: str, inputs: list[str], name: str, n_outputs: int = 1, domain: str = "", **attributes) -> list[str]:
         outputs = [f"{name}/output_{i}" for i in range(n_outputs)]
@@ -248,17 +249,8 @@ class GraphBuilder:
             # FusedMatMul with transB reads the checkpoint's (out, in) layout as is: no transpose to hold in memory.
             w = self.float_tensor(f"{name}.weight", self.source_rows(sources), (n, k))
             return self.node("FusedMatMul", [x, w], f"{node_name}/MatMul", domain="com.microsoft", transB=1)[0]
-        if kind == "nbits":
-            bits = self.precision.bits
-            return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], node_name, n, k, bits)
-        matrix = np.concatenate([self.weights.float32(s) for s in sources]).T  # (K, N), at most one fused matrix
-        scale = np.maximum(np.abs(matrix).max(0), 1e-12) / 127
-        quantized = np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
-        self.data.add(f"{name}.weight_int8", TensorProto.INT8, (k, n), quantized)
-        self.data.add(f"{name}.weight_scale", TensorProto.FLOAT, (n,), scale.astype(np.float32))
-        return self.node(
-            "DynamicQuantizeMatMul", [x, f"{name}.weight_int8", f"{name}.weight_scale"], f"{node_name}/MatMul", domain="com.microsoft"
-        )[0]
+        bits = self.precision.bits
+        return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], node_name, n, k, bits)
 
     def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
         return self.node(
@@ -294,7 +286,7 @@ class GraphBuilder:
         s, kind = self.shape, self.precision.weight
         tied = s.tie_word_embeddings or "lm_head.weight" not in self.weights
         source = "model.embed_tokens.weight"
-        if kind != "float":  # block-wise weights; dynamic int8 (a measurement) keeps its 8-bit embedding here too
+        if kind != "float":  # block-wise weights
             bits = self.options.embedding_bits or self.precision.bits
             # Asymmetric only at 8 bits, where both ops take the same integer zero points; at 4 bits MatMulNBits'
             # asymmetric blocks use float zero points, which GatherBlockQuantized does not take.
@@ -396,8 +388,8 @@ class GraphBuilder:
             )
         # Logits for the last `logits_to_keep` positions (0 = all). An overridable initializer: genai leaves it at 0,
         # fox-edge's runner asks for 1 while generating, which spares the 256K-wide lm_head for every prompt token.
-        keep = self.constant("logits_to_keep", np.array([0], np.int64))
-        inputs.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+        keep = self.constant(LOGITS_TO_KEEP, np.array([0], np.int64))
+        inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
         starts = self.node("Neg", [keep], "/model/logits_to_keep/Neg")[0]
         ends = self.constant("/model/logits_to_keep/ends", np.array([np.iinfo(np.int64).max], np.int64))
         axes = self.constant("/model/logits_to_keep/axes", np.array([1], np.int64))
@@ -461,13 +453,17 @@ def convert_to_onnx(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     options: OnnxOptions = OnnxOptions(),
-    progress: Progress | None = None,
-    report: Callable[[str], None] = lambda message: None,
+    *,
     ort_format: bool = False,
-    precision_override: Precision | None = None,
-) -> OnnxReport:
-    """Convert a Llama-architecture Hugging Face checkpoint to an ONNX model folder at `output`."""
-    precision = precision_override or _precision(options)
+    chat_template: str | None = None,
+    progress: Progress | None = None,
+    on_message: OnMessage = ignore_message,
+    builder: type[GraphBuilder] = GraphBuilder,
+) -> OnnxResult:
+    """Convert a Llama-architecture Hugging Face checkpoint to an ONNX model folder at `output`.
+
+    `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each."""
+    precision = builder.precision_for(options)
     started = time.monotonic()
     check_writable(output)
     if Path(output).exists():
@@ -480,34 +476,35 @@ def convert_to_onnx(
             f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
             f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
         )
-    vocab = read_vocab(checkpoint, report)
+    vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     weights = SafetensorsWeights(checkpoint.weight_files)
     _check_tensors(weights, shape)
     try:
         with atomic_output(output) as folder:
             folder.mkdir()
-            data = ExternalData(folder / DATA_FILE, progress, total)
+            data = ExternalData(folder / ONNX_DATA, progress, total)
             try:
-                model = GraphBuilder(shape, precision, options, weights, data).build()
+                model = builder(shape, precision, options, weights, data).build()
             finally:
                 data.close()
             _set_metadata(model, checkpoint, options, precision)
-            onnx.save_model(model, folder / MODEL_FILE)  # initializers already point at the external file
+            onnx.save_model(model, folder / ONNX_MODEL)  # initializers already point at the external file
             _write_tokenizer(folder, checkpoint, vocab)
             _write_genai_config(folder, checkpoint, vocab, options, precision)
             ort_model = None
             if ort_format:
-                report("writing the ORT-format model")
+                on_message("writing the ORT-format model")
                 ort_model = write_ort_format(folder)
-            n_bytes = (folder / DATA_FILE).stat().st_size
+            n_bytes = (folder / ONNX_DATA).stat().st_size
     except OSError as exc:
         raise FoxEdgeError(f"cannot write {output}: {exc.strerror or exc}; free disk space or choose another output folder") from None
     finally:
         weights.close()
     output = Path(output)
-    return OnnxReport(
-        output, options.precision, len(model.graph.initializer), n_bytes, time.monotonic() - started,
-        vocab.source, vocab.chat_template_source, output / ORT_FILE if ort_model else None,
+    return OnnxResult(
+        output=output, precision=options.precision, n_initializers=len(model.graph.initializer), n_bytes=n_bytes,
+        seconds=time.monotonic() - started, vocab_source=vocab.source, chat_template=vocab.chat_template_source,
+        ort_model=output / ORT_MODEL if ort_model else None,
     )  # fmt: skip
 
 
@@ -555,7 +552,7 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
 
 
 def _write_tokenizer(folder: Path, checkpoint: Checkpoint, vocab: Vocab) -> None:
-    for name in TOKENIZER_FILES:
+    for name in ONNX_TOKENIZER_FILES:
         if (checkpoint.path / name).is_file():
             shutil.copyfile(checkpoint.path / name, folder / name)
     # The chat template (the checkpoint's or Fox-1's fallback) travels in tokenizer_config.json, where genai reads it.
@@ -578,7 +575,7 @@ def _write_genai_config(folder: Path, checkpoint: Checkpoint, vocab: Vocab, opti
             "decoder": {
                 # genai's own default threading ran at single-core speed (FOX1.md); set it explicitly.
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": [], "intra_op_num_threads": threads},
-                "filename": MODEL_FILE,
+                "filename": ONNX_MODEL,
                 "head_size": s.head_size,
                 "hidden_size": s.hidden_size,
                 "inputs": {
@@ -634,7 +631,7 @@ def write_ort_format(folder: Path) -> Path:
     onnxruntime.set_default_logger_severity(3)
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
-        convert_onnx_models_to_ort(folder / MODEL_FILE, folder, [OptimizationStyle.Fixed], target_platform="arm")
-    if not (folder / ORT_FILE).is_file():
-        raise FoxEdgeError(f"ONNX Runtime's converter wrote no {ORT_FILE}; drop --ort-format and convert the ONNX model on its own")
-    return folder / ORT_FILE
+        convert_onnx_models_to_ort(folder / ONNX_MODEL, folder, [OptimizationStyle.Fixed], target_platform="arm")
+    if not (folder / ORT_MODEL).is_file():
+        raise FoxEdgeError(f"ONNX Runtime's converter wrote no {ORT_MODEL}; drop --ort-format and convert the ONNX model on its own")
+    return folder / ORT_MODEL

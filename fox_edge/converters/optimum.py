@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from fox_edge.converters.onnx import OnnxOptions, OnnxReport
+from fox_edge.converters.onnx import OnnxOptions, OnnxResult
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
+from fox_edge.formats import ONNX_DATA, ONNX_MODEL
+from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.source import open_checkpoint
-
-MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 
 
 def untie_lm_head(model) -> bool:
@@ -55,8 +54,9 @@ def convert_with_optimum(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     options: OnnxOptions | None = None,
-    report: Callable[[str], None] = lambda message: None,
-) -> OnnxReport:
+    *,
+    on_message: OnMessage = ignore_message,
+) -> OnnxResult:
     """Export with optimum-onnx, then (int8/int4) quantize the weights with onnxruntime.quantization."""
     try:
         from optimum.exporters.onnx import main_export
@@ -77,26 +77,27 @@ def convert_with_optimum(
     checkpoint = open_checkpoint(source)
     with atomic_output(output) as folder:
         exported = folder / "export"
-        report(f"exporting {checkpoint.name} with optimum-onnx")
+        on_message(f"exporting {checkpoint.name} with optimum-onnx")
         main_export(str(checkpoint.path), exported, task="text-generation-with-past", no_post_process=True, do_validation=False)
-        model = onnx.load(exported / MODEL_FILE)
+        model = onnx.load(exported / ONNX_MODEL)
         if options.precision != "fp32":
-            report(f"quantizing the weights to {options.precision} with onnxruntime.quantization")
+            on_message(f"quantizing the weights to {options.precision} with onnxruntime.quantization")
             if untie_lm_head(model):
-                report("the tied lm_head got its own weights, so it is quantized too")
+                on_message("the tied lm_head got its own weights, so it is quantized too")
             model = _quantize(model, options)
-        onnx.save_model(model, folder / MODEL_FILE, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE)
+        onnx.save_model(model, folder / ONNX_MODEL, save_as_external_data=True, all_tensors_to_one_file=True, location=ONNX_DATA)
         for item in exported.iterdir():
             if item.suffix not in (".onnx", ".onnx_data", ".data"):
                 item.replace(folder / item.name)
         for leftover in exported.iterdir():
             leftover.unlink()
         exported.rmdir()
-    data = Path(output) / DATA_FILE
+    data = Path(output) / ONNX_DATA
     n_bytes = data.stat().st_size if data.is_file() else 0
-    return OnnxReport(
-        Path(output), options.precision, len(model.graph.initializer), n_bytes, time.monotonic() - started, "optimum", "tokenizer files"
-    )
+    return OnnxResult(
+        output=Path(output), precision=options.precision, n_initializers=len(model.graph.initializer), n_bytes=n_bytes,
+        seconds=time.monotonic() - started, vocab_source="optimum", chat_template="tokenizer files",
+    )  # fmt: skip
 
 
 def _quantize(model, options: OnnxOptions):

@@ -7,7 +7,6 @@ as JSON lines on the child's stdout, drive the progress hook.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import numpy as np
 
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
+from fox_edge.formats import gguf_tensors
 
 T = gguf.GGMLQuantizationType
 
@@ -53,7 +53,9 @@ _PROGRESS_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
 @dataclass
-class QuantizeResult:
+class QuantizedFile:
+    """What llama.cpp's quantizer wrote."""
+
     output: Path
     type: str
     embedding_type: str
@@ -77,33 +79,9 @@ def parse_tensor_type(name: str | None, option: str) -> gguf.GGMLQuantizationTyp
     return TENSOR_TYPES[key][0]
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    type: gguf.GGMLQuantizationType
-    n_elements: int
-    n_dims: int
-
-
-def tensor_infos(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
-    """Tensor name -> type and size, from the GGUF header. Cached per file version: gguf's reader parses
-    every metadata field, and a 256K-token vocabulary makes that take about 10 s for Fox-1."""
-    file = Path(path).resolve()
-    stat = file.stat()
-    return _tensor_infos(file, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _tensor_infos(file: Path, mtime_ns: int, size: int) -> dict[str, TensorInfo]:
-    try:
-        reader = gguf.GGUFReader(file)
-    except Exception as exc:  # the reader raises ValueError / struct errors on damaged files
-        raise FoxEdgeError(f"{file} is truncated or not a GGUF file ({exc}); re-create it with `fox-edge convert`") from None
-    return {t.name: TensorInfo(t.tensor_type, int(t.n_elements), len(t.shape)) for t in reader.tensors}
-
-
 def weight_types(path: str | os.PathLike[str]) -> dict[str, gguf.GGMLQuantizationType]:
-    """Tensor name -> type (see tensor_infos)."""
-    return {name: info.type for name, info in tensor_infos(path).items()}
+    """Tensor name -> type, from the cached header (formats.gguf_tensors)."""
+    return {name: tensor.type for name, tensor in gguf_tensors(path).items()}
 
 
 def refuse_quantized(path: str | os.PathLike[str], allow_requantize: bool) -> None:
@@ -164,13 +142,14 @@ def quantize_gguf(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     type_name: str,
+    *,
     threads: int = 0,
     embedding: str | None = None,
     output_tensor: str | None = None,
     imatrix_path: str | os.PathLike[str] | None = None,
     allow_requantize: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
-) -> QuantizeResult:
+) -> QuantizedFile:
     """Quantize a GGUF to `type_name` with llama.cpp; `imatrix_path` is an importance matrix in llama.cpp's format."""
     quant = parse_type(type_name)
     embedding_override = parse_tensor_type(embedding, "--embedding-type")
@@ -199,7 +178,7 @@ def quantize_gguf(
             raise FoxEdgeError(f"llama.cpp could not quantize {input_path} to {type_name}{': ' + error if error else ''}")
         size = temporary.stat().st_size
         result_embedding = weight_types(temporary)["token_embd.weight"].name
-    return QuantizeResult(Path(output), type_name.upper(), result_embedding, size, time.monotonic() - started)
+    return QuantizedFile(Path(output), type_name.upper(), result_embedding, size, time.monotonic() - started)
 
 
 def _follow(child: subprocess.Popen, progress) -> tuple[int, str]:

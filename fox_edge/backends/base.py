@@ -1,0 +1,91 @@
+"""What every backend is: the runner interface, and the parts of it that are the same for all of them.
+
+A backend only loads a model, tokenizes, and evaluates tokens into logits while keeping its KV cache;
+prompt formatting, sampling, stopping, streaming text and cancelling live in fox_edge/runner.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.spec import END_OF_TURN_TOKENS
+
+
+class Runner:
+    """One model opened for inference. Backends set these attributes and implement the methods below."""
+
+    backend: str
+    path: Path
+    n_ctx: int  # the context this runner was opened with
+    n_vocab: int
+    bos_id: int | None
+    eos_id: int | None
+    stop_ids: frozenset[int]  # eos and end-of-turn tokens (see stop_ids below)
+    add_bos: bool
+    chat_template: str | None
+    metadata: dict[str, str]
+    n_evaluated: int = 0  # tokens the last prefill() actually computed (the rest came from the KV cache)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        raise NotImplementedError
+
+    def token_text(self, token: int) -> str:
+        """The token's own spelling, special tokens included (for templates and reports)."""
+        raise NotImplementedError
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits (len(tokens), n_vocab), float32, for a chunk evaluated from position 0 with a fresh cache."""
+        raise NotImplementedError
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Make the KV cache hold exactly `tokens`, reusing its longest common prefix; return the last position's logits."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def check_fits(self, n_tokens: int, what: str = "the prompt", room: int = 0) -> None:
+        """The one "does not fit the context" check: `n_tokens` plus `room` (tokens still to come) must fit n_ctx."""
+        if n_tokens + room > self.n_ctx:
+            allows = " allows with room for a reply" if n_tokens <= self.n_ctx else ""
+            raise FoxEdgeError(
+                f"{what} is {n_tokens} tokens, longer than the {self.n_ctx}-token context{allows}; shorten it or raise --ctx-size"
+            )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stop_ids(eos_ids: Iterable[int | None], special_id: Callable[[str], int | None]) -> frozenset[int]:
+    """What ends a reply, the same way for every backend: the eos ids, and each end-of-turn token of the chat
+    formats we know (spec.END_OF_TURN_TOKENS) that the vocabulary holds as a special token.
+
+    `special_id(text)` is the id of `text` when the vocabulary has it as one special (control) token, else None.
+    """
+    stops = {t for t in eos_ids if t is not None}
+    stops |= {t for t in map(special_id, END_OF_TURN_TOKENS) if t is not None}
+    return frozenset(stops)
+
+
+def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens a KV cache holding `cached` can keep for `tokens`."""
+    n = 0
+    for old, new in zip(cached, tokens, strict=False):
+        if old != new:
+            break
+        n += 1
+    return n

@@ -1,0 +1,3 @@
+from fox_edge.cli import main
+
+main()

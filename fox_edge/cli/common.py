@@ -1,0 +1,123 @@
+"""What every verb of the CLI shares: error handling, progress bars, and options defined once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fox_edge.errors import FoxEdgeError
+from fox_edge.hooks import Progress
+from fox_edge.sampling import SamplingParams
+
+
+def say(message: str) -> None:
+    """One line for the user, on stderr (stdout carries only what a verb produces)."""
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Bad input ends in one line on stderr and a non-zero exit; Ctrl-C in exit code 130."""
+    try:
+        yield
+    except FoxEdgeError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        say("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(description: str, in_bytes: bool = True) -> Iterator[Progress]:
+    """A progress bar on stderr: done / total (bytes, or steps such as tensors and chunks), rate, time left."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    counts = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *counts,
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[tensor]}"),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(description, total=None, tensor="")
+
+        def update(done: int, total: int, tensor: str) -> None:
+            bar.update(task, completed=done, total=total, tensor=tensor)
+
+        yield update
+
+
+def phase_bar(phase: str):
+    """The pipeline's per-phase progress (fox_edge.pipeline.PhaseProgress): bytes while converting, steps after."""
+    return progress_bar(phase, in_bytes=phase == "converting")
+
+
+def read_chat_template(path: Path | None) -> str | None:
+    from fox_edge.template import read_template_file
+
+    return None if path is None else read_template_file(path)
+
+
+# Options more than one verb takes.
+Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
+CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
+ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="Jinja chat template file to use instead of the model's own")]
+Calibration = Annotated[
+    str | None,
+    typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix"),
+]
+NoCheck = Annotated[bool, typer.Option("--no-check", help="skip the accuracy check after quantizing")]
+MaxKld = Annotated[float | None, typer.Option("--max-kld", help="bar / budget: highest mean KL divergence")]
+MinTop1 = Annotated[float | None, typer.Option("--min-top1", help="bar / budget: lowest top-1 agreement (0-1)")]
+MaxPplRatio = Annotated[float | None, typer.Option("--max-ppl-ratio", help="bar / budget: highest perplexity ratio")]
+EvalData = Annotated[str, typer.Option("--data", help="evaluation text (.txt, .jsonl) or 'builtin'")]
+
+SAMPLING = SamplingParams()  # the defaults, defined once in fox_edge/sampling.py
+_SAMPLING_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, typer.Option(help=text)])
+    for name, kind, default, text in (
+        ("temperature", float, SAMPLING.temperature, "0 for greedy"),
+        ("top_k", int, SAMPLING.top_k, "0 for off"),
+        ("top_p", float, SAMPLING.top_p, "1 for off"),
+        ("min_p", float, SAMPLING.min_p, "0 for off"),
+        ("repeat_penalty", float, SAMPLING.repeat_penalty, "1 for off"),
+        ("seed", int | None, None, "random seed (default: random)"),
+    )
+]
+
+
+def sampling_options(command: Callable) -> Callable:
+    """Give `command` the sampling flags (--temperature, --top-k, --top-p, --min-p, --repeat-penalty, --seed) and
+    hand it one SamplingParams as its `sampling` argument, whose max_tokens the command sets from its own flag."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "sampling"]
+    names = [p.name for p in _SAMPLING_OPTIONS]
+
+    @functools.wraps(command)
+    def with_sampling(**arguments):
+        sampling = SamplingParams(**{name: arguments.pop(name) for name in names})
+        return command(sampling=sampling, **arguments)
+
+    with_sampling.__signature__ = signature.replace(parameters=[*kept, *_SAMPLING_OPTIONS])
+    with_sampling.__annotations__ = {p.name: p.annotation for p in (*kept, *_SAMPLING_OPTIONS)}
+    return with_sampling

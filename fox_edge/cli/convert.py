@@ -1,0 +1,66 @@
+"""`fox-edge convert`: flags into fox_edge.pipeline.convert, its result rendered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Threads, errors, phase_bar, read_chat_template, say
+
+
+def convert(
+    source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder or hub id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output file (GGUF) or folder (ONNX)")],
+    to: Annotated[str, typer.Option("--to", help="target format: gguf or onnx")] = "gguf",
+    dtype: Annotated[str, typer.Option("--dtype", help="GGUF: f16, bf16 or f32")] = "f16",
+    vocab_only: Annotated[bool, typer.Option("--vocab-only", help="GGUF: write only the tokenizer (no weights needed)")] = False,
+    quant: Annotated[
+        str | None, typer.Option("--quant", "-q", help="GGUF: also quantize to this type (see `quantize --help`); no f16 file is left")
+    ] = None,
+    precision: Annotated[str, typer.Option("--precision", help="ONNX: fp32, fp16, int8 or int4 (weight-only, block-wise)")] = "int4",
+    block_size: Annotated[int, typer.Option("--block-size", help="ONNX int8/int4: weights per quantization block")] = 32,
+    accuracy_level: Annotated[
+        int, typer.Option("--accuracy-level", help="ONNX int8/int4: MatMulNBits compute type, 0 (float) to 4 (int8, fastest on CPU)")
+    ] = 4,
+    asymmetric: Annotated[
+        bool, typer.Option("--asymmetric", help="ONNX int8/int4: min/max blocks with a zero point (default symmetric)")
+    ] = False,
+    embedding_bits: Annotated[
+        int | None,
+        typer.Option("--embedding-bits", help="ONNX int4: 8 keeps the tied embedding / lm_head at 8 bits (more accurate, larger)"),
+    ] = None,
+    exporter: Annotated[
+        str, typer.Option("--exporter", help="ONNX: fox-edge (fused ONNX Runtime ops) or optimum (standard ops, its own environment)")
+    ] = "fox-edge",
+    ort_format: Annotated[
+        bool, typer.Option("--ort-format", help="ONNX: also write model.ort and its operator config for mobile builds")
+    ] = False,
+    chat_template: ChatTemplate = None,
+    calibration: Calibration = None,
+    no_check: NoCheck = False,
+    threads: Threads = None,
+):
+    """Convert a checkpoint to GGUF or ONNX, streaming tensor by tensor; quantized outputs are checked against the original."""
+    with errors():
+        from fox_edge.check import CheckSettings, format_report
+        from fox_edge.converters.onnx import OnnxOptions
+        from fox_edge.pipeline import convert as convert_model
+
+        onnx = None
+        if to == "onnx":
+            onnx = OnnxOptions(
+                precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=threads or 0,
+                embedding_bits=embedding_bits, symmetric=not asymmetric,
+            )  # fmt: skip
+        result = convert_model(
+            source, output, to=to, dtype=dtype, vocab_only=vocab_only, quant=quant, calibration=calibration, onnx=onnx,
+            ort_format=ort_format, exporter=exporter, chat_template=read_chat_template(chat_template),
+            check=CheckSettings(enabled=not no_check), threads=threads, progress=phase_bar, on_message=say,
+        )  # fmt: skip
+        if result.check is not None:
+            typer.echo(format_report(result.check))
+            if not result.check.passed:
+                say(f"error: {output} fails its accuracy check (the model and its report are kept; see above)")
+                raise typer.Exit(1)

@@ -1,0 +1,39 @@
+"""`fox-edge generate`: text from a prompt, only the generated text on stdout (for scripts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fox_edge.cli.common import ChatTemplate, CtxSize, Threads, errors, read_chat_template, sampling_options
+from fox_edge.sampling import SamplingParams
+
+
+@sampling_options
+def generate(
+    model: Annotated[Path, typer.Argument(help="GGUF file or ONNX model folder")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="prompt text ('-' reads stdin)")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="most tokens to generate")] = 256,
+    chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the model's chat template")] = False,
+    chat_template: ChatTemplate = None,
+    ctx_size: CtxSize = 4096,
+    threads: Threads = None,
+    *,
+    sampling: SamplingParams,
+):
+    """Generate from a prompt: only the generated text goes to stdout (for scripts)."""
+    with errors():
+        from fox_edge.runner import chat_prompt, generate_tokens, open_runner, stream_text, text_prompt
+
+        text = sys.stdin.read() if prompt == "-" else prompt
+        template = read_chat_template(chat_template)
+        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=template)
+        tokens = chat_prompt(runner, [{"role": "user", "content": text}]) if chat else text_prompt(runner, text)
+        for piece in stream_text(runner, generate_tokens(runner, tokens, dataclasses.replace(sampling, max_tokens=max_tokens))):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")

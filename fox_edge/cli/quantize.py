@@ -1,0 +1,76 @@
+"""`fox-edge quantize`: a GGUF to a type, or to the smallest type that meets an accuracy budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fox_edge.cli.common import Calibration, EvalData, MaxKld, MaxPplRatio, MinTop1, NoCheck, Threads, errors, progress_bar, say
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(help="f16/bf16/f32 GGUF file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output file")],
+    type_name: Annotated[
+        str | None, typer.Option("--type", help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, IQ4_NL or IQ4_XS; omit with a budget")
+    ] = None,
+    embedding_type: Annotated[
+        str | None, typer.Option("--embedding-type", help="token-embedding (= tied output) type: Q4_K, Q5_K, Q6_K, Q8_0, F16")
+    ] = None,
+    output_type: Annotated[str | None, typer.Option("--output-type", help="output tensor type (untied models)")] = None,
+    calibration: Calibration = None,
+    imatrix: Annotated[
+        Path | None, typer.Option("--imatrix", help="importance matrix file: saved here with --calibration, else read from here")
+    ] = None,
+    allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="accept an already quantized input")] = False,
+    no_check: NoCheck = False,
+    check_tokens: Annotated[int, typer.Option("--check-tokens", help="tokens scored by the accuracy check")] = 4096,
+    data: EvalData = "builtin",
+    max_kld: MaxKld = None,
+    min_top1: MinTop1 = None,
+    max_ppl_ratio: MaxPplRatio = None,
+    threads: Threads = None,
+):
+    """Quantize with llama.cpp, then check against the input (unless --no-check). Without --type: the smallest type that meets --max-kld / --min-top1."""
+    with errors():
+        from fox_edge.check import CheckSettings, format_report
+        from fox_edge.quantize import BudgetNotMet, quantize_to_budget
+        from fox_edge.quantize import quantize as quantize_model
+
+        check = CheckSettings(
+            enabled=not no_check, text=data, tokens=check_tokens, max_kld=max_kld, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio
+        )
+        if type_name:
+            with progress_bar("quantizing", in_bytes=False) as progress:
+                result = quantize_model(
+                    model, output, type_name, threads=threads or 0, embedding=embedding_type, output_tensor=output_type,
+                    calibration=calibration, imatrix=imatrix, allow_requantize=allow_requantize, check=check,
+                    on_message=say, progress=progress,
+                )  # fmt: skip
+            if result.check is not None:
+                typer.echo(format_report(result.check))
+                if not result.check.passed:
+                    say(f"error: {output} fails its accuracy check (the file and its report are kept; see above)")
+                    raise typer.Exit(1)
+            return
+        try:
+            with progress_bar("searching", in_bytes=False) as progress:
+                result = quantize_to_budget(
+                    model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, on_message=say, progress=progress
+                )
+        except BudgetNotMet as exc:
+            print_tried(exc.tried)
+            raise
+        print_tried(result.tried)
+        say(f"kept {output}: {result.file.type} with token embedding {result.file.embedding_type}, {result.file.bytes / 1e6:.1f} MB")
+
+
+def print_tried(rows: list[dict]) -> None:
+    typer.echo(f"{'type':<8} {'embedding':<10} {'MB':>8} {'mean KLD':>10} {'top-1':>7} {'PPL ratio':>9}  result")
+    for row in rows:
+        typer.echo(
+            f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
+            f"{'meets the budget' if row['passed'] else 'over'}"
+        )

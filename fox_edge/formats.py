@@ -1,0 +1,130 @@
+"""The model formats fox-edge reads: each one's files and how to recognise it, in one table.
+
+A leaf module: it imports nothing from fox-edge but the error type, so a runner, `info`, `bench`,
+`check`, a converter or a bundle reader learns a folder's layout here without importing a graph
+builder or a runtime. `identify` is the one answer to "what kind of model is this path?".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fox_edge.errors import FoxEdgeError
+
+if TYPE_CHECKING:
+    import gguf
+
+GGUF_MAGIC = b"GGUF"
+
+# The ONNX model folder, as `fox-edge convert --to onnx` writes it and onnxruntime-genai reads it.
+ONNX_MODEL = "model.onnx"
+ONNX_DATA = "model.onnx.data"
+ORT_MODEL = "model.ort"  # the same graph in ORT format (`--ort-format`), for reduced mobile builds
+GENAI_CONFIG = "genai_config.json"
+# Copied beside the graph: genai's tokenizer reads tokenizer.json + tokenizer_config.json; fox-edge's
+# runner reads config.json too (shape, special-id cross-checks), exactly as it reads a checkpoint.
+ONNX_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "config.json",
+)
+# The graph's KV-cache inputs and outputs, as onnxruntime-genai's defaults spell them.
+PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
+PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
+ONNX_REWRITE = "re-run `fox-edge convert --to onnx` to rewrite the folder"  # the fix for a damaged folder
+LOGITS_TO_KEEP = "logits_to_keep"  # fox-edge's overridable input: logits for the last N positions (0 = all)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFormat:
+    name: str  # what `fox-edge info --json` and the errors call it
+    description: str  # how a user would recognise it
+    backend: str  # the runtime that runs it
+    recognise: Callable[[Path], bool]
+
+
+def is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def onnx_folder(path: Path) -> Path | None:
+    """The model folder of an ONNX folder, or of a model.onnx / model.ort inside one; None for anything else."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_file() and path.suffix not in (".onnx", ".ort"):
+        return None
+    has_graph = any((folder / name).is_file() for name in (ONNX_MODEL, ORT_MODEL))
+    return folder if has_graph and (folder / GENAI_CONFIG).is_file() else None
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+GGUF = ModelFormat(name="gguf", description="a GGUF file", backend="llama.cpp", recognise=is_gguf)
+ONNX = ModelFormat(
+    name="onnx", description="an ONNX model folder", backend="onnxruntime", recognise=lambda path: onnx_folder(path) is not None
+)
+# The source of every conversion; runners open it too, on PyTorch, as the accuracy check's reference.
+CHECKPOINT = ModelFormat(name="checkpoint", description="a Hugging Face checkpoint folder", backend="pytorch", recognise=is_checkpoint)
+# What fox-edge writes and runs, in the order they are tried (an ONNX folder holds a config.json too, so
+# the checkpoint comes last).
+MODEL_FORMATS = (GGUF, ONNX)
+FORMATS = (*MODEL_FORMATS, CHECKPOINT)
+
+
+def identify(path: str | os.PathLike[str], accepted: tuple[ModelFormat, ...] = FORMATS) -> ModelFormat:
+    """The format of `path` among `accepted`, or the one error every command gives for a path it cannot take."""
+    path = Path(path)
+    if not path.exists():
+        raise FoxEdgeError(f"no such file or folder: {path}; convert a checkpoint with `fox-edge convert SOURCE -o MODEL`")
+    for model_format in accepted:
+        if model_format.recognise(path):
+            return model_format
+    kinds = [f.description for f in accepted if f is not CHECKPOINT]
+    neither = kinds[0] if len(kinds) == 1 else f"neither {', '.join(kinds[:-1])} nor {kinds[-1]}"
+    raise FoxEdgeError(f"{path} is {'not ' if len(kinds) == 1 else ''}{neither}; convert a checkpoint with `fox-edge convert`")
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    type: gguf.GGMLQuantizationType
+    n_elements: int
+    n_bytes: int
+    n_dims: int
+
+
+def gguf_tensors(path: str | os.PathLike[str]) -> dict[str, GgufTensor]:
+    """Tensor name -> type and size, from a GGUF header. Cached per file version: gguf's reader parses
+    every metadata field, and a 256K-token vocabulary makes that take about 10 s for Fox-1."""
+    file = Path(path).resolve()
+    stat = file.stat()
+    return _gguf_tensors(file, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_tensors(file: Path, mtime_ns: int, size: int) -> dict[str, GgufTensor]:
+    reader = open_gguf(file)
+    return {t.name: GgufTensor(t.tensor_type, int(t.n_elements), int(t.n_bytes), len(t.shape)) for t in reader.tensors}
+
+
+def open_gguf(path: str | os.PathLike[str]):
+    """gguf's reader over a file, its many ways of failing on a damaged file turned into one clear error."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:  # ValueError, struct errors, IndexError, numpy errors on damaged files
+        raise FoxEdgeError(
+            f"{path} is truncated or not a GGUF file ({type(exc).__name__}: {exc}); re-create it with `fox-edge convert`"
+        ) from None

@@ -1,0 +1,172 @@
+"""`convert` as one library call: a checkpoint to GGUF or ONNX, quantized if asked, checked, no intermediate left.
+
+    from fox_edge import convert
+    result = convert("tensoropera/Fox-1-1.6B-Instruct-v0.1", "fox1.Q4_K_M.gguf", quant="Q4_K_M")
+    result.check.passed, result.check.kld_mean
+
+The CLI's `fox-edge convert` parses its flags into this call and renders what it returns; the bundle
+command builds on it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fox_edge.check import CheckReport, CheckSettings, check_model, save_report
+from fox_edge.converters.gguf import GgufResult, convert_to_gguf
+from fox_edge.converters.onnx import OnnxOptions, OnnxResult, convert_to_onnx
+from fox_edge.errors import FoxEdgeError
+from fox_edge.files import check_writable
+from fox_edge.hooks import OnMessage, Progress, ignore_message
+from fox_edge.quant.gguf import QuantizedFile, parse_type
+from fox_edge.quantize import quantize
+from fox_edge.source import resolve
+
+TARGETS = ("gguf", "onnx")
+EXPORTERS = ("fox-edge", "optimum")
+# Given a phase ("converting", "quantizing", "checking"), a context that yields the progress hook for it.
+PhaseProgress = Callable[[str], AbstractContextManager[Progress]]
+
+
+@dataclass(kw_only=True)
+class ConvertResult:
+    output: Path
+    format: str  # "gguf" or "onnx"
+    conversion: GgufResult | OnnxResult  # with `quant`: the f16 intermediate, since removed
+    quantized: QuantizedFile | None = None
+    check: CheckReport | None = None  # stored beside the output too
+    not_checked: str | None = None  # why a quantized model has no check, when it has none
+
+
+@contextlib.contextmanager
+def _no_progress(phase: str):
+    yield None
+
+
+def convert(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    to: str = "gguf",
+    dtype: str = "f16",
+    vocab_only: bool = False,
+    quant: str | None = None,
+    calibration: str | Path | None = None,
+    imatrix: str | Path | None = None,
+    onnx: OnnxOptions | None = None,
+    ort_format: bool = False,
+    exporter: str = "fox-edge",
+    chat_template: str | None = None,
+    check: CheckSettings | None = None,
+    threads: int | None = None,
+    progress: PhaseProgress | None = None,
+    on_message: OnMessage = ignore_message,
+) -> ConvertResult:
+    """Convert `source` (a checkpoint folder or hub id) to `output`, a GGUF file or an ONNX folder.
+
+    GGUF: `dtype` f16/bf16/f32; with `quant` (a `fox-edge quantize` type) the f16 conversion is quantized
+    (calibrated with `calibration` or `imatrix`) and removed. ONNX: `onnx` options, `ort_format`, `exporter`.
+    Quantized outputs are checked against the original with `check` (check.enabled=False skips it); the
+    report is in the result and stored beside the output. A failing check is reported, not raised: the
+    caller decides what a FAIL means.
+    """
+    check = check or CheckSettings()
+    phase, say = progress or _no_progress, on_message
+    if to not in TARGETS:
+        raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: {', '.join(TARGETS)}")
+    if to == "onnx":
+        if quant or vocab_only or calibration or imatrix:
+            raise FoxEdgeError("--quant, --vocab-only, --calibration and --imatrix are GGUF options; for ONNX use --precision int8 or int4")
+        result = _convert_onnx(source, Path(output), onnx or OnnxOptions(), ort_format, exporter, chat_template, threads, phase, say)
+        if result.format == "onnx" and not result.not_checked and check.enabled and result.conversion.precision in ("int8", "int4"):
+            result.check, result.not_checked = _check(output, source, check, threads, phase, say)
+    else:
+        if onnx is not None or ort_format or exporter != "fox-edge":
+            raise FoxEdgeError("--precision, --ort-format and --exporter are ONNX options; add --to onnx")
+        result = _convert_gguf(
+            source, Path(output), dtype, vocab_only, quant, calibration, imatrix, chat_template, check, threads, phase, say
+        )
+    return result
+
+
+def _convert_gguf(
+    source, output, dtype, vocab_only, quant, calibration, imatrix, chat_template, check, threads, phase, say
+) -> ConvertResult:
+    if quant is None:
+        if calibration or imatrix:
+            raise FoxEdgeError("--calibration and --imatrix go with --quant TYPE (they calibrate the quantization)")
+        with phase("converting") as progress:
+            conversion = convert_to_gguf(
+                source, output, dtype, vocab_only=vocab_only, chat_template=chat_template, progress=progress, on_message=say
+            )
+        say(_wrote_gguf(conversion))
+        return ConvertResult(output=output, format="gguf", conversion=conversion)
+    if vocab_only:
+        raise FoxEdgeError("--vocab-only writes no weights to quantize; drop --quant")
+    parse_type(quant)
+    check_writable(output)
+    intermediate = output.with_name(f".{output.name}.{dtype}-{os.getpid()}.gguf")
+    try:
+        with phase("converting") as progress:
+            conversion = convert_to_gguf(source, intermediate, dtype, chat_template=chat_template, progress=progress, on_message=say)
+        say(_wrote_gguf(conversion))
+        with phase("quantizing") as progress:
+            quantized = quantize(
+                intermediate, output, quant, threads=threads or 0, calibration=calibration, imatrix=imatrix, check=check,
+                on_message=say, progress=progress,
+            )  # fmt: skip
+    finally:
+        intermediate.unlink(missing_ok=True)
+    return ConvertResult(output=output, format="gguf", conversion=conversion, quantized=quantized.file, check=quantized.check)
+
+
+def _wrote_gguf(conversion: GgufResult) -> str:
+    return (
+        f"wrote {conversion.output}: {conversion.n_tensors} tensors, {conversion.n_bytes / 1e6:.1f} MB in {conversion.seconds:.1f} s "
+        f"(tokenizer from {conversion.vocab_source}, chat template: {conversion.chat_template})"
+    )
+
+
+def _convert_onnx(source, output, options, ort_format, exporter, chat_template, threads, phase, say) -> ConvertResult:
+    if exporter not in EXPORTERS:
+        raise FoxEdgeError(f"unknown --exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
+    if exporter == "optimum":
+        from fox_edge.converters.optimum import convert_with_optimum
+
+        if ort_format or chat_template is not None:
+            raise FoxEdgeError("--ort-format and --chat-template go with fox-edge's own exporter; drop --exporter optimum")
+        conversion = convert_with_optimum(source, output, options, on_message=say)
+        say(
+            f"wrote {conversion.output}: {conversion.precision} (optimum-onnx graph) in {conversion.seconds:.1f} s; "
+            "runs in ONNX Runtime, not in fox-edge's runner"
+        )
+        return ConvertResult(output=output, format="onnx-optimum", conversion=conversion, not_checked="optimum-onnx graphs")
+    with phase("converting") as progress:
+        conversion = convert_to_onnx(
+            source, output, options, ort_format=ort_format, chat_template=chat_template, progress=progress, on_message=say
+        )
+    say(
+        f"wrote {conversion.output}: {conversion.precision}, {conversion.n_initializers} initializers, "
+        f"{conversion.n_bytes / 1e6:.1f} MB of weights in {conversion.seconds:.1f} s (tokenizer from {conversion.vocab_source}, "
+        f"chat template: {conversion.chat_template})" + (f"; ORT format: {conversion.ort_model}" if conversion.ort_model else "")
+    )
+    return ConvertResult(output=output, format="onnx", conversion=conversion)
+
+
+def _check(output, source, check: CheckSettings, threads, phase, say) -> tuple[CheckReport | None, str | None]:
+    """An ONNX conversion checked against its checkpoint on PyTorch (GGUF is checked against its f16 by quantize)."""
+    if importlib.util.find_spec("torch") is None:
+        reason = f"the reference needs PyTorch (pip install 'fox-edge[torch]'), then `fox-edge check {output} -r {source}`"
+        say(f"not checked: {reason}")
+        return None, reason
+    say(f"checking {Path(output).name} against {source} (PyTorch) on {check.tokens} tokens")
+    with phase("checking") as progress:
+        report = check_model(output, resolve(source, progress=False)[0], check, progress=progress, n_threads=threads)
+    save_report(report, output)
+    return report, None

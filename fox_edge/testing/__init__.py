@@ -1,0 +1,1 @@
+"""What the tests and benchmarks build and fetch: not used by the fox-edge commands, which never import it."""
