@@ -1,0 +1,101 @@
+"""The package's shape: dependencies one way, one registry of model formats, one pipeline, one runner base."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import pytest
+from typer.testing import CliRunner
+
+from fox_edge.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold():
+    """pyproject.toml's import-linter contracts: the layers, no converter in the runtime, no import cycle."""
+    result = subprocess.run([Path(sys.executable).with_name("lint-imports")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["text file", "empty folder", "folder of other files"])
+def test_unknown_kind_of_path_gets_the_same_error_everywhere(tmp_path, kind):
+    path = tmp_path / "thing"
+    if kind == "text file":
+        path.write_text("hello")
+    else:
+        path.mkdir()
+        if kind == "folder of other files":
+            (path / "model.onnx").write_bytes(b"not a graph, and no genai_config.json beside it")
+    expected = f"error: {path} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
+    for args in (["info", str(path)], ["bench", str(path), "-r", "1"], ["chat", str(path)], ["generate", str(path), "-p", "x"]):
+        result = CliRunner().invoke(app, args, input="")
+        assert result.exit_code == 1 and result.stderr.strip() == expected, (args, result.stderr)
+
+
+def test_missing_path_says_so(tmp_path):
+    for args in (["info", str(tmp_path / "nothing.gguf")], ["chat", str(tmp_path / "nothing.gguf")]):
+        result = CliRunner().invoke(app, args, input="")
+        assert result.exit_code == 1 and result.stderr.startswith(f"error: no such file or folder: {tmp_path / 'nothing.gguf'}")
+
+
+def test_pipeline_converts_quantizes_and_checks_without_the_cli(tiny_fox1, tmp_path):
+    from fox_edge import CheckSettings, convert
+
+    output = tmp_path / "tiny.Q8_0.gguf"
+    result = convert(tiny_fox1, output, quant="Q8_0", check=CheckSettings(tokens=256, context=128))
+    # The file holds Q8_0 matrices (read independently of fox-edge), and no f16 intermediate is left.
+    types = {t.tensor_type for t in gguf.GGUFReader(output).tensors if len(t.shape) > 1}
+    assert types == {gguf.GGMLQuantizationType.Q8_0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name, f"{output.name}.check.json"]
+    assert result.format == "gguf" and result.quantized.type == "Q8_0" and result.output == output
+    assert result.check is not None and result.check.tokens_scored > 0 and result.check.precision == "int8"
+    assert 0 < result.check.kld_mean < 1
+
+
+def test_pipeline_onnx_is_checked_against_the_checkpoint(tiny_fox1, tmp_path):
+    from fox_edge import CheckSettings, OnnxOptions, check_model, convert
+
+    settings = CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0)
+    result = convert(tiny_fox1, tmp_path / "int8", to="onnx", onnx=OnnxOptions(precision="int8"), check=settings)
+    assert result.format == "onnx" and (tmp_path / "int8" / "check.json").is_file()
+    again = check_model(result.output, tiny_fox1, settings)  # the same measurement, made on its own
+    assert result.check.kld_mean == pytest.approx(again.kld_mean, rel=1e-4)
+
+
+def test_chat_template_file_replaces_the_models(tiny_fox1, tiny_gguf, tmp_path):
+    from fox_edge.runner import chat_prompt, open_runner, text_prompt
+
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
+    messages = [{"role": "user", "content": "hello"}]
+    with open_runner(tiny_gguf["f32"]) as runner:
+        own = chat_prompt(runner, messages)
+    with open_runner(tiny_gguf["f32"], chat_template=template.read_text()) as runner:
+        given = chat_prompt(runner, messages)
+        assert given == text_prompt(runner, "[user] hello\n[assistant] ") and given != own
+    # convert writes the given template into the GGUF in place of the checkpoint's
+    output = tmp_path / "templated.gguf"
+    result = CliRunner().invoke(app, ["convert", str(tiny_fox1), "-o", str(output), "--chat-template", str(template)])
+    assert result.exit_code == 0, result.stderr
+    field = gguf.GGUFReader(output).fields["tokenizer.chat_template"]
+    assert field.contents() == template.read_text()
+    # a template that does not parse is refused before any work
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}")
+    result = CliRunner().invoke(app, ["generate", str(tiny_gguf["f32"]), "-p", "x", "--chat", "--chat-template", str(bad)])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1 and "bad.jinja does not parse" in result.stderr
+
+
+def test_pytorch_reference_stops_as_the_other_runners_do(tiny_fox1, tiny_gguf):
+    from fox_edge.backends.llamacpp import LlamaCppRunner
+    from fox_edge.backends.torch import TorchRunner
+
+    with TorchRunner(tiny_fox1) as reference, LlamaCppRunner(tiny_gguf["f32"], vocab_only=True) as gguf_runner:
+        end_of_turn = reference.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        assert end_of_turn in reference.stop_ids and reference.eos_id in reference.stop_ids
+        assert reference.stop_ids == gguf_runner.stop_ids
