@@ -6,8 +6,9 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from fox_edge.backends.onnx import read_genai_config
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import CHECKPOINT, GENAI_CONFIG, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
+from fox_edge.formats import CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
 from fox_edge.source import is_hub_id, read_json
 
 SPECIAL_KEYS = ("bos", "eos", "eot", "unknown", "padding")
@@ -97,7 +98,7 @@ def describe_onnx(path: Path) -> list[tuple[str, str]]:
         raise FoxEdgeError(
             f"{model_file} is truncated or corrupt ({type(exc).__name__}); re-create the folder with `fox-edge convert --to onnx`"
         ) from None
-    genai = read_json(folder / GENAI_CONFIG, ONNX_REWRITE)["model"]
+    genai = read_genai_config(folder)
     decoder = genai["decoder"]
     meta = {p.key: p.value for p in model.metadata_props}
     by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])

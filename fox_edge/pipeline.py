@@ -26,7 +26,7 @@ from fox_edge.files import check_writable
 from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.quant.gguf import QuantizedFile, parse_type
 from fox_edge.quantize import quantize
-from fox_edge.source import resolve
+from fox_edge.source import local_folder, resolve
 
 TARGETS = ("gguf", "onnx")
 EXPORTERS = ("fox-edge", "optimum")
@@ -110,7 +110,7 @@ def _convert_gguf(
     if vocab_only:
         raise FoxEdgeError("--vocab-only writes no weights to quantize; drop --quant")
     parse_type(quant)
-    check_writable(output)
+    check_writable(output, source_folders=[local_folder(source)])
     intermediate = output.with_name(f".{output.name}.{dtype}-{os.getpid()}.gguf")
     try:
         with phase("converting") as progress:

@@ -67,6 +67,14 @@ def prepare_imatrix(
     return target
 
 
+def check_inputs(input_path: Path, output: Path, calibration: str | Path | None, imatrix: str | Path | None) -> None:
+    """Before any work: the output and a saved importance matrix destroy nothing the command reads."""
+    calibration_file = None if calibration in (None, "builtin") else calibration
+    check_writable(output, inputs=[input_path, calibration_file, imatrix if calibration is None else None])
+    if calibration is not None and imatrix is not None:  # the importance matrix is written, not read
+        check_writable(imatrix, inputs=[input_path, calibration_file, output])
+
+
 def quantize(
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -89,7 +97,7 @@ def quantize(
     parse_type(type_name)
     parse_tensor_type(embedding, "--embedding-type")
     parse_tensor_type(output_tensor, "--output-type")
-    check_writable(output)
+    check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, allow_requantize)
     matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)
     try:
@@ -146,7 +154,7 @@ def quantize_to_budget(
         min_top1=check.min_top1 if check.min_top1 is not None else 0.0,
         max_ppl_ratio=check.max_ppl_ratio if check.max_ppl_ratio is not None else math.inf,
     )
-    check_writable(output)
+    check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, False)
     candidates = budget_candidates(input_path, types)
     matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)

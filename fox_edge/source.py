@@ -46,6 +46,12 @@ def resolve(source: str | os.PathLike[str], progress: bool = True) -> tuple[Path
     return _download(text, progress), text
 
 
+def local_folder(source: str | os.PathLike[str]) -> Path | None:
+    """The folder `source` names on this machine, or None for a hub id (its snapshot lives in the hub cache)."""
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
+
+
 def is_hub_id(text: str) -> bool:
     """Whether `text` reads as a hub id (owner/name) rather than a local path."""
     return text.count("/") == 1 and not text.startswith((".", "/", "~"))
@@ -71,39 +77,83 @@ def _download(repo_id: str, progress: bool) -> Path:
         raise FoxEdgeError(f"cannot download {repo_id}: {first_line}; check the connection or pass a local folder") from None
 
 
+# config.json's integers: (key, highest accepted). The ceilings are far above any real Llama model and keep one
+# absurd number (a vocab_size of 10**12, say) from allocating the machine away before anything is read.
+CONFIG_INTEGERS = {
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "num_hidden_layers": 1 << 10,
+    "num_attention_heads": 1 << 10,
+    "num_key_value_heads": 1 << 10,
+    "vocab_size": 1 << 21,
+    "max_position_embeddings": 1 << 21,
+    "head_dim": 1 << 12,
+}
+FIX_CONFIG = "fix config.json or re-download the checkpoint"
+
+
+def _config_int(config: dict, key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None:
+        raise FoxEdgeError(f"config.json lacks {key}; is this a complete Llama checkpoint?")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise FoxEdgeError(f"config.json: {key} is {value!r}, not a whole number; {FIX_CONFIG}")
+    if not 1 <= value <= CONFIG_INTEGERS[key]:
+        raise FoxEdgeError(f"config.json: {key} is {value}, outside 1..{CONFIG_INTEGERS[key]:,}; {FIX_CONFIG}")
+    return int(value)
+
+
+def _config_float(config: dict, key: str, value, highest: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= highest:
+        raise FoxEdgeError(f"config.json: {key} is {value!r}, not a number in (0, {highest:g}]; {FIX_CONFIG}")
+    return float(value)
+
+
 def read_shape(config: dict) -> LlamaShape:
-    """Llama hyper-parameters from config.json, in both the transformers 4 and 5 layouts."""
+    """Llama hyper-parameters from config.json (transformers 4 and 5 layouts), typed and ranged, or one clear error."""
     rope_theta = config.get("rope_theta")
     if rope_theta is None:  # transformers 5 nests it
         rope_theta = (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     rope_scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {})
+    if not isinstance(rope_scaling, dict):
+        raise FoxEdgeError(f"config.json: rope_scaling is {rope_scaling!r}, not an object; {FIX_CONFIG}")
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
     if rope_type not in ("default", None):
         raise FoxEdgeError(f"RoPE scaling '{rope_type}' is not supported yet; fox-edge converts models with plain RoPE")
-    try:
-        n_heads = int(config["num_attention_heads"])
-        return LlamaShape(
-            hidden_size=int(config["hidden_size"]),
-            intermediate_size=int(config["intermediate_size"]),
-            n_layers=int(config["num_hidden_layers"]),
-            n_heads=n_heads,
-            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-            vocab_size=int(config["vocab_size"]),
-            context_length=int(config.get("max_position_embeddings", 2048)),
-            rope_theta=float(rope_theta),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            head_dim=config.get("head_dim"),
-        )
-    except KeyError as exc:
-        raise FoxEdgeError(f"config.json lacks {exc.args[0]}; is this a complete Llama checkpoint?") from None
+    n_heads = _config_int(config, "num_attention_heads")
+    n_kv_heads = _config_int(config, "num_key_value_heads", n_heads)
+    hidden_size = _config_int(config, "hidden_size")
+    head_dim = _config_int(config, "head_dim") if config.get("head_dim") is not None else None
+    if n_heads % n_kv_heads:
+        raise FoxEdgeError(f"config.json: {n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads; {FIX_CONFIG}")
+    if head_dim is None and hidden_size % n_heads:
+        raise FoxEdgeError(f"config.json: hidden_size {hidden_size} is not a multiple of {n_heads} attention heads; {FIX_CONFIG}")
+    shape = LlamaShape(
+        hidden_size=hidden_size,
+        intermediate_size=_config_int(config, "intermediate_size"),
+        n_layers=_config_int(config, "num_hidden_layers"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        vocab_size=_config_int(config, "vocab_size"),
+        context_length=_config_int(config, "max_position_embeddings", 2048),
+        rope_theta=_config_float(config, "rope_theta", rope_theta, 1e12),
+        rms_norm_eps=_config_float(config, "rms_norm_eps", config.get("rms_norm_eps", 1e-6), 1.0),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        head_dim=head_dim,
+    )
+    if shape.head_size % 2:
+        raise FoxEdgeError(f"config.json: the head size {shape.head_size} is odd; rotary embeddings need an even one; {FIX_CONFIG}")
+    return shape
 
 
 def read_json(path: Path, fix: str = "re-download the checkpoint") -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FoxEdgeError(f"{path} is not valid JSON ({exc}); {fix}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise FoxEdgeError(f"{path} is not valid JSON ({str(exc)[:200]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise FoxEdgeError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weights: bool = True) -> Checkpoint:
@@ -112,8 +162,15 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
     config_path = path / "config.json"
     if not config_path.is_file():
         raise FoxEdgeError(f"{path} has no config.json; give a Hugging Face checkpoint folder")
+    # Everything read must lie inside the checkpoint: the folder itself, or for a hub snapshot (whose files link
+    # into the repository's blob store) the repository's cache folder.
+    root = path.resolve().parents[1] if hub_id else path.resolve()
+    for file in (config_path, path / "tokenizer.model", path / "tokenizer.json", path / "tokenizer_config.json", path / "generation_config.json"):
+        if file.exists() or file.is_symlink():
+            contained(file, root)
     config = read_json(config_path)
     architectures = config.get("architectures") or [config.get("model_type", "unknown")]
+    architectures = [str(a) for a in architectures] if isinstance(architectures, list) else [str(architectures)]
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures) or config.get("model_type", "llama") != "llama":
         raise FoxEdgeError(
             f"{path} is a {'/'.join(architectures)} (model_type {config.get('model_type')!r}) checkpoint; "
@@ -121,7 +178,7 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
         )
     shape = read_shape(config)
 
-    weight_files = _weight_files(path) if weights else []
+    weight_files = [contained(f, root) for f in _weight_files(path)] if weights else []
     tokenizer_model = path / "tokenizer.model"
     tokenizer_json = path / "tokenizer.json"
     if not tokenizer_model.is_file() and not tokenizer_json.is_file():
@@ -142,10 +199,20 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
     )
 
 
+def contained(file: Path, root: Path) -> Path:
+    """`file` if it (links resolved) lies inside `root`; a model never makes fox-edge read outside its own folder."""
+    if not file.resolve().is_relative_to(root):
+        raise FoxEdgeError(f"{file} leads outside the model folder {root} (to {file.resolve()}); copy the file into the folder itself")
+    return file
+
+
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(read_json(index).get("weight_map", {}).values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
+            raise FoxEdgeError(f"{index} has no weight_map of file names; re-download the checkpoint")
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise FoxEdgeError(f"{path} lacks {', '.join(missing)} named in model.safetensors.index.json; re-download the checkpoint")

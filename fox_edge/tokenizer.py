@@ -57,7 +57,7 @@ def read_vocab(checkpoint: Checkpoint, on_message: OnMessage = ignore_message, *
         vocab = _from_sentencepiece(checkpoint, on_message)
     else:
         vocab = _from_tokenizer_json(checkpoint, on_message)
-    _apply_added_tokens(vocab, checkpoint.tokenizer_config)
+    _apply_added_tokens(vocab, checkpoint.tokenizer_config, checkpoint.shape.vocab_size)
     _pad_to(vocab, checkpoint.shape.vocab_size)
     _resolve_special_ids(vocab, checkpoint, on_message)
     _resolve_chat_template(vocab, checkpoint, on_message, chat_template)
@@ -110,11 +110,19 @@ def _from_tokenizer_json(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab
         model_type, token_ids = model["type"], model["vocab"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise FoxEdgeError(f"{path} is not a Hugging Face tokenizers file; re-download it") from None
+    if not isinstance(token_ids, dict) or not token_ids:
+        raise FoxEdgeError(f"{path} has an empty vocabulary; re-download the tokenizer files")
+    vocab_size = checkpoint.shape.vocab_size
+    for token_id in token_ids.values():
+        _check_id(token_id, vocab_size, path.name)
     if model_type != "BPE":
         raise FoxEdgeError(
             f"{path} is a {model_type} tokenizer; fox-edge reads BPE tokenizer.json files or a SentencePiece tokenizer.model: add tokenizer.model"
         )
-    added = {t["id"]: t for t in data.get("added_tokens", [])}
+    try:
+        added = {_check_id(t["id"], vocab_size, path.name): t for t in data.get("added_tokens", [])}
+    except (KeyError, TypeError):
+        raise FoxEdgeError(f"{path}: an added token lacks its id or content; re-download it") from None
     size = max([*token_ids.values(), *added.keys()]) + 1
     tokens = [f"[PAD{i}]" for i in range(size)]
     for text, index in token_ids.items():
@@ -222,10 +230,22 @@ def _bpe_pre_tokenizer(pre: dict | None) -> str | None:
     return known[0] if known else None
 
 
-def _apply_added_tokens(vocab: Vocab, tokenizer_config: dict) -> None:
+def _check_id(token_id, vocab_size: int, where: str) -> int:
+    """A token id from a tokenizer file: a whole number inside the model's vocabulary (config.json's vocab_size)."""
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+        raise FoxEdgeError(
+            f"{where}: token id {token_id!r} is outside the model's vocabulary of {vocab_size}; the tokenizer belongs to another model"
+        )
+    return token_id
+
+
+def _apply_added_tokens(vocab: Vocab, tokenizer_config: dict, size: int) -> None:
     """tokenizer_config.json's added_tokens_decoder marks which tokens are special (control) and which are user-defined."""
     for key, token in (tokenizer_config.get("added_tokens_decoder") or {}).items():
-        index, content = int(key), token["content"]
+        try:
+            index, content = _check_id(int(key), size, "tokenizer_config.json"), str(token["content"])
+        except (KeyError, TypeError, ValueError):
+            raise FoxEdgeError(f"tokenizer_config.json: added token {key!r} is malformed; re-download it") from None
         if index >= len(vocab.tokens):
             vocab.tokens.extend(f"[PAD{i}]" for i in range(len(vocab.tokens), index + 1))
             vocab.scores.extend([0.0] * (index + 1 - len(vocab.scores)))
@@ -275,10 +295,12 @@ def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, on_message: OnMes
             theirs = settings.get(f"{key}_token_id")
             if isinstance(theirs, list):
                 theirs = theirs[0] if theirs else None
+            if not isinstance(theirs, int | None):  # a list of lists, a string: shown as it is
+                theirs = repr(theirs)
             if theirs is not None and ours is not None and theirs != ours:
                 claims.setdefault(theirs, []).append(file)
         for theirs, files in claims.items():
-            named = vocab.tokens[theirs] if 0 <= theirs < len(vocab.tokens) else "out of range"
+            named = vocab.tokens[theirs] if isinstance(theirs, int) and 0 <= theirs < len(vocab.tokens) else "out of range"
             on_message(
                 f"warning: {' and '.join(files)} say{'s' if len(files) == 1 else ''} {key}_token_id={theirs} ({named}) but the "
                 f"tokenizer's {key} token is {vocab.tokens[ours]} (id {ours}); using the tokenizer's"
@@ -291,7 +313,7 @@ def _resolve_chat_template(vocab: Vocab, checkpoint: Checkpoint, on_message: OnM
         return
     template = checkpoint.tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
-        named = {t.get("name"): t.get("template") for t in template}
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
     if template is None:
         jinja = checkpoint.path / "chat_template.jinja"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.errors import FoxEdgeError
+from fox_edge.spec import LlamaShape
 
 # safetensors dtype -> numpy storage dtype; BF16 is stored as uint16 and widened by `to_float32`.
 STORAGE_DTYPES = {
@@ -31,6 +32,8 @@ STORAGE_DTYPES = {
     "U8": np.uint8,
     "BOOL": np.bool_,
 }
+# What a checkpoint's weights may be stored as: an integer or boolean tensor is no Llama weight.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 @dataclass(frozen=True)
@@ -65,21 +68,35 @@ def read_header(file: Path) -> list[TensorRef]:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise FoxEdgeError(f"{file} has a corrupt safetensors header; re-download it") from None
+    if not isinstance(header, dict):
+        raise FoxEdgeError(f"{file} has a corrupt safetensors header; re-download it")
     data_start = 8 + header_len
     refs = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in STORAGE_DTYPES:
-            raise FoxEdgeError(f"{file}: tensor {name} has dtype {info['dtype']}, which fox-edge cannot read")
-        begin, end = info["data_offsets"]
-        ref = TensorRef(name, info["dtype"], tuple(info["shape"]), file, data_start + begin, data_start + end)
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
+            if not all(isinstance(n, int) and n >= 0 for n in (begin, end, *shape)) or begin > end:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise FoxEdgeError(f"{file}: the header entry of tensor {name} is malformed; re-download the checkpoint") from None
+        if dtype not in FLOAT_DTYPES:
+            raise FoxEdgeError(f"{file}: tensor {name} is {dtype}; a checkpoint's weights are {', '.join(FLOAT_DTYPES)}: re-save it in float")
+        ref = TensorRef(name, dtype, shape, file, data_start + begin, data_start + end)
         itemsize = np.dtype(STORAGE_DTYPES[ref.dtype]).itemsize
         if ref.nbytes != ref.n_elements * itemsize:
             raise FoxEdgeError(f"{file}: tensor {name} has {ref.nbytes} bytes for shape {ref.shape}; the file is corrupt, re-download it")
         if ref.end > size:
             raise FoxEdgeError(f"{file} is truncated: tensor {name} ends at byte {ref.end} but the file has {size}; re-download it")
         refs.append(ref)
+    # The data buffer is laid out tensor after tensor: overlapping spans would make two weights share bytes.
+    position = data_start
+    for ref in sorted(refs, key=lambda r: (r.start, r.end)):
+        if ref.start != position:
+            problem = "overlaps the tensor before it" if ref.start < position else "leaves a gap before it"
+            raise FoxEdgeError(f"{file}: tensor {ref.name} {problem} (byte {ref.start}); the file is corrupt, re-download it")
+        position = ref.end
     return refs
 
 
@@ -142,8 +159,40 @@ class SafetensorsWeights:
 
     def close(self) -> None:
         for mapping in self._maps.values():
-            mapping.close()
+            try:
+                mapping.close()
+            except BufferError:  # an array still views it (an interrupted conversion): closed when that array goes
+                pass
         self._maps.clear()
+
+
+def check_llama_tensors(weights: SafetensorsWeights, shape: LlamaShape) -> None:
+    """Every tensor a Llama model needs is there, in the shape config.json implies: checked by both converters before
+    anything is written, so a checkpoint whose files and config disagree never becomes an unloadable model."""
+    h, kv, q = shape.hidden_size, shape.n_kv_heads * shape.head_size, shape.n_heads * shape.head_size
+    expected = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
+    if not shape.tie_word_embeddings or "lm_head.weight" in weights:
+        expected["lm_head.weight"] = (shape.vocab_size, h)
+    for i in range(shape.n_layers):
+        layer = f"model.layers.{i}"
+        expected |= {
+            f"{layer}.self_attn.q_proj.weight": (q, h),
+            f"{layer}.self_attn.k_proj.weight": (kv, h),
+            f"{layer}.self_attn.v_proj.weight": (kv, h),
+            f"{layer}.self_attn.o_proj.weight": (h, q),
+            f"{layer}.mlp.gate_proj.weight": (shape.intermediate_size, h),
+            f"{layer}.mlp.up_proj.weight": (shape.intermediate_size, h),
+            f"{layer}.mlp.down_proj.weight": (h, shape.intermediate_size),
+            f"{layer}.input_layernorm.weight": (h,),
+            f"{layer}.post_attention_layernorm.weight": (h,),
+        }
+    for name, dims in expected.items():
+        if name not in weights:
+            raise FoxEdgeError(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint: re-download it")
+        if tuple(weights.refs[name].shape) != dims:
+            raise FoxEdgeError(
+                f"tensor {name} is {list(weights.refs[name].shape)}, config.json implies {list(dims)}; the checkpoint and its config disagree"
+            )
 
 
 def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:

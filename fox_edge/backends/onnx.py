@@ -36,7 +36,7 @@ from fox_edge.formats import (
     identify,
     onnx_folder,
 )
-from fox_edge.source import read_json
+from fox_edge.source import contained, read_json
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -102,7 +102,7 @@ class OnnxRunner(Runner):
         path = Path(path)
         identify(path, (ONNX,))
         self.path, model_file = onnx_folder(path), (None if path.is_dir() else path)
-        genai = read_json(self.path / GENAI_CONFIG, ONNX_REWRITE)["model"]
+        genai = read_genai_config(self.path)
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
         self.n_ctx = min(n_ctx, genai["context_length"]) if n_ctx > 0 else genai["context_length"]
@@ -245,6 +245,21 @@ class OnnxRunner(Runner):
         self._session = None
 
 
+GENAI_INTEGERS = ("context_length", "vocab_size", "decoder.num_hidden_layers", "decoder.num_key_value_heads", "decoder.head_size")
+
+
+def read_genai_config(folder: Path) -> dict:
+    """genai_config.json's "model" section, with the numbers the runner needs checked to be there and positive."""
+    genai = read_json(folder / GENAI_CONFIG, ONNX_REWRITE).get("model")
+    for key in GENAI_INTEGERS:
+        value = genai
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FoxEdgeError(f"{folder / GENAI_CONFIG}: model.{key} is {value!r}, not a positive whole number; {ONNX_REWRITE}")
+    return genai
+
+
 def check_external_data(model_file: Path) -> None:
     """Fail with the file's name, not ONNX Runtime's internals, when external weights are missing or cut short."""
     import onnx
@@ -260,7 +275,7 @@ def check_external_data(model_file: Path) -> None:
             end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
             needed[entries["location"]] = max(needed.get(entries["location"], 0), end)
     for location, end in needed.items():
-        data = model_file.parent / location
+        data = contained(model_file.parent / location, model_file.parent.resolve())
         if not data.is_file():
             raise FoxEdgeError(
                 f"{data} is missing (the weights of {model_file.name}); copy the whole folder, or re-run `fox-edge convert --to onnx`"

@@ -18,10 +18,10 @@ import numpy as np
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.hooks import OnMessage, Progress, ignore_message
-from fox_edge.source import Checkpoint, open_checkpoint
+from fox_edge.source import Checkpoint, local_folder, open_checkpoint
 from fox_edge.spec import FOX1_LICENSE, LlamaShape, is_fox1_vocab
 from fox_edge.tokenizer import Vocab, read_vocab
-from fox_edge.weights import SafetensorsWeights
+from fox_edge.weights import SafetensorsWeights, check_llama_tensors
 
 Q = gguf.GGMLQuantizationType
 # --dtype -> (tensor type for matrices, GGUF file type). Vectors (norms) stay F32, as llama.cpp's converter keeps them.
@@ -169,9 +169,11 @@ def convert_to_gguf(
         raise FoxEdgeError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     tensor_type, file_type = DTYPES[dtype]
     started = time.monotonic()
-    check_writable(output)
+    check_writable(output, source_folders=[local_folder(source)])
     checkpoint = open_checkpoint(source, weights=not vocab_only)
     weights = SafetensorsWeights(checkpoint.weight_files)  # checks every file's header and length first
+    if not vocab_only:
+        check_llama_tensors(weights, checkpoint.shape)
     plans = [] if vocab_only else plan_tensors(weights, checkpoint.shape, tensor_type)
     vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     total = sum(p.nbytes for p in plans)

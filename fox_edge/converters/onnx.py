@@ -41,10 +41,10 @@ from fox_edge.formats import (
     PRESENT_VALUE,
 )
 from fox_edge.hooks import OnMessage, Progress, ignore_message
-from fox_edge.source import Checkpoint, open_checkpoint
+from fox_edge.source import Checkpoint, local_folder, open_checkpoint
 from fox_edge.spec import LlamaShape
 from fox_edge.tokenizer import Vocab, read_vocab
-from fox_edge.weights import SafetensorsWeights
+from fox_edge.weights import SafetensorsWeights, check_llama_tensors
 
 # ONNX protobuf and ORT's flatbuffer format cannot hold more than 2 GiB inline.
 INLINE_LIMIT = 2**31 - 1
@@ -465,9 +465,7 @@ def convert_to_onnx(
     `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each."""
     precision = builder.precision_for(options)
     started = time.monotonic()
-    check_writable(output)
-    if Path(output).exists():
-        raise FoxEdgeError(f"{output} already exists; remove it or choose another output folder")
+    check_writable(output, folder=True, source_folders=[local_folder(source)])
     checkpoint = open_checkpoint(source)
     shape = checkpoint.shape
     total = estimate_bytes(shape, precision, options)
@@ -478,7 +476,7 @@ def convert_to_onnx(
         )
     vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     weights = SafetensorsWeights(checkpoint.weight_files)
-    _check_tensors(weights, shape)
+    check_llama_tensors(weights, shape)
     try:
         with atomic_output(output) as folder:
             folder.mkdir()
@@ -520,21 +518,6 @@ def _precision(options: OnnxOptions) -> Precision:
     if options.embedding_bits not in (None, 4, 8):
         raise FoxEdgeError(f"--embedding-bits {options.embedding_bits} is not 4 or 8")
     return PRECISIONS[options.precision]
-
-
-def _check_tensors(weights: SafetensorsWeights, shape: LlamaShape) -> None:
-    expected = {"model.embed_tokens.weight": (shape.vocab_size, shape.hidden_size), "model.norm.weight": (shape.hidden_size,)}
-    for i in range(shape.n_layers):
-        expected[f"model.layers.{i}.self_attn.q_proj.weight"] = (shape.n_heads * shape.head_size, shape.hidden_size)
-        expected[f"model.layers.{i}.self_attn.k_proj.weight"] = (shape.n_kv_heads * shape.head_size, shape.hidden_size)
-        expected[f"model.layers.{i}.mlp.down_proj.weight"] = (shape.hidden_size, shape.intermediate_size)
-    for name, dims in expected.items():
-        if name not in weights:
-            raise FoxEdgeError(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint")
-        if tuple(weights.refs[name].shape) != dims:
-            raise FoxEdgeError(
-                f"tensor {name} is {weights.refs[name].shape}, config.json implies {list(dims)}; the checkpoint and its config disagree"
-            )
 
 
 def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxOptions, precision: Precision) -> None:

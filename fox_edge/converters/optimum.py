@@ -25,7 +25,7 @@ from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import ONNX_DATA, ONNX_MODEL
 from fox_edge.hooks import OnMessage, ignore_message
-from fox_edge.source import open_checkpoint
+from fox_edge.source import local_folder, open_checkpoint
 
 
 def untie_lm_head(model) -> bool:
@@ -71,9 +71,7 @@ def convert_with_optimum(
     if options.precision not in ("fp32", "int8", "int4"):
         raise FoxEdgeError(f"--exporter optimum writes fp32, int8 or int4, not {options.precision!r}")
     started = time.monotonic()
-    check_writable(output)
-    if Path(output).exists():
-        raise FoxEdgeError(f"{output} already exists; remove it or choose another output folder")
+    check_writable(output, folder=True, source_folders=[local_folder(source)])
     checkpoint = open_checkpoint(source)
     with atomic_output(output) as folder:
         exported = folder / "export"

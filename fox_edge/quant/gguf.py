@@ -154,7 +154,7 @@ def quantize_gguf(
     quant = parse_type(type_name)
     embedding_override = parse_tensor_type(embedding, "--embedding-type")
     output_override = parse_tensor_type(output_tensor, "--output-type")
-    check_writable(output)
+    check_writable(output, inputs=[input_path, imatrix_path])
     refuse_quantized(input_path, allow_requantize)
     settings = {"ftype": int(quant.file_type), "nthread": threads, "allow_requantize": allow_requantize}
     if embedding_override is not None:
