@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fox_edge.check import CheckReport, CheckSettings, check_model, save_report
+from fox_edge.check import CheckReport, CheckSettings, check_model, save_report, unchecked
 from fox_edge.converters.gguf import GgufResult, convert_to_gguf
 from fox_edge.converters.onnx import OnnxOptions, OnnxResult, convert_to_onnx
 from fox_edge.errors import FoxEdgeError
@@ -121,6 +121,10 @@ def _convert_gguf(
                 intermediate, output, quant, threads=threads or 0, calibration=calibration, imatrix=imatrix, check=check,
                 on_message=say, progress=progress,
             )  # fmt: skip
+    except KeyboardInterrupt as interrupt:
+        if interrupt.args:  # interrupted while checking: the reference to name is the source, the f16 is going
+            raise unchecked(interrupt, output, source) from None
+        raise
     finally:
         intermediate.unlink(missing_ok=True)
     return ConvertResult(output=output, format="gguf", conversion=conversion, quantized=quantized.file, check=quantized.check)
@@ -166,7 +170,10 @@ def _check(output, source, check: CheckSettings, threads, phase, say) -> tuple[C
         say(f"not checked: {reason}")
         return None, reason
     say(f"checking {Path(output).name} against {source} (PyTorch) on {check.tokens} tokens")
-    with phase("checking") as progress:
-        report = check_model(output, resolve(source, progress=False)[0], check, progress=progress, n_threads=threads)
+    try:
+        with phase("checking") as progress:
+            report = check_model(output, resolve(source, progress=False)[0], check, progress=progress, n_threads=threads)
+    except KeyboardInterrupt as interrupt:
+        raise unchecked(interrupt, output, source) from None
     save_report(report, output)
     return report, None

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_report
+from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_report, unchecked
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
 from fox_edge.formats import gguf_tensors
@@ -112,7 +112,10 @@ def quantize(
     result = QuantizeResult(file=file, imatrix=Path(imatrix) if imatrix else None)
     if check.enabled:
         on_message(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
-        result.check = check_model(output, input_path, check, progress=progress)
+        try:
+            result.check = check_model(output, input_path, check, progress=progress)
+        except KeyboardInterrupt as interrupt:
+            raise unchecked(interrupt, output, input_path) from None
         save_report(result.check, output)
     return result
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fox_edge.backends.base import Runner
+from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.sampling import Sampler, SamplingParams
@@ -113,6 +114,7 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
     return tokens
 
 
+MIN_CONTEXT = 16  # tokens: below this no chat template and reply fit
 # Options only llama.cpp takes, and the command-line flags that set them.
 LLAMA_CPP_OPTIONS = {"flash_attention": "--flash-attention", "kv_type": "--kv-type", "gpu_layers": "--gpu-layers", "use_mmap": "--no-mmap"}
 
@@ -123,6 +125,9 @@ def open_runner(
     """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a Hugging Face checkpoint folder on PyTorch (the slow
     reference for `check`). `chat_template` replaces the model's own; `options` go to the backend."""
     model_format = identify(model)
+    n_threads = check_threads(n_threads)
+    if n_ctx < MIN_CONTEXT and n_ctx != 0:  # 0: the model's own context length
+        raise FoxEdgeError(f"--ctx-size {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context")
     if model_format is GGUF:
         from fox_edge.backends.llamacpp import LlamaCppRunner
 

@@ -5,10 +5,13 @@ The order follows llama.cpp's default chain: repetition penalty, top-k, top-p, m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from fox_edge.errors import FoxEdgeError
 
 
 @dataclass(kw_only=True)
@@ -21,6 +24,22 @@ class SamplingParams:
     repeat_last_n: int = 64
     seed: int | None = None
     max_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        """Nonsense is refused here, where every caller passes (the CLI's flags and library users alike)."""
+        checks = (
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0 (0 is greedy)"),
+            ("top_k", self.top_k >= 0, "a whole number >= 0 (0 is off)"),
+            ("top_p", 0 < self.top_p <= 1, "a number in (0, 1] (1 is off)"),
+            ("min_p", 0 <= self.min_p <= 1, "a number in [0, 1] (0 is off)"),
+            ("repeat_penalty", math.isfinite(self.repeat_penalty) and self.repeat_penalty > 0, "a number > 0 (1 is off)"),
+            ("repeat_last_n", self.repeat_last_n >= 0, "a whole number >= 0"),
+            ("seed", self.seed is None or 0 <= self.seed < 2**63, "a whole number >= 0 (omit it for a random seed)"),
+            ("max_tokens", self.max_tokens >= 1, "a whole number >= 1"),
+        )
+        for name, valid, wanted in checks:
+            if not valid:
+                raise FoxEdgeError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it takes {wanted}")
 
     @classmethod
     def greedy(cls, max_tokens: int = 512) -> SamplingParams:

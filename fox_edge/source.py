@@ -165,7 +165,13 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
     # Everything read must lie inside the checkpoint: the folder itself, or for a hub snapshot (whose files link
     # into the repository's blob store) the repository's cache folder.
     root = path.resolve().parents[1] if hub_id else path.resolve()
-    for file in (config_path, path / "tokenizer.model", path / "tokenizer.json", path / "tokenizer_config.json", path / "generation_config.json"):
+    for file in (
+        config_path,
+        path / "tokenizer.model",
+        path / "tokenizer.json",
+        path / "tokenizer_config.json",
+        path / "generation_config.json",
+    ):
         if file.exists() or file.is_symlink():
             contained(file, root)
     config = read_json(config_path)

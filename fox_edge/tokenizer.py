@@ -17,6 +17,7 @@ from fox_edge.errors import FoxEdgeError
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.source import Checkpoint
 from fox_edge.spec import END_OF_TURN_TOKENS, FOX1_CHAT_TEMPLATE, is_fox1_vocab
+from fox_edge.template import template_problem
 
 # GGUF / SentencePiece token types (the numbers are the same in both).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -61,6 +62,10 @@ def read_vocab(checkpoint: Checkpoint, on_message: OnMessage = ignore_message, *
     _pad_to(vocab, checkpoint.shape.vocab_size)
     _resolve_special_ids(vocab, checkpoint, on_message)
     _resolve_chat_template(vocab, checkpoint, on_message, chat_template)
+    if vocab.chat_template is not None:
+        bos, eos = (vocab.tokens[vocab.special_ids[k]] if k in vocab.special_ids else "" for k in ("bos", "eos"))
+        if problem := template_problem(vocab.chat_template, bos, eos):
+            on_message(f"warning: {problem}; it is written into the model as it is, and chat refuses it until replaced")
     if vocab.model == "llama":
         # llama.cpp matches user-defined tokens against the raw text, before it maps spaces to U+2581, and
         # prints them verbatim. Hugging Face reaches Gemma's U+2581-run tokens (spaces) through merges and

@@ -82,7 +82,9 @@ def read_header(file: Path) -> list[TensorRef]:
         except (KeyError, TypeError, ValueError):
             raise FoxEdgeError(f"{file}: the header entry of tensor {name} is malformed; re-download the checkpoint") from None
         if dtype not in FLOAT_DTYPES:
-            raise FoxEdgeError(f"{file}: tensor {name} is {dtype}; a checkpoint's weights are {', '.join(FLOAT_DTYPES)}: re-save it in float")
+            raise FoxEdgeError(
+                f"{file}: tensor {name} is {dtype}; a checkpoint's weights are {', '.join(FLOAT_DTYPES)}: re-save it in float"
+            )
         ref = TensorRef(name, dtype, shape, file, data_start + begin, data_start + end)
         itemsize = np.dtype(STORAGE_DTYPES[ref.dtype]).itemsize
         if ref.nbytes != ref.n_elements * itemsize:

@@ -20,6 +20,7 @@ import numpy as np
 from fox_edge.backends.base import Runner, common_prefix, stop_ids
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
+from fox_edge.formats import gguf_tensors
 
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
@@ -70,7 +71,11 @@ class LlamaCppRunner(Runner):
         _log_lines.clear()
         self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
-            reason = next((line.strip() for line in reversed(_log_lines) if "error" in line.lower() or "failed" in line.lower()), "")
+            reason = load_failure(_log_lines)
+            if not vocab_only and _has_no_weights(self.path):
+                raise FoxEdgeError(
+                    f"{self.path} holds only a vocabulary (written with --vocab-only); convert the model without it to run it"
+                )
             raise FoxEdgeError(
                 f"llama.cpp cannot load {self.path}{': ' + reason if reason else ''}; the file is truncated, corrupt or of an "
                 "architecture this llama.cpp does not know: re-create it with `fox-edge convert`"
@@ -233,6 +238,23 @@ class LlamaCppRunner(Runner):
 
     def __del__(self):
         self.close()
+
+
+def load_failure(log: list[str]) -> str:
+    """llama.cpp's own reason for refusing a model: its "error loading model: ..." line, not the generic
+    "failed to load model" it logs after it."""
+    lines = [line.strip() for line in log]
+    for line in reversed(lines):
+        if "error loading model:" in line:
+            return line.split("error loading model:", 1)[1].strip()
+    return next((line for line in reversed(lines) if "error" in line.lower() or "failed" in line.lower()), "")
+
+
+def _has_no_weights(path: Path) -> bool:
+    try:
+        return not gguf_tensors(path)
+    except FoxEdgeError:
+        return False
 
 
 def _token_or_none(token: int) -> int | None:

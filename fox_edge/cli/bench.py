@@ -17,8 +17,8 @@ FLASH_ATTENTION = {"auto": None, "on": True, "off": False}
 def bench(
     models: Annotated[list[Path], typer.Argument(help="GGUF files or ONNX model folders (several are interleaved A B A B)")],
     prompt_lengths: Annotated[str, typer.Option("--prompt-lengths", help="comma-separated prompt lengths in tokens")] = "128,512",
-    generate: Annotated[int, typer.Option("--generate", "-n", help="tokens to generate per run")] = 64,
-    repeats: Annotated[int, typer.Option("--repeats", "-r", help="runs per model, each in a fresh process")] = 3,
+    generate: Annotated[int, typer.Option("--generate", "-n", min=1, help="tokens to generate per run")] = 64,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per model, each in a fresh process")] = 3,
     ctx_size: CtxSize = 2048,
     threads: Threads = None,
     flash_attention: Annotated[str, typer.Option("--flash-attention", help="GGUF: auto, on or off")] = "auto",
@@ -39,8 +39,10 @@ def bench(
 
         try:
             lengths = tuple(int(n) for n in prompt_lengths.split(","))
+            if min(lengths) < 1:
+                raise ValueError
         except ValueError:
-            raise FoxEdgeError(f"--prompt-lengths takes comma-separated numbers, not {prompt_lengths!r}") from None
+            raise FoxEdgeError(f"--prompt-lengths takes comma-separated whole numbers >= 1, not {prompt_lengths!r}") from None
         if flash_attention not in FLASH_ATTENTION:
             raise FoxEdgeError(f"--flash-attention takes auto, on or off, not {flash_attention!r}")
         if batch_size is not None and batch_size < 1:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Threads, errors, read_chat_template, sampling_options, say
+from fox_edge.cli.common import ChatTemplate, CtxSize, Terminated, Threads, errors, read_chat_template, sampling_options, say
 from fox_edge.errors import FoxEdgeError
 from fox_edge.sampling import SamplingParams
 
@@ -19,7 +19,7 @@ from fox_edge.sampling import SamplingParams
 def chat(
     model: Annotated[Path, typer.Argument(help="GGUF file or ONNX model folder")],
     system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="longest reply")] = 512,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="longest reply")] = 512,
     chat_template: ChatTemplate = None,
     ctx_size: CtxSize = 4096,
     threads: Threads = None,
@@ -52,6 +52,8 @@ def chat(
                 for piece in session.send(text, cancel):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
+            except Terminated:
+                raise
             except KeyboardInterrupt:
                 cancel.set()
                 say("\n[reply stopped]")

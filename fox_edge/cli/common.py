@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,17 +25,54 @@ def say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, a closing terminal), raised where Ctrl-C would be so the same cleanup runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 @contextmanager
 def errors() -> Iterator[None]:
-    """Bad input ends in one line on stderr and a non-zero exit; Ctrl-C in exit code 130."""
+    """The CLI's one rule for failure: one line on stderr and a non-zero exit, never a traceback.
+
+    Bad input ends in `error: ...` (exit 1); Ctrl-C in exit code 130 and SIGTERM in 143, after the same cleanup
+    (temporary files, intermediates, child processes); anything unexpected in one line naming it, with the
+    traceback shown only when FOX_EDGE_VERBOSE=1 asks for it.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         yield
     except FoxEdgeError as exc:
         say(f"error: {exc}")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        say("interrupted: nothing was written")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        # A KeyboardInterrupt raised by fox-edge itself says what is on disk (an unchecked quantization, say).
+        say(f"interrupted: {exc.args[0] if exc.args else 'nothing was written'}")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise
+    except MemoryError:
+        say("error: out of memory; close other programs, or use a smaller model or context (--ctx-size)")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        if os.environ.get("FOX_EDGE_VERBOSE"):
+            raise
+        if exc.errno == errno.ENOSPC:
+            say(f"error: the disk is full{' writing ' + exc.filename if exc.filename else ''}; free some space or write elsewhere")
+        else:
+            say(f"error: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        if os.environ.get("FOX_EDGE_VERBOSE"):
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        say(f"error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; rerun with FOX_EDGE_VERBOSE=1 for the traceback")
+        raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -79,8 +120,8 @@ def read_chat_template(path: Path | None) -> str | None:
 
 
 # Options more than one verb takes.
-Threads = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: all cores this process may use)")]
-CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", help="context length in tokens (capped at the model's)")]
+Threads = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores this process may use)")]
+CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", min=16, help="context length in tokens (capped at the model's)")]
 ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="Jinja chat template file to use instead of the model's own")]
 Calibration = Annotated[
     str | None,
@@ -115,7 +156,8 @@ def sampling_options(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def with_sampling(**arguments):
-        sampling = SamplingParams(**{name: arguments.pop(name) for name in names})
+        with errors():
+            sampling = SamplingParams(**{name: arguments.pop(name) for name in names})
         return command(sampling=sampling, **arguments)
 
     with_sampling.__signature__ = signature.replace(parameters=[*kept, *_SAMPLING_OPTIONS])

@@ -17,7 +17,7 @@ from fox_edge.sampling import SamplingParams
 def generate(
     model: Annotated[Path, typer.Argument(help="GGUF file or ONNX model folder")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="prompt text ('-' reads stdin)")],
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="most tokens to generate")] = 256,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="most tokens to generate")] = 256,
     chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the model's chat template")] = False,
     chat_template: ChatTemplate = None,
     ctx_size: CtxSize = 4096,

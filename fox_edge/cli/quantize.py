@@ -26,7 +26,7 @@ def quantize(
     ] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="accept an already quantized input")] = False,
     no_check: NoCheck = False,
-    check_tokens: Annotated[int, typer.Option("--check-tokens", help="tokens scored by the accuracy check")] = 4096,
+    check_tokens: Annotated[int, typer.Option("--check-tokens", min=1, help="tokens scored by the accuracy check")] = 4096,
     data: EvalData = "builtin",
     max_kld: MaxKld = None,
     min_top1: MinTop1 = None,

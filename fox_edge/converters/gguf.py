@@ -117,7 +117,8 @@ def write_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, vocab: Vocab
     if checkpoint.hub_id:
         writer.add_source_url(f"https://huggingface.co/{checkpoint.hub_id}")
         writer.add_source_repo_url(f"https://huggingface.co/{checkpoint.hub_id}")
-    writer.add_string("general.source.path", str(checkpoint.path.resolve()) if not checkpoint.hub_id else checkpoint.hub_id)
+    # The hub id, or the folder's own name: never the absolute path, which would publish the user's folder layout.
+    writer.add_string("general.source.path", checkpoint.hub_id or checkpoint.path.resolve().name)
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

@@ -523,7 +523,7 @@ def _precision(options: OnnxOptions) -> Precision:
 def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxOptions, precision: Precision) -> None:
     metadata = {
         "general.name": checkpoint.name,
-        "general.source": checkpoint.hub_id or str(checkpoint.path.resolve()),
+        "general.source": checkpoint.hub_id or checkpoint.path.resolve().name,  # never the user's folder layout
         "fox_edge.precision": options.precision if precision in PRECISIONS.values() else precision.weight,
         "fox_edge.weights": precision.description,
         "fox_edge.block_size": str(options.block_size) if precision.weight == "nbits" else "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import gguf_tensors
@@ -49,6 +51,7 @@ QUANT_TYPES = {
 TENSOR_TYPES = {"Q4_K": (T.Q4_K, 4.5), "Q5_K": (T.Q5_K, 5.5), "Q6_K": (T.Q6_K, 6.56), "Q8_0": (T.Q8_0, 8.5), "F16": (T.F16, 16.0)}
 FULL_PRECISION = {T.F32, T.F16, T.BF16}
 
+DISK_FULL = 64 << 20  # bytes free below which a failed write is taken for a full disk
 _PROGRESS_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
@@ -155,6 +158,8 @@ def quantize_gguf(
     embedding_override = parse_tensor_type(embedding, "--embedding-type")
     output_override = parse_tensor_type(output_tensor, "--output-type")
     check_writable(output, inputs=[input_path, imatrix_path])
+    if threads:
+        check_threads(threads)
     refuse_quantized(input_path, allow_requantize)
     settings = {"ftype": int(quant.file_type), "nthread": threads, "allow_requantize": allow_requantize}
     if embedding_override is not None:
@@ -175,6 +180,8 @@ def quantize_gguf(
             child.wait()
             raise
         if status != 0 or not temporary.is_file():
+            if shutil.disk_usage(temporary.parent).free < DISK_FULL:  # llama.cpp says "basic_ios::clear: iostream error"
+                raise FoxEdgeError(f"the disk is full: quantizing {input_path} to {type_name} ran out of space in {temporary.parent}")
             raise FoxEdgeError(f"llama.cpp could not quantize {input_path} to {type_name}{': ' + error if error else ''}")
         size = temporary.stat().st_size
         result_embedding = weight_types(temporary)["token_embd.weight"].name
