@@ -91,6 +91,7 @@ def describe_onnx(path: Path) -> list[tuple[str, str]]:
     import onnx
 
     folder = onnx_folder(path)
+    genai = read_genai_config(folder)
     model_file = folder / ONNX_MODEL
     try:
         model = onnx.load(model_file, load_external_data=False)
@@ -98,7 +99,6 @@ def describe_onnx(path: Path) -> list[tuple[str, str]]:
         raise FoxEdgeError(
             f"{model_file} is truncated or corrupt ({type(exc).__name__}); re-create the folder with `fox-edge convert --to onnx`"
         ) from None
-    genai = read_genai_config(folder)
     decoder = genai["decoder"]
     meta = {p.key: p.value for p in model.metadata_props}
     by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])

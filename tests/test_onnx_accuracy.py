@@ -46,7 +46,7 @@ def test_smollm2_int4_asymmetric_passes_default_bars(smollm2, tmp_path):
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_trained_tiny_fox1_passes_default_bars_at_defaults(trained_tiny_fox1, tmp_path, precision):
-    folder = convert_to_onnx(trained_tiny_fox1, tmp_path / precision, OnnxOptions(precision)).output
+    folder = convert_to_onnx(trained_tiny_fox1, tmp_path / precision, OnnxOptions(precision=precision)).output
     report = check_model(folder, trained_tiny_fox1, CHECK)
     assert report.passed, (report.kld_mean, report.top1_agreement, report.ppl_ratio)
 

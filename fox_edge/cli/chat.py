@@ -37,6 +37,8 @@ def chat(
             f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
             "/reset starts over, /exit quits, Ctrl-C stops a reply."
         )
+        if hasattr(sys.stdin, "reconfigure"):  # bad bytes reach read_message as surrogates instead of a crash
+            sys.stdin.reconfigure(errors="surrogateescape")
         while True:
             text = read_message()
             if text is None or text.strip() == "/exit":
@@ -46,6 +48,9 @@ def chat(
                 say("[conversation reset]")
                 continue
             if not text.strip():
+                continue
+            if any("\udc80" <= c <= "\udcff" for c in text):
+                say("error: that message is not UTF-8 text; type it again")
                 continue
             cancel = threading.Event()
             try:

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 
 from fox_edge.cli.common import ChatTemplate, CtxSize, Threads, errors, read_chat_template, sampling_options
+from fox_edge.errors import FoxEdgeError
 from fox_edge.sampling import SamplingParams
+
+
+def read_stdin() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FoxEdgeError(f"the prompt on stdin is not UTF-8 text (byte {exc.start}); convert it to UTF-8 first") from None
 
 
 @sampling_options
@@ -29,7 +38,7 @@ def generate(
     with errors():
         from fox_edge.runner import chat_prompt, generate_tokens, open_runner, stream_text, text_prompt
 
-        text = sys.stdin.read() if prompt == "-" else prompt
+        text = read_stdin() if prompt == "-" else prompt
         template = read_chat_template(chat_template)
         runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=template)
         tokens = chat_prompt(runner, [{"role": "user", "content": text}]) if chat else text_prompt(runner, text)

@@ -474,9 +474,9 @@ def convert_to_onnx(
             f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
             f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
         )
-    vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     weights = SafetensorsWeights(checkpoint.weight_files)
     check_llama_tensors(weights, shape)
+    vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     try:
         with atomic_output(output) as folder:
             folder.mkdir()
