@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import CHECKPOINT, GGUF, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
 from fox_edge.hooks import Progress
 
 
@@ -211,6 +211,10 @@ def weight_bytes_per_token(model: str | Path) -> int | None:
     None for a model.ort flatbuffer (its initializers are not read here)."""
     model = Path(model)
     model_format = identify(model)
+    if model_format is BUNDLE:
+        from fox_edge.manifest import read_manifest
+
+        return weight_bytes_per_token(model / read_manifest(model)["format"]["model_path"])
     if model_format is GGUF:
         tensors = {name: tensor.n_bytes for name, tensor in gguf_tensors(model).items()}
         return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)

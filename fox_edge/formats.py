@@ -36,6 +36,10 @@ ONNX_TOKENIZER_FILES = (
     "generation_config.json",
     "config.json",
 )
+# A fox-edge bundle: a folder an app embeds (fox_edge/bundle.py makes it, fox_edge/manifest.py reads it).
+BUNDLE_MANIFEST = "manifest.json"
+BUNDLE_README = "README.md"
+
 # The graph's KV-cache inputs and outputs, as onnxruntime-genai's defaults spell them.
 PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
@@ -67,6 +71,10 @@ def onnx_folder(path: Path) -> Path | None:
     return folder if has_graph and (folder / GENAI_CONFIG).is_file() else None
 
 
+def is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / BUNDLE_MANIFEST).is_file()
+
+
 def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -75,11 +83,12 @@ GGUF = ModelFormat(name="gguf", description="a GGUF file", backend="llama.cpp", 
 ONNX = ModelFormat(
     name="onnx", description="an ONNX model folder", backend="onnxruntime", recognise=lambda path: onnx_folder(path) is not None
 )
+BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", backend="the bundle's", recognise=is_bundle)
 # The source of every conversion; runners open it too, on PyTorch, as the accuracy check's reference.
 CHECKPOINT = ModelFormat(name="checkpoint", description="a Hugging Face checkpoint folder", backend="pytorch", recognise=is_checkpoint)
 # What fox-edge writes and runs, in the order they are tried (an ONNX folder holds a config.json too, so
 # the checkpoint comes last).
-MODEL_FORMATS = (GGUF, ONNX)
+MODEL_FORMATS = (GGUF, ONNX, BUNDLE)
 FORMATS = (*MODEL_FORMATS, CHECKPOINT)
 
 
@@ -92,7 +101,7 @@ def identify(path: str | os.PathLike[str], accepted: tuple[ModelFormat, ...] = F
         if model_format.recognise(path):
             return model_format
     kinds = [f.description for f in accepted if f is not CHECKPOINT]
-    neither = kinds[0] if len(kinds) == 1 else f"neither {', '.join(kinds[:-1])} nor {kinds[-1]}"
+    neither = kinds[0] if len(kinds) == 1 else f"neither {', '.join(kinds[:-1])} nor {kinds[-1]}"  # "neither a, b nor c"
     raise FoxEdgeError(f"{path} is {'not ' if len(kinds) == 1 else ''}{neither}; convert a checkpoint with `fox-edge convert`")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fox_edge.backends.onnx import read_genai_config
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
 from fox_edge.source import is_hub_id, read_json
 
 SPECIAL_KEYS = ("bos", "eos", "eot", "unknown", "padding")
@@ -27,7 +27,7 @@ def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
     if not Path(target).exists() and is_hub_id(str(target)):
         return describe_checkpoint(target)
     model_format = identify(target)
-    describer = {GGUF: describe_gguf, ONNX: describe_onnx, CHECKPOINT: describe_checkpoint}[model_format]
+    describer = {GGUF: describe_gguf, ONNX: describe_onnx, BUNDLE: describe_bundle, CHECKPOINT: describe_checkpoint}[model_format]
     return describer(Path(target))
 
 
@@ -152,6 +152,29 @@ def describe_onnx(path: Path) -> list[tuple[str, str]]:
         ("source", meta.get("general.source", "-")),
     ]
     return rows + accuracy_rows(folder)
+
+
+def describe_bundle(folder: Path) -> list[tuple[str, str]]:
+    """A bundle: its manifest (cheaply checked: schema and sizes), then the model inside it."""
+    from fox_edge.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    fmt, memory, accuracy = manifest["format"], manifest["memory"], manifest["accuracy"]
+    verdict = "not checked"
+    if accuracy["checked"]:
+        verdict = (
+            f"{'PASS' if accuracy['passed'] else 'FAIL'} against {accuracy.get('reference', '?')}, mean KLD {accuracy['kld_mean']:.5f}"
+        )
+    rows = [
+        ("bundle", f"{folder} (schema {manifest['schema_version']}, target {manifest.get('target', '-')})"),
+        ("model file", f"{fmt['model_path']}: {fmt['name']} {fmt['quant_type']} on {fmt['backend']}"),
+        ("files", f"{len(manifest['files'])} listed with size and sha256, {_human(sum(f['size'] for f in manifest['files']))}"),
+        ("context", f"{manifest['context']['default']} by default, {manifest['context']['maximum']} at most"),
+        ("memory estimate", f"{_human(memory['total_bytes'])} at {memory['at_context']} tokens"),
+        ("stop ids", ", ".join(str(t) for t in manifest["tokenizer"]["stop_ids"])),
+        ("bundled accuracy", verdict),
+    ]
+    return rows + describe(folder / fmt["model_path"])
 
 
 def accuracy_rows(model: Path) -> list[tuple[str, str]]:

@@ -12,15 +12,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fox_edge.backends.base import Runner
 from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import CHECKPOINT, GGUF, ONNX, identify
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.sampling import Sampler, SamplingParams
 from fox_edge.template import render
 
-__all__ = ["Runner", "GenerationStats", "open_runner", "generate_tokens", "stream_text", "chat_prompt", "text_prompt"]
+__all__ = ["Runner", "GenerationStats", "open_runner", "sampling_params", "generate_tokens", "stream_text", "chat_prompt", "text_prompt"]
 
 
 @dataclass
@@ -115,35 +116,72 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
 
 
 MIN_CONTEXT = 16  # tokens: below this no chat template and reply fit
+DEFAULT_CONTEXT = 4096  # when neither the caller nor a bundle says (capped at the model's own)
+DEVICES = ("auto", "cpu", "gpu")
 # Options only llama.cpp takes, and the command-line flags that set them.
 LLAMA_CPP_OPTIONS = {"flash_attention": "--flash-attention", "kv_type": "--kv-type", "gpu_layers": "--gpu-layers", "use_mmap": "--no-mmap"}
 
 
 def open_runner(
-    model: str | os.PathLike[str], *, n_ctx: int = 4096, n_threads: int | None = None, chat_template: str | None = None, **options
+    model: str | os.PathLike[str],
+    *,
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    chat_template: str | None = None,
+    device: str = "auto",
+    **options,
 ) -> Runner:
-    """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a Hugging Face checkpoint folder on PyTorch (the slow
-    reference for `check`). `chat_template` replaces the model's own; `options` go to the backend."""
+    """A GGUF file runs on llama.cpp, an ONNX folder on ONNX Runtime, a bundle on its model's runtime with its manifest's
+    template, stop ids and generation defaults, and a Hugging Face checkpoint folder on PyTorch (the slow reference for
+    `check`). `n_ctx` None: the bundle's default context, else DEFAULT_CONTEXT. `chat_template` replaces the model's own.
+    `device`: auto (Metal / CoreML on Apple Silicon when present, else the CPU), cpu, or gpu. `options` go to the backend."""
     model_format = identify(model)
+    if model_format is BUNDLE:
+        from fox_edge.manifest import read_manifest
+
+        manifest = read_manifest(model)
+        context = n_ctx if n_ctx is not None else manifest["context"]["default"]
+        inner = Path(model) / manifest["format"]["model_path"]
+        template = chat_template if chat_template is not None else manifest["chat_template"]
+        runner = open_runner(inner, n_ctx=context, n_threads=n_threads, chat_template=template, device=device, **options)
+        runner.stop_ids = frozenset(manifest["tokenizer"]["stop_ids"])
+        runner.generation_defaults = dict(manifest["generation"])
+        return runner
+    n_ctx = DEFAULT_CONTEXT if n_ctx is None else n_ctx
     n_threads = check_threads(n_threads)
     if n_ctx < MIN_CONTEXT and n_ctx != 0:  # 0: the model's own context length
         raise FoxEdgeError(f"--ctx-size {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context")
+    if device not in DEVICES:
+        raise FoxEdgeError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
     if model_format is GGUF:
-        from fox_edge.backends.llamacpp import LlamaCppRunner
+        from fox_edge.backends.llamacpp import LlamaCppRunner, device_gpu_layers
 
+        if device != "auto" and "gpu_layers" not in options:
+            options["gpu_layers"] = device_gpu_layers(device)
         runner: Runner = LlamaCppRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
     else:
         if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
             raise FoxEdgeError(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {model}; drop them")
         if model_format is ONNX:
-            from fox_edge.backends.onnx import OnnxRunner
+            from fox_edge.backends.onnx import OnnxRunner, device_providers
 
+            if device != "auto" and "providers" not in options:
+                options["providers"] = device_providers(device)
             runner = OnnxRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
         else:
             assert model_format is CHECKPOINT
+            if device == "gpu":
+                raise FoxEdgeError("the PyTorch reference runs on the CPU here; drop --device gpu")
             from fox_edge.backends.torch import TorchRunner
 
             runner = TorchRunner(model, n_ctx=n_ctx, n_threads=n_threads)
     if chat_template is not None:
         runner.chat_template = chat_template
     return runner
+
+
+def sampling_params(runner: Runner, defaults: dict | None = None, **chosen) -> SamplingParams:
+    """Sampling for `runner`: what the caller chose (None: not chosen), else the model's own defaults (a bundle's),
+    else `defaults` (a command's), else SamplingParams'."""
+    values = {**(defaults or {}), **runner.generation_defaults, **{k: v for k, v in chosen.items() if v is not None}}
+    return SamplingParams(**values)

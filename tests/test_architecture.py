@@ -31,7 +31,9 @@ def test_unknown_kind_of_path_gets_the_same_error_everywhere(tmp_path, kind):
         path.mkdir()
         if kind == "folder of other files":
             (path / "model.onnx").write_bytes(b"not a graph, and no genai_config.json beside it")
-    expected = f"error: {path} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
+    expected = (
+        f"error: {path} is neither a GGUF file, an ONNX model folder nor a fox-edge bundle; convert a checkpoint with `fox-edge convert`"
+    )
     for args in (["info", str(path)], ["bench", str(path), "-r", "1"], ["chat", str(path)], ["generate", str(path), "-p", "x"]):
         result = CliRunner().invoke(app, args, input="")
         assert result.exit_code == 1 and result.stderr.strip() == expected, (args, result.stderr)

@@ -127,7 +127,8 @@ def test_not_a_gguf(tmp_path):
     code, stderr = run_cli("chat", str(other))
     assert (
         code != 0
-        and stderr == f"error: {other} is neither a GGUF file nor an ONNX model folder; convert a checkpoint with `fox-edge convert`"
+        and stderr
+        == f"error: {other} is neither a GGUF file, an ONNX model folder nor a fox-edge bundle; convert a checkpoint with `fox-edge convert`"
     )
 
 

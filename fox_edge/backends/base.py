@@ -7,6 +7,7 @@ prompt formatting, sampling, stopping, streaming text and cancelling live in fox
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,26 @@ from fox_edge.errors import FoxEdgeError
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """What the memory a model needs depends on, besides its weights."""
+
+    n_layers: int
+    n_kv_heads: int
+    head_size: int
+    hidden_size: int
+    kv_bytes_per_element: float  # of the KV cache as this runner keeps it (f16: 2)
+
+
 class Runner:
     """One model opened for inference. Backends set these attributes and implement the methods below."""
 
     backend: str
     path: Path
     n_ctx: int  # the context this runner was opened with
+    n_ctx_train: int  # the longest context the model was made for
+    shape: ModelShape
+    generation_defaults: dict = {}  # sampling defaults the model comes with (a bundle's), under the caller's own
     n_vocab: int
     bos_id: int | None
     eos_id: int | None

@@ -17,13 +17,14 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
-from fox_edge.backends.base import Runner, common_prefix, stop_ids
+from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import gguf_tensors
 
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+KV_BYTES = {"f32": 4, "f16": 2, "q8_0": 34 / 32}  # bytes per element (q8_0: 32 values in 34 bytes)
 
 _log_lines: list[str] = []
 _verbose = bool(os.environ.get("FOX_EDGE_VERBOSE"))
@@ -46,6 +47,13 @@ def default_gpu_layers() -> int:
     """All layers on Metal on Apple Silicon when this llama.cpp build has GPU offload; CPU elsewhere."""
     on_apple_silicon = sys.platform == "darwin" and platform.machine() == "arm64"
     return -1 if on_apple_silicon and C.llama_supports_gpu_offload() else 0
+
+
+def device_gpu_layers(device: str) -> int:
+    """--device cpu: no layer on the GPU; gpu: all of them, if this llama.cpp build has a GPU backend (Metal on a Mac)."""
+    if device == "gpu" and not C.llama_supports_gpu_offload():
+        raise FoxEdgeError("this llama.cpp build has no GPU backend (on a Mac, llama-cpp-python builds with Metal); use --device cpu")
+    return -1 if device == "gpu" else 0
 
 
 class LlamaCppRunner(Runner):
@@ -87,14 +95,24 @@ class LlamaCppRunner(Runner):
         self.eos_id = _token_or_none(C.llama_vocab_eos(self._vocab))
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
+        self.n_ctx_train = C.llama_model_n_ctx_train(self._model)
         self.stop_ids = stop_ids([self.eos_id, _token_or_none(C.llama_vocab_eot(self._vocab))], self._control_token)
         self.n_evaluated = 0
         self._ctx = None
         self.n_ctx = 0
         if vocab_only:
             return
+        n_heads = C.llama_model_n_head(self._model)  # per-layer figures: not loaded for a vocabulary only
+        architecture = self.metadata.get("general.architecture", "llama")
+        self.shape = ModelShape(
+            n_layers=C.llama_model_n_layer(self._model),
+            n_kv_heads=C.llama_model_n_head_kv(self._model),
+            head_size=int(self.metadata.get(f"{architecture}.attention.key_length", C.llama_model_n_embd(self._model) // max(1, n_heads))),
+            hidden_size=C.llama_model_n_embd(self._model),
+            kv_bytes_per_element=KV_BYTES.get(kv_type, 2),
+        )
 
-        n_train = C.llama_model_n_ctx_train(self._model)
+        n_train = self.n_ctx_train
         self.n_ctx = min(n_ctx, n_train) if n_ctx > 0 else n_train
         self.n_batch = min(n_batch, self.n_ctx)
         ctx_params = C.llama_context_default_params()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.backends.base import Runner, common_prefix, stop_ids
+from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import (
@@ -56,6 +56,24 @@ def default_providers() -> list[str]:
         wanted.append("NnapiExecutionProvider")
     wanted.append("XnnpackExecutionProvider")
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+
+
+GPU_PROVIDERS = ("CoreMLExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider", "NnapiExecutionProvider")
+
+
+def device_providers(device: str) -> list[str]:
+    """--device cpu: the CPU provider alone; gpu: the accelerators this onnxruntime build has (CoreML on Apple Silicon),
+    with the CPU for the ops they do not take."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    accelerators = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
+    if not accelerators:
+        raise FoxEdgeError(
+            f"this onnxruntime build has no GPU provider (it has {', '.join(ort.get_available_providers())}); use --device cpu"
+        )
+    return [*accelerators, "CPUExecutionProvider"]
 
 
 def piece_bytes(piece: str, byte_level: bool) -> bytes:
@@ -105,7 +123,8 @@ class OnnxRunner(Runner):
         genai = read_genai_config(self.path)
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
-        self.n_ctx = min(n_ctx, genai["context_length"]) if n_ctx > 0 else genai["context_length"]
+        self.n_ctx_train = genai["context_length"]
+        self.n_ctx = min(n_ctx, self.n_ctx_train) if n_ctx > 0 else self.n_ctx_train
         self.n_batch = max(1, min(n_batch, self.n_ctx))
         self.n_vocab = genai["vocab_size"]
 
@@ -151,6 +170,11 @@ class OnnxRunner(Runner):
         self.n_threads = options.intra_op_num_threads
         inputs = {i.name: i for i in self._session.get_inputs()}
         self._dtype = NUMPY_TYPES[inputs[PAST_KEY.format(0)].type]
+        self.shape = ModelShape(
+            n_layers=self.n_layers, n_kv_heads=self.n_kv_heads, head_size=self.head_size,
+            hidden_size=int(decoder.get("hidden_size") or self.head_size * decoder.get("num_attention_heads", self.n_kv_heads)),
+            kv_bytes_per_element=np.dtype(self._dtype).itemsize,
+        )  # fmt: skip
         if LOGITS_TO_KEEP not in {i.name for i in self._session.get_overridable_initializers()}:
             raise FoxEdgeError(
                 f"{model_file} was not written by `fox-edge convert --to onnx` (it has no logits_to_keep input); convert the checkpoint again"

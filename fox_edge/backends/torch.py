@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.backends.base import Runner, stop_ids
+from fox_edge.backends.base import ModelShape, Runner, stop_ids
 from fox_edge.errors import FoxEdgeError
 
 
@@ -35,7 +35,16 @@ class TorchRunner(Runner):
             torch.set_num_threads(n_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype)).eval()
-        self.n_ctx = min(n_ctx, checkpoint.shape.context_length)
+        self.n_ctx_train = checkpoint.shape.context_length
+        self.n_ctx = min(n_ctx, self.n_ctx_train) if n_ctx > 0 else self.n_ctx_train
+        shape = checkpoint.shape
+        self.shape = ModelShape(
+            n_layers=shape.n_layers,
+            n_kv_heads=shape.n_kv_heads,
+            head_size=shape.head_size,
+            hidden_size=shape.hidden_size,
+            kv_bytes_per_element=4,
+        )
         self.n_vocab = checkpoint.shape.vocab_size
         self.bos_id = self.tokenizer.bos_token_id
         self.eos_id = self.tokenizer.eos_token_id

@@ -11,7 +11,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from fox_edge.cli import bench, chat, check, convert, demo, generate, info, quantize
+from fox_edge.cli import bench, bundle, chat, check, convert, demo, generate, info, quantize
 
 
 class OneLineErrors(TyperGroup):
@@ -44,6 +44,7 @@ app = typer.Typer(
 )
 for verb in (convert.convert, info.info, quantize.quantize, check.check, generate.generate, chat.chat, bench.bench, demo.demo):
     app.command(name=verb.__name__)(verb)
+app.add_typer(bundle.app, name="bundle")
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 from pathlib import Path
@@ -10,29 +9,30 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Terminated, Threads, errors, read_chat_template, sampling_options, say
+from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Terminated, Threads, errors, read_chat_template, sampling_options, say
 from fox_edge.errors import FoxEdgeError
-from fox_edge.sampling import SamplingParams
 
 
 @sampling_options
 def chat(
-    model: Annotated[Path, typer.Argument(help="GGUF file or ONNX model folder")],
+    model: Annotated[Path, typer.Argument(help="GGUF file, ONNX model folder or fox-edge bundle")],
     system: Annotated[str | None, typer.Option("--system", "-s", help="system prompt")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="longest reply")] = 512,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="longest reply (default 512)")] = None,
     chat_template: ChatTemplate = None,
-    ctx_size: CtxSize = 4096,
+    ctx_size: CtxSize = None,
     threads: Threads = None,
+    device: Device = "auto",
     *,
-    sampling: SamplingParams,
+    sampling: dict,
 ):
     """Chat in the terminal. /reset starts over, /exit quits; end a line with \\ to continue it, or wrap a block in \"\"\"."""
     with errors():
         from fox_edge.chat import ChatSession
-        from fox_edge.runner import open_runner
+        from fox_edge.runner import open_runner, sampling_params
 
-        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=read_chat_template(chat_template))
-        session = ChatSession(runner, dataclasses.replace(sampling, max_tokens=max_tokens), system, on_message=say)
+        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=read_chat_template(chat_template), device=device)
+        params = sampling_params(runner, {"max_tokens": 512}, max_tokens=max_tokens, **sampling)
+        session = ChatSession(runner, params, system, on_message=say)
         say(
             f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
             "/reset starts over, /exit quits, Ctrl-C stops a reply."

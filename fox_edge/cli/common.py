@@ -56,6 +56,8 @@ def errors() -> Iterator[None]:
     except MemoryError:
         say("error: out of memory; close other programs, or use a smaller model or context (--ctx-size)")
         raise typer.Exit(1) from None
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to say to it
+        raise typer.Exit(141) from None
     except OSError as exc:
         if os.environ.get("FOX_EDGE_VERBOSE"):
             raise
@@ -121,7 +123,10 @@ def read_chat_template(path: Path | None) -> str | None:
 
 # Options more than one verb takes.
 Threads = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores this process may use)")]
-CtxSize = Annotated[int, typer.Option("--ctx-size", "-c", min=16, help="context length in tokens (capped at the model's)")]
+CtxSize = Annotated[
+    int | None,
+    typer.Option("--ctx-size", "-c", min=16, help="context length in tokens (default 4096 or the bundle's, capped at the model's)"),
+]
 ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="Jinja chat template file to use instead of the model's own")]
 Calibration = Annotated[
     str | None,
@@ -134,31 +139,37 @@ MaxPplRatio = Annotated[float | None, typer.Option("--max-ppl-ratio", help="bar 
 EvalData = Annotated[str, typer.Option("--data", help="evaluation text (.txt, .jsonl) or 'builtin'")]
 
 SAMPLING = SamplingParams()  # the defaults, defined once in fox_edge/sampling.py
+Device = Annotated[str, typer.Option("--device", help="auto (Metal / CoreML on Apple Silicon when present, else the CPU), cpu or gpu")]
 _SAMPLING_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, typer.Option(help=text)])
-    for name, kind, default, text in (
-        ("temperature", float, SAMPLING.temperature, "0 for greedy"),
-        ("top_k", int, SAMPLING.top_k, "0 for off"),
-        ("top_p", float, SAMPLING.top_p, "1 for off"),
-        ("min_p", float, SAMPLING.min_p, "0 for off"),
-        ("repeat_penalty", float, SAMPLING.repeat_penalty, "1 for off"),
-        ("seed", int | None, None, "random seed (default: random)"),
+    inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[kind | None, typer.Option(help=f"{text} (default {getattr(SAMPLING, name)}, or the bundle's)")],
     )
-]
+    for name, kind, text in (
+        ("temperature", float, "0 for greedy"),
+        ("top_k", int, "0 for off"),
+        ("top_p", float, "1 for off"),
+        ("min_p", float, "0 for off"),
+        ("repeat_penalty", float, "1 for off"),
+        ("seed", int, "random seed"),
+    )
+]  # fmt: skip
 
 
 def sampling_options(command: Callable) -> Callable:
-    """Give `command` the sampling flags (--temperature, --top-k, --top-p, --min-p, --repeat-penalty, --seed) and
-    hand it one SamplingParams as its `sampling` argument, whose max_tokens the command sets from its own flag."""
+    """Give `command` the sampling flags (--temperature, --top-k, --top-p, --min-p, --repeat-penalty, --seed) and hand it
+    the ones the user gave as a dict, `sampling`: the runner fills in the rest from the model (a bundle's defaults) and
+    fox_edge.sampling's (fox_edge.runner.sampling_params). Nonsense is refused before the model is loaded."""
     signature = inspect.signature(command, eval_str=True)
     kept = [p for p in signature.parameters.values() if p.name != "sampling"]
     names = [p.name for p in _SAMPLING_OPTIONS]
 
     @functools.wraps(command)
     def with_sampling(**arguments):
+        chosen = {name: value for name in names if (value := arguments.pop(name)) is not None}
         with errors():
-            sampling = SamplingParams(**{name: arguments.pop(name) for name in names})
-        return command(sampling=sampling, **arguments)
+            SamplingParams(**chosen)
+        return command(sampling=chosen, **arguments)
 
     with_sampling.__signature__ = signature.replace(parameters=[*kept, *_SAMPLING_OPTIONS])
     with_sampling.__annotations__ = {p.name: p.annotation for p in (*kept, *_SAMPLING_OPTIONS)}

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Threads, errors, read_chat_template, sampling_options
+from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Threads, errors, read_chat_template, sampling_options
 from fox_edge.errors import FoxEdgeError
-from fox_edge.sampling import SamplingParams
 
 
 def read_stdin() -> str:
@@ -24,25 +22,27 @@ def read_stdin() -> str:
 
 @sampling_options
 def generate(
-    model: Annotated[Path, typer.Argument(help="GGUF file or ONNX model folder")],
+    model: Annotated[Path, typer.Argument(help="GGUF file, ONNX model folder or fox-edge bundle")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="prompt text ('-' reads stdin)")],
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="most tokens to generate")] = 256,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="most tokens to generate (default 256)")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the model's chat template")] = False,
     chat_template: ChatTemplate = None,
-    ctx_size: CtxSize = 4096,
+    ctx_size: CtxSize = None,
     threads: Threads = None,
+    device: Device = "auto",
     *,
-    sampling: SamplingParams,
+    sampling: dict,
 ):
     """Generate from a prompt: only the generated text goes to stdout (for scripts)."""
     with errors():
-        from fox_edge.runner import chat_prompt, generate_tokens, open_runner, stream_text, text_prompt
+        from fox_edge.runner import chat_prompt, generate_tokens, open_runner, sampling_params, stream_text, text_prompt
 
         text = read_stdin() if prompt == "-" else prompt
         template = read_chat_template(chat_template)
-        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=template)
+        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=template, device=device)
+        params = sampling_params(runner, {"max_tokens": 256}, max_tokens=max_tokens, **sampling)
         tokens = chat_prompt(runner, [{"role": "user", "content": text}]) if chat else text_prompt(runner, text)
-        for piece in stream_text(runner, generate_tokens(runner, tokens, dataclasses.replace(sampling, max_tokens=max_tokens))):
+        for piece in stream_text(runner, generate_tokens(runner, tokens, params)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
