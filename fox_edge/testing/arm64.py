@@ -1,0 +1,328 @@
+"""The ARM64 stage: fox-edge's runners on an emulated ARM64 Linux, token for token against x86-64.
+
+    sudo .venv/bin/python -m fox_edge.testing.arm64        # alone: builds the tiny models, runs the stage, prints the log
+
+tests/test_arm64.py runs the same stage in the suite. What it builds, cached between runs under
+FOX_EDGE_CACHE/arm64 (the first run takes about 8 minutes on 2 cores, later ones about 1):
+- an ARM64 Debian root made by mmdebstrap (no emulation needed to make it), with Debian's Python 3.11;
+- fox-edge's dependencies as aarch64 wheels fetched by the host's pip and unpacked into the root, so no pip
+  runs under emulation; onnxruntime is its aarch64 wheel;
+- llama.cpp's shared libraries cross-compiled for plain armv8-a (no dotprod, no i8mm: what every ARM64 phone
+  runs) from the llama.cpp that the installed llama-cpp-python vendors, its Python bindings copied beside them.
+Each model then runs inside the root (chroot; qemu-user through binfmt_misc) under each emulated CPU
+(QEMU_CPU): cortex-a76 has dotprod, cortex-a53 has plain NEON only, so a build that executed anything
+beyond the baseline would die there with SIGILL. Needs root (mounts, chroot) and Debian's
+qemu-user-static, binfmt-support, g++-aarch64-linux-gnu and mmdebstrap (installed when missing).
+Every mount is undone on the way out, on failure too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fox_edge.assets import cache_dir
+
+CPUS = ("cortex-a76", "cortex-a53")
+PROMPT = "The castle stood on the hill, and"
+N_TOKENS = 16
+DEBIAN_PACKAGES = ("qemu-user-static", "binfmt-support", "g++-aarch64-linux-gnu", "mmdebstrap")
+ROOT_PACKAGES = "python3,libstdc++6,libgomp1,zlib1g"
+MIRROR = "http://deb.debian.org/debian"
+# What the runners import, pinned to this machine's versions where it has them (the same onnxruntime on both sides).
+WHEELS = ("numpy", "gguf", "sentencepiece", "protobuf", "huggingface_hub", "onnx", "onnxruntime", "tokenizers", "jinja2",
+          "typer", "rich", "jsonschema", "diskcache", "typing_extensions")  # fmt: skip
+PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+# /proc/cpuinfo as an ARM kernel writes it: onnxruntime's CPU detection crashes under qemu on the host's x86 one.
+FAKE_CPUINFO = "".join(
+    f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid\n"
+    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd03\nCPU revision\t: 4\n\n"
+    for i in range(2)
+)
+# getauxval(AT_HWCAP / AT_HWCAP2) bits of the features the log line names (Linux's arch/arm64 hwcap.h).
+HWCAP_BITS = {"asimd": (16, 1), "asimddp": (16, 20), "sve": (16, 22), "i8mm": (26, 13), "bf16": (26, 14), "sve2": (26, 1)}
+
+
+def log(message: str) -> None:
+    print(f"[arm64] {message}", file=sys.stderr, flush=True)
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({result.returncode}): {(result.stderr or result.stdout)[-2000:]}")
+    return result
+
+
+# --- the host's tools ----------------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    missing = [
+        p
+        for p, tool in zip(DEBIAN_PACKAGES, ("qemu-aarch64-static", "update-binfmts", "aarch64-linux-gnu-g++", "mmdebstrap"), strict=True)
+        if not shutil.which(tool)
+    ]
+    if missing:
+        log(f"installing {', '.join(missing)} from Debian")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", *missing], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        run(["update-binfmts", "--enable", "qemu-aarch64"])
+
+
+# --- the root, its Python packages and llama.cpp ------------------------------------------------------
+
+
+def make_root(cache: Path) -> Path:
+    root = cache / "root"
+    if (root / "usr" / "bin" / "python3").exists():
+        return root
+    log("making an ARM64 Debian root with mmdebstrap (no emulation)")
+    partial = cache / "root.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    run(["mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", f"--include={ROOT_PACKAGES}", "bookworm", str(partial), MIRROR])
+    for folder in ("proc", "root", "tmp", "opt"):
+        (partial / folder).mkdir(exist_ok=True)
+    (partial / "tmp").chmod(0o1777)
+    partial.replace(root)
+    return root
+
+
+def requirements() -> list[str]:
+    pinned = []
+    for name in WHEELS:
+        try:
+            pinned.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pinned.append(name)
+    return pinned
+
+
+def install_wheels(cache: Path, root: Path) -> Path:
+    """fox-edge's dependencies for aarch64, fetched by the host's pip and unpacked into the root's /opt/pylib."""
+    wanted = "\n".join(requirements())
+    site = root / "opt" / "pylib"
+    stamp = site / ".requirements"
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return site
+    wheels = cache / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    log("fetching aarch64 wheels with the host's pip")
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *platforms, "--python-version", "3.11",
+         "--implementation", "cp", "--abi", "cp311", "-d", str(wheels), *requirements()])  # fmt: skip
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(site)
+    for data in site.glob("*.data"):  # a wheel's .data/purelib and platlib belong in site-packages itself
+        for kind in ("purelib", "platlib"):
+            if (data / kind).is_dir():
+                shutil.copytree(data / kind, site, dirs_exist_ok=True)
+        shutil.rmtree(data)
+    stamp.write_text(wanted)
+    return site
+
+
+def build_llama_cpp(cache: Path) -> Path:
+    """libllama and libggml for armv8-a, from the llama.cpp the installed llama-cpp-python vendors."""
+    from fox_edge.testing.assets import llama_cpp_source
+
+    release = importlib.metadata.version("llama-cpp-python")
+    libraries = cache / f"llama-cpp-{release}-armv8-a"
+    if (libraries / "libllama.so").is_file():
+        return libraries
+    source = llama_cpp_source()
+    build = cache / "llama-build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    toolchain = build / "aarch64.cmake"
+    toolchain.write_text(
+        "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
+        "set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)\nset(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)\n"
+        "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
+        "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\nset(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n"
+    )
+    log(f"cross-compiling llama.cpp (llama-cpp-python {release}) for armv8-a: about 5 minutes on 2 cores, once")
+    started = time.monotonic()
+    run(["cmake", "-S", str(source), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
+         "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF",
+         "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF"])  # fmt: skip
+    run(["cmake", "--build", str(build), "--target", "llama", "-j", str(os.cpu_count() or 2)])
+    partial = cache / "llama-lib.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    for library in build.rglob("*.so*"):
+        if library.is_file() and not library.is_symlink():
+            shutil.copy2(library, partial / library.name)
+    for library in build.rglob("*.so*"):  # the soname links (libllama.so -> libllama.so.0 -> ...)
+        if library.is_symlink() and not (partial / library.name).exists():
+            (partial / library.name).symlink_to(os.readlink(library))
+    partial.replace(libraries)
+    log(f"llama.cpp built in {time.monotonic() - started:.0f} s")
+    shutil.rmtree(build, ignore_errors=True)
+    return libraries
+
+
+def install_fox_edge(root: Path, libraries: Path) -> None:
+    """This checkout's fox_edge and llama-cpp-python's bindings (with the aarch64 libraries) into the root."""
+    import llama_cpp
+
+    target = root / "opt" / "fox-edge"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copytree(Path(__file__).resolve().parents[1], target / "fox_edge", ignore=shutil.ignore_patterns("__pycache__"))
+    bindings = Path(llama_cpp.__file__).parent
+    shutil.copytree(bindings, target / "llama_cpp", ignore=shutil.ignore_patterns("__pycache__", "lib"))
+    shutil.copytree(libraries, target / "llama_cpp" / "lib", symlinks=True)
+
+
+# --- running inside the root ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mounted(root: Path) -> Iterator[None]:
+    """/proc with an ARM /proc/cpuinfo over it, undone whatever happens."""
+    done: list[Path] = []
+    fake = root / "opt" / "cpuinfo"
+    fake.write_text(FAKE_CPUINFO)
+    try:
+        run(["mount", "-t", "proc", "proc", str(root / "proc")])
+        done.append(root / "proc")
+        run(["mount", "--bind", str(fake), str(root / "proc" / "cpuinfo")])
+        done.append(root / "proc" / "cpuinfo")
+        yield
+    finally:
+        for point in reversed(done):
+            if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def in_root(root: Path, cpu: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": "/root", "QEMU_CPU": cpu, "PYTHONPATH": "/opt/fox-edge:/opt/pylib",
+        "LLAMA_CPP_LIB_PATH": "/opt/fox-edge/llama_cpp/lib", "LD_LIBRARY_PATH": "/opt/fox-edge/llama_cpp/lib",
+        "FOX_EDGE_CACHE": "/tmp/fox-edge-cache", "PYTHONDONTWRITEBYTECODE": "1",
+    }  # fmt: skip
+    return subprocess.run(
+        [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/usr/bin/python3", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def greedy_tokens(models: list[str], threads: int = 2) -> dict[str, list[int]]:
+    """Each model's greedy continuation of PROMPT, N_TOKENS tokens, stopping on nothing: the same on every machine."""
+    from fox_edge.runner import generate_tokens, open_runner, text_prompt
+    from fox_edge.sampling import SamplingParams
+
+    tokens = {}
+    for model in models:
+        with open_runner(model, n_ctx=256, n_threads=threads) as runner:
+            prompt = text_prompt(runner, PROMPT)
+            tokens[model] = list(generate_tokens(runner, prompt, SamplingParams.greedy(N_TOKENS), stop_ids=frozenset()))
+    return tokens
+
+
+def cpu_features() -> str:
+    """The features this (emulated) ARM CPU reports to programs, from getauxval."""
+    libc = ctypes.CDLL(None)
+    libc.getauxval.restype = ctypes.c_ulong
+    words = {kind: libc.getauxval(kind) for kind in (16, 26)}
+    present = [name for name, (kind, bit) in HWCAP_BITS.items() if words[kind] >> bit & 1]
+    absent = [name for name in HWCAP_BITS if name not in present]
+    return f"{' '.join(present) or 'none of ' + ' '.join(HWCAP_BITS)} (absent: {' '.join(absent) or 'none'})"
+
+
+def run_stage(models: list[Path], bundle: Path, work: Path) -> dict:
+    """The whole stage: the x86-64 tokens, then per emulated CPU the ARM64 tokens, and `bundle verify` on ARM64.
+    Returns {"x86_64": tokens, cpu: {"features", "tokens", "verify"}} for the caller to compare."""
+    cache = cache_dir() / "arm64"
+    cache.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    ensure_tools()
+    root = make_root(cache)
+    install_wheels(cache, root)
+    install_fox_edge(root, build_llama_cpp(cache))
+    inside = root / "work"
+    shutil.rmtree(inside, ignore_errors=True)
+    inside.mkdir()
+    names = []
+    for model in [*models, bundle]:
+        (shutil.copytree if model.is_dir() else shutil.copyfile)(model, inside / model.name)
+        names.append(f"/work/{model.name}")
+    log(f"prepared in {time.monotonic() - started:.0f} s")
+    results: dict = {
+        "x86_64": {f"/work/{m.name}": t for m, t in zip(models, greedy_tokens([str(m) for m in models]).values(), strict=True)}
+    }
+    with mounted(root):
+        for cpu in CPUS:
+            started = time.monotonic()
+            script = (
+                "import json, sys\nfrom fox_edge.testing.arm64 import cpu_features, greedy_tokens\n"
+                "print(json.dumps({'features': cpu_features(), 'tokens': greedy_tokens(sys.argv[1:])}))\n"
+            )
+            ran = in_root(root, cpu, "-c", script, *names[:-1])
+            if ran.returncode != 0:
+                raise RuntimeError(f"the models failed on an emulated {cpu} (exit {ran.returncode}): {ran.stderr[-3000:]}")
+            measured = json.loads(ran.stdout.strip().splitlines()[-1])
+            verify = in_root(root, cpu, "-m", "fox_edge.cli", "bundle", "verify", names[-1])
+            measured["verify"] = {"exit": verify.returncode, "output": (verify.stdout + verify.stderr).strip()}
+            log(
+                f"emulated {cpu}: CPU features {measured['features']}; {len(names) - 1} models and `bundle verify` in {time.monotonic() - started:.0f} s"
+            )
+            results[cpu] = measured
+    shutil.rmtree(inside, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    """Run alone: the trained tiny Fox-1 (cached; trained here the first time) as GGUF Q8_0 and Q4_0, ONNX int4 and a
+    bundle. Not the random-weight tiny model: its near-ties flip between ARM's and x86's float summation orders."""
+    import tempfile
+
+    from fox_edge.bundle import make_bundle
+    from fox_edge.check import CheckSettings
+    from fox_edge.converters.gguf import convert_to_gguf
+    from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+    from fox_edge.quantize import quantize
+    from fox_edge.testing.assets import trained_tiny_fox1
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        checkpoint = trained_tiny_fox1()
+        f16 = convert_to_gguf(checkpoint, work / "tiny.f16.gguf").output
+        models = [quantize(f16, work / f"tiny.{t}.gguf", t, check=CheckSettings(enabled=False)).file.output for t in ("Q8_0", "Q4_0")]
+        models.append(convert_to_onnx(checkpoint, work / "tiny-int4", OnnxOptions(precision="int4")).output)
+        bundle = make_bundle(models[1], work / "bundle").folder
+        results = run_stage(models, bundle, work)
+    failures = 0
+    for cpu in CPUS:
+        for model, tokens in results["x86_64"].items():
+            same = results[cpu]["tokens"][model] == tokens
+            failures += not same
+            print(f"{cpu:<11} {Path(model).name:<16} {'same tokens as x86-64' if same else 'DIFFERENT tokens'}")
+        print(f"{cpu:<11} bundle verify    exit {results[cpu]['verify']['exit']}")
+        failures += results[cpu]["verify"]["exit"] != 0
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
