@@ -15,7 +15,9 @@ FLASH_ATTENTION = {"auto": None, "on": True, "off": False}
 
 
 def bench(
-    models: Annotated[list[Path], typer.Argument(help="GGUF files or ONNX model folders (several are interleaved A B A B)")],
+    models: Annotated[
+        list[Path], typer.Argument(help="GGUF files, ONNX model folders or fox-edge bundles (several are interleaved A B A B)")
+    ],
     prompt_lengths: Annotated[str, typer.Option("--prompt-lengths", help="comma-separated prompt lengths in tokens")] = "128,512",
     generate: Annotated[int, typer.Option("--generate", "-n", min=1, help="tokens to generate per run")] = 64,
     repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="runs per model, each in a fresh process")] = 3,

@@ -11,7 +11,7 @@ from fox_edge.cli.common import EvalData, MaxKld, MaxPplRatio, MinTop1, Threads,
 
 
 def check(
-    candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file or ONNX model folder")],
+    candidate: Annotated[Path, typer.Argument(help="the model to check: GGUF file, ONNX model folder or fox-edge bundle")],
     reference: Annotated[
         Path,
         typer.Option(

@@ -11,7 +11,7 @@ from fox_edge.cli.common import errors
 
 
 def info(
-    target: Annotated[str, typer.Argument(help="GGUF file, ONNX model folder, checkpoint folder or hub id")],
+    target: Annotated[str, typer.Argument(help="GGUF file, ONNX model folder, fox-edge bundle, checkpoint folder or hub id")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Architecture, parameters, tensor types and sizes, tokenizer, special ids, context, chat template."""
