@@ -75,7 +75,8 @@ class LlamaCppRunner(Runner):
         model_params = C.llama_model_default_params()
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only
-        model_params.use_mmap = use_mmap  # False reads the file into memory (benchmarks/BENCHMARKS.md: mmap vs load)
+        if not use_mmap:  # read the file into memory; the default (auto) maps it. llama.cpp's load_mode replaced use_mmap
+            model_params.load_mode = C.LLAMA_LOAD_MODE_NONE
         _log_lines.clear()
         self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
