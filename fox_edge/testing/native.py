@@ -1,0 +1,54 @@
+"""Building the native core (native/) for the tests: against the llama.cpp that the installed llama-cpp-python vendors,
+cached under FOX_EDGE_CACHE/native by the sources' hash (the first build takes about 4 minutes on 2 cores).
+
+    python -m fox_edge.testing.native      # builds (or finds) the core and prints its build folder
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from fox_edge.assets import cache_dir
+
+NATIVE = Path(__file__).resolve().parents[2] / "native"
+
+
+def sources_hash() -> str:
+    digest = hashlib.sha256(importlib.metadata.version("llama-cpp-python").encode())
+    for path in sorted(p for p in NATIVE.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(NATIVE).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_core() -> Path:
+    """The build folder holding libfox_edge.so and fox_edge_tests for this machine. The build folder persists, so a
+    change to native/ recompiles only the core; llama.cpp is compiled once per llama-cpp-python version."""
+    from fox_edge.testing.assets import llama_cpp_source
+
+    release = importlib.metadata.version("llama-cpp-python")
+    build = cache_dir() / "native" / f"{platform.machine()}-llama-cpp-python-{release}"
+    stamp = build / ".fox-edge-sources"
+    if stamp.is_file() and stamp.read_text() == sources_hash() and (build / "fox_edge_tests").is_file():
+        return build
+    source = llama_cpp_source()
+    jobs = str(os.cpu_count() or 2)
+    for command in (
+        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", jobs],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    stamp.write_text(sources_hash())
+    return build
+
+
+if __name__ == "__main__":
+    print(build_core())
+    sys.exit(0)

@@ -1,0 +1,528 @@
+// The fox-edge native core: fox_edge.h over llama.cpp. The same behaviour as the Python runner
+// (fox_edge/runner.py, fox_edge/chat.py): the manifest's template rendered with Jinja, BOS added unless the
+// text starts with it, the longest common prefix of the KV cache kept across turns, the oldest turns dropped
+// to fit, stop on the manifest's stop ids. Nothing here throws across the C ABI.
+
+#include "fox_edge.h"
+
+#include "chat.h"
+#include "llama.h"
+#include "utf8.h"
+
+#include <nlohmann/json.hpp>
+
+extern "C" {  // llama.cpp's vendored SHA-256 is C, its header has no C++ guard
+#include "hash/sha256/sha256.h"
+}
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <dirent.h>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr int SCHEMA_VERSION = 1;
+constexpr int32_t BATCH = 512;
+
+void set_error(char * error, size_t size, const std::string & message) {
+    if (error != nullptr && size > 0) {
+        std::snprintf(error, size, "%s", message.c_str());
+    }
+}
+
+struct Failure {
+    fox_status  status;
+    std::string message;
+};
+
+std::string sha256_file(const std::string & path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Failure{FOX_ERROR_BUNDLE, path + " cannot be read"};
+    sha256_t state;
+    sha256_init(&state);
+    std::vector<char> buffer(1 << 20);
+    while (in) {
+        in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        sha256_update(&state, reinterpret_cast<const unsigned char *>(buffer.data()), static_cast<size_t>(in.gcount()));
+    }
+    unsigned char digest[SHA256_DIGEST_SIZE];
+    sha256_final(&state, digest);
+    char hex[2 * SHA256_DIGEST_SIZE + 1];
+    for (int i = 0; i < SHA256_DIGEST_SIZE; i++) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    return hex;
+}
+
+long long file_size(const std::string & path) {
+    struct stat info;
+    return stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) ? static_cast<long long>(info.st_size) : -1;
+}
+
+std::string read_file(const std::string & path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Failure{FOX_ERROR_BUNDLE, path + " is missing; this is not a fox-edge bundle"};
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::string token_text(const llama_vocab * vocab, llama_token token, bool special) {
+    std::string piece(64, '\0');
+    int32_t n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, special);
+    if (n < 0) {
+        piece.resize(static_cast<size_t>(-n));
+        n = llama_token_to_piece(vocab, token, piece.data(), static_cast<int32_t>(piece.size()), 0, special);
+    }
+    piece.resize(static_cast<size_t>(std::max(n, 0)));
+    return piece;
+}
+
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text) {
+    std::vector<llama_token> tokens(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(), static_cast<int32_t>(tokens.size()), false, true);
+    if (n < 0) {
+        tokens.resize(static_cast<size_t>(-n));
+        n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(), static_cast<int32_t>(tokens.size()), false, true);
+    }
+    tokens.resize(static_cast<size_t>(std::max(n, 0)));
+    return tokens;
+}
+
+}  // namespace
+
+struct fox_model {
+    std::string               folder;
+    json                      manifest;
+    llama_model *             model = nullptr;
+    const llama_vocab *       vocab = nullptr;
+    common_chat_templates_ptr templates;
+    std::set<llama_token>     stop_ids;
+    llama_token               bos = LLAMA_TOKEN_NULL;
+    bool                      add_bos = false;
+    int32_t                   n_threads = 1;
+
+    ~fox_model() {
+        templates.reset();
+        if (model != nullptr) llama_model_free(model);
+    }
+
+    std::string render(const std::vector<common_chat_msg> & messages, bool add_generation_prompt) const {
+        common_chat_templates_inputs inputs;
+        inputs.messages              = messages;
+        inputs.add_generation_prompt = add_generation_prompt;
+        inputs.use_jinja             = true;
+        try {
+            return common_chat_templates_apply(templates.get(), inputs).prompt;
+        } catch (const std::exception & exc) {
+            throw Failure{FOX_ERROR_TEMPLATE, std::string("the chat template does not render: ") + exc.what()};
+        }
+    }
+
+    // As fox_edge.runner.text_prompt: special tokens parsed, BOS first unless the text starts with it.
+    std::vector<llama_token> prompt_tokens(const std::string & text) const {
+        std::vector<llama_token> tokens = tokenize(vocab, text);
+        if (add_bos && bos != LLAMA_TOKEN_NULL && (tokens.empty() || tokens.front() != bos)) tokens.insert(tokens.begin(), bos);
+        return tokens;
+    }
+};
+
+struct fox_chat {
+    fox_model *                  model = nullptr;
+    llama_context *              ctx   = nullptr;
+    fox_chat_params              params{};
+    std::string                  system;
+    std::vector<common_chat_msg> history;   // user and assistant messages, oldest first
+    std::vector<llama_token>     cached;    // the tokens whose keys and values the KV cache holds, in order
+    std::vector<llama_token>     last_reply;
+    std::atomic<bool>            cancelled{false};
+
+    ~fox_chat() {
+        if (ctx != nullptr) llama_free(ctx);
+    }
+
+    std::vector<common_chat_msg> conversation(const std::vector<common_chat_msg> & turns, const std::string & user) const {
+        std::vector<common_chat_msg> messages;
+        if (!system.empty()) messages.push_back(message("system", system));
+        messages.insert(messages.end(), turns.begin(), turns.end());
+        messages.push_back(message("user", user));
+        return messages;
+    }
+
+    static common_chat_msg message(const std::string & role, const std::string & content) {
+        common_chat_msg m;
+        m.role    = role;
+        m.content = content;
+        return m;
+    }
+
+    // Evaluate tokens[start:] on top of the first `start` cached entries; the last position's logits are kept.
+    void decode_from(const std::vector<llama_token> & tokens, size_t start) {
+        const size_t n_batch = llama_n_batch(ctx);
+        llama_batch  batch   = llama_batch_init(static_cast<int32_t>(n_batch), 0, 1);
+        for (size_t offset = start; offset < tokens.size(); offset += n_batch) {
+            if (cancelled.load()) {
+                llama_batch_free(batch);
+                throw Failure{FOX_ERROR_CANCELLED, "cancelled"};
+            }
+            size_t count = std::min(n_batch, tokens.size() - offset);
+            batch.n_tokens = static_cast<int32_t>(count);
+            for (size_t i = 0; i < count; i++) {
+                batch.token[i]     = tokens[offset + i];
+                batch.pos[i]       = static_cast<llama_pos>(offset + i);
+                batch.n_seq_id[i]  = 1;
+                batch.seq_id[i][0] = 0;
+                batch.logits[i]    = offset + i == tokens.size() - 1;
+            }
+            int32_t status = llama_decode(ctx, batch);
+            if (status != 0) {
+                llama_batch_free(batch);
+                if (cancelled.load()) throw Failure{FOX_ERROR_CANCELLED, "cancelled"};
+                throw Failure{FOX_ERROR_DECODE, "llama.cpp failed to evaluate (status " + std::to_string(status) + ")"};
+            }
+            cached.insert(cached.end(), tokens.begin() + static_cast<long>(offset), tokens.begin() + static_cast<long>(offset + count));
+        }
+        llama_batch_free(batch);
+    }
+
+    // The KV cache made to hold exactly `tokens`, reusing its longest common prefix; returns how many were computed.
+    size_t prefill(const std::vector<llama_token> & tokens) {
+        size_t common = 0;
+        while (common < cached.size() && common < tokens.size() && cached[common] == tokens[common]) common++;
+        common = std::min(common, tokens.size() - 1);  // the last token is always evaluated: its logits are the answer
+        llama_memory_t memory = llama_get_memory(ctx);
+        if (!llama_memory_seq_rm(memory, 0, static_cast<llama_pos>(common), -1)) {
+            llama_memory_clear(memory, true);
+            common = 0;
+        }
+        cached.resize(common);
+        decode_from(tokens, common);
+        return tokens.size() - common;
+    }
+
+    llama_sampler * sampler(const std::vector<llama_token> & prompt) const {
+        // The order of fox_edge/sampling.py (llama.cpp's default): repetition penalty, top-k, top-p, min-p, temperature.
+        llama_sampler * chain = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        if (params.repeat_penalty != 1.0f) {
+            int32_t n_vocab = llama_vocab_n_tokens(model->vocab);
+            llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0f, 0.0f));
+        }
+        if (params.temperature <= 0.0f) {
+            llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        } else {
+            if (params.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(params.top_k));
+            if (params.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(params.top_p, 1));
+            if (params.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(params.min_p, 1));
+            llama_sampler_chain_add(chain, llama_sampler_init_temp(params.temperature));
+            llama_sampler_chain_add(chain, llama_sampler_init_dist(params.seed));
+        }
+        // The penalty looks back over the prompt too, as the Python sampler's history does.
+        size_t from = prompt.size() > static_cast<size_t>(params.repeat_last_n) ? prompt.size() - params.repeat_last_n : 0;
+        for (size_t i = from; i < prompt.size(); i++) llama_sampler_accept(chain, prompt[i]);
+        return chain;
+    }
+};
+
+extern "C" {
+
+fox_model_params fox_model_default_params(void) {
+    fox_model_params params;
+    params.n_threads = 0;
+    params.use_mmap  = true;
+    return params;
+}
+
+fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_model ** out, char * error, size_t error_size) {
+    if (out == nullptr || bundle_dir == nullptr) {
+        set_error(error, error_size, "fox_model_open needs a bundle folder and a place for the model");
+        return FOX_ERROR_ARGUMENT;
+    }
+    *out = nullptr;
+    try {
+        auto model    = std::make_unique<fox_model>();
+        model->folder = bundle_dir;
+        try {
+            model->manifest = json::parse(read_file(model->folder + "/manifest.json"));
+        } catch (const json::exception & exc) {
+            throw Failure{FOX_ERROR_BUNDLE, std::string("manifest.json is not valid JSON: ") + exc.what()};
+        }
+        const json & m = model->manifest;
+        if (!m.is_object() || m.value("schema_version", -1) != SCHEMA_VERSION) {
+            throw Failure{FOX_ERROR_BUNDLE, "manifest.json has an unknown schema version; this core reads version 1"};
+        }
+        if (m.at("format").at("name") != "gguf") {
+            throw Failure{FOX_ERROR_BUNDLE, "this is an ONNX bundle; run it with onnxruntime-genai (see apps/README.md), the core runs GGUF bundles"};
+        }
+        for (const json & file : m.at("files")) {  // the cheap check of every launch: each file present at its size
+            std::string path = model->folder + "/" + file.at("path").get<std::string>();
+            long long   size = file_size(path);
+            if (size < 0) throw Failure{FOX_ERROR_BUNDLE, file.at("path").get<std::string>() + " is missing; copy the whole bundle again"};
+            if (size != file.at("size").get<long long>()) {
+                throw Failure{FOX_ERROR_BUNDLE, file.at("path").get<std::string>() + " is " + std::to_string(size) + " bytes, the manifest says " +
+                                                    std::to_string(file.at("size").get<long long>()) + ": the copy is incomplete"};
+            }
+        }
+        llama_model_params model_params = llama_model_default_params();
+        if (!params.use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // read into memory; the default maps the file
+        std::string path                = model->folder + "/" + m.at("format").at("model_path").get<std::string>();
+        model->model                    = llama_model_load_from_file(path.c_str(), model_params);
+        if (model->model == nullptr) throw Failure{FOX_ERROR_LOAD, "llama.cpp cannot load " + path};
+        model->vocab   = llama_model_get_vocab(model->model);
+        const json & t = m.at("tokenizer");
+        model->bos     = t.at("bos_id").is_null() ? LLAMA_TOKEN_NULL : t.at("bos_id").get<llama_token>();
+        model->add_bos = t.at("add_bos").get<bool>();
+        for (const json & id : t.at("stop_ids")) model->stop_ids.insert(id.get<llama_token>());
+        std::string bos = model->bos == LLAMA_TOKEN_NULL ? "" : token_text(model->vocab, model->bos, true);
+        std::string eos = t.at("eos_id").is_null() ? "" : token_text(model->vocab, t.at("eos_id").get<llama_token>(), true);
+        try {
+            model->templates = common_chat_templates_init(model->model, m.at("chat_template").get<std::string>(), bos, eos);
+        } catch (const std::exception & exc) {
+            throw Failure{FOX_ERROR_TEMPLATE, std::string("the chat template does not parse: ") + exc.what()};
+        }
+        model->n_threads = params.n_threads > 0 ? params.n_threads : fox_performance_cores(nullptr);
+        *out             = model.release();
+        return FOX_OK;
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return failure.status;
+    } catch (const std::exception & exc) {
+        set_error(error, error_size, std::string("manifest.json lacks a field the core needs: ") + exc.what());
+        return FOX_ERROR_BUNDLE;
+    }
+}
+
+fox_status fox_model_verify(const fox_model * model, char * error, size_t error_size) {
+    if (model == nullptr) return FOX_ERROR_ARGUMENT;
+    try {
+        for (const json & file : model->manifest.at("files")) {
+            std::string name = file.at("path").get<std::string>();
+            if (sha256_file(model->folder + "/" + name) != file.at("sha256").get<std::string>()) {
+                throw Failure{FOX_ERROR_INTEGRITY, name + " does not match its sha256: the file is damaged; copy the bundle again"};
+            }
+        }
+        return FOX_OK;
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return failure.status;
+    }
+}
+
+void fox_model_close(fox_model * model) { delete model; }
+
+int32_t fox_model_n_ctx_default(const fox_model * model) { return model == nullptr ? 0 : model->manifest.at("context").at("default").get<int32_t>(); }
+
+int32_t fox_model_n_threads(const fox_model * model) { return model == nullptr ? 0 : model->n_threads; }
+
+int64_t fox_model_render_chat(const fox_model * model, const fox_message * messages, size_t n_messages, bool add_generation_prompt, char * out,
+                              size_t out_size, char * error, size_t error_size) {
+    if (model == nullptr || (messages == nullptr && n_messages > 0)) return -1;
+    try {
+        std::vector<common_chat_msg> conversation;
+        for (size_t i = 0; i < n_messages; i++) conversation.push_back(fox_chat::message(messages[i].role, messages[i].content));
+        std::string text = model->render(conversation, add_generation_prompt);
+        if (out != nullptr && out_size > 0) {
+            size_t n = std::min(text.size(), out_size - 1);
+            std::memcpy(out, text.data(), n);
+            out[n] = '\0';
+        }
+        return static_cast<int64_t>(text.size());
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return -1;
+    }
+}
+
+fox_chat_params fox_chat_default_params(const fox_model * model) {
+    fox_chat_params params{};
+    params.temperature    = 0.7f;
+    params.top_k          = 40;
+    params.top_p          = 0.95f;
+    params.min_p          = 0.05f;
+    params.repeat_penalty = 1.1f;
+    params.repeat_last_n  = 64;
+    params.max_tokens     = 512;
+    params.seed           = 0xFFFFFFFF;  // LLAMA_DEFAULT_SEED: a random seed
+    if (model != nullptr) {
+        const json & g        = model->manifest.at("generation");
+        params.temperature    = g.value("temperature", params.temperature);
+        params.top_k          = g.value("top_k", params.top_k);
+        params.top_p          = g.value("top_p", params.top_p);
+        params.min_p          = g.value("min_p", params.min_p);
+        params.repeat_penalty = g.value("repeat_penalty", params.repeat_penalty);
+        params.max_tokens     = g.value("max_tokens", params.max_tokens);
+    }
+    return params;
+}
+
+static bool abort_when_cancelled(void * data) { return static_cast<fox_chat *>(data)->cancelled.load(); }
+
+fox_status fox_chat_new(fox_model * model, fox_chat_params params, fox_chat ** out, char * error, size_t error_size) {
+    if (model == nullptr || out == nullptr || params.max_tokens < 1 || params.temperature < 0 || params.top_p <= 0 || params.top_p > 1 ||
+        params.min_p < 0 || params.min_p > 1 || params.repeat_penalty <= 0 || params.top_k < 0 || params.repeat_last_n < 0) {
+        set_error(error, error_size, "fox_chat_new: a model, and parameters in range (fox_chat_default_params gives the manifest's)");
+        return FOX_ERROR_ARGUMENT;
+    }
+    auto chat    = std::make_unique<fox_chat>();
+    chat->model  = model;
+    chat->params = params;
+    chat->system = params.system_prompt != nullptr ? params.system_prompt : "";
+    int32_t n_ctx = params.n_ctx > 0 ? params.n_ctx : fox_model_n_ctx_default(model);
+    n_ctx         = std::min<int32_t>(n_ctx, llama_model_n_ctx_train(model->model));
+    llama_context_params ctx_params = llama_context_default_params();
+    ctx_params.n_ctx               = static_cast<uint32_t>(n_ctx);
+    ctx_params.n_batch = ctx_params.n_ubatch = static_cast<uint32_t>(std::min(BATCH, n_ctx));
+    ctx_params.n_threads = ctx_params.n_threads_batch = model->n_threads;
+    ctx_params.no_perf                                = true;
+    ctx_params.abort_callback                         = abort_when_cancelled;
+    ctx_params.abort_callback_data                    = chat.get();
+    chat->ctx                                         = llama_init_from_model(model->model, ctx_params);
+    if (chat->ctx == nullptr) {
+        set_error(error, error_size, "llama.cpp cannot make a " + std::to_string(n_ctx) + "-token context; use a smaller n_ctx");
+        return FOX_ERROR_LOAD;
+    }
+    *out = chat.release();
+    return FOX_OK;
+}
+
+void fox_chat_free(fox_chat * chat) { delete chat; }
+
+void fox_chat_reset(fox_chat * chat) {
+    if (chat != nullptr) chat->history.clear();
+}
+
+void fox_chat_cancel(fox_chat * chat) {
+    if (chat != nullptr) chat->cancelled.store(true);
+}
+
+size_t fox_chat_last_tokens(const fox_chat * chat, int32_t * tokens, size_t capacity) {
+    if (chat == nullptr) return 0;
+    if (tokens != nullptr) std::copy_n(chat->last_reply.begin(), std::min(capacity, chat->last_reply.size()), tokens);
+    return chat->last_reply.size();
+}
+
+fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callback on_text, void * user_data, fox_chat_stats * stats, char * error,
+                         size_t error_size) {
+    if (chat == nullptr || message == nullptr || message[0] == '\0') {
+        set_error(error, error_size, "fox_chat_send needs a chat and a non-empty message");
+        return FOX_ERROR_ARGUMENT;
+    }
+    chat->cancelled.store(false);
+    chat->last_reply.clear();
+    fox_chat_stats   result{};
+    fox::Utf8Stream  utf8;
+    std::string      reply;
+    fox_status       status = FOX_OK;
+    const fox_model * model = chat->model;
+    auto emit = [&](const std::string & text) {
+        if (!text.empty()) {
+            reply += text;
+            if (on_text != nullptr) on_text(text.data(), text.size(), user_data);
+        }
+    };
+    try {
+        // The whole conversation, the oldest turns dropped while it and room for a reply do not fit (as ChatSession).
+        int32_t n_ctx   = static_cast<int32_t>(llama_n_ctx(chat->ctx));
+        int32_t reserve = std::min(chat->params.max_tokens, n_ctx / 4);
+        std::vector<common_chat_msg> turns = chat->history;
+        std::vector<llama_token> prompt = model->prompt_tokens(model->render(chat->conversation(turns, message), true));
+        while (static_cast<int32_t>(prompt.size()) + reserve > n_ctx && !turns.empty()) {
+            turns.erase(turns.begin(), turns.begin() + std::min<size_t>(2, turns.size()));
+            result.dropped_turns++;
+            prompt = model->prompt_tokens(model->render(chat->conversation(turns, message), true));
+        }
+        if (static_cast<int32_t>(prompt.size()) + 1 > n_ctx) {
+            throw Failure{FOX_ERROR_CONTEXT, "this message is " + std::to_string(prompt.size()) + " tokens with the chat template, longer than the " +
+                                                 std::to_string(n_ctx) + "-token context; shorten it or use a larger context"};
+        }
+        chat->history = turns;
+
+        auto started             = std::chrono::steady_clock::now();
+        result.prompt_tokens     = static_cast<int32_t>(prompt.size());
+        result.prompt_evaluated  = static_cast<int32_t>(chat->prefill(prompt));
+        double prompt_seconds    = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        result.prompt_tokens_per_second = prompt_seconds > 0 ? result.prompt_evaluated / prompt_seconds : 0.0;
+
+        std::unique_ptr<llama_sampler, decltype(&llama_sampler_free)> sampler(chat->sampler(prompt), llama_sampler_free);
+        started = std::chrono::steady_clock::now();
+        result.stop_reason = 1;
+        while (true) {
+            if (chat->cancelled.load()) throw Failure{FOX_ERROR_CANCELLED, "cancelled"};
+            llama_token token = llama_sampler_sample(sampler.get(), chat->ctx, -1);
+            if (model->stop_ids.count(token) != 0) {
+                result.stop_reason = 0;
+                break;
+            }
+            llama_sampler_accept(sampler.get(), token);
+            chat->last_reply.push_back(token);
+            result.generated_tokens++;
+            emit(utf8.push(token_text(model->vocab, token, false)));
+            if (result.generated_tokens >= chat->params.max_tokens) break;
+            if (static_cast<int32_t>(chat->cached.size()) + 1 > n_ctx) {
+                result.stop_reason = 2;
+                break;
+            }
+            std::vector<llama_token> next = chat->cached;
+            next.push_back(token);
+            chat->decode_from(next, chat->cached.size());
+        }
+        double seconds           = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        result.tokens_per_second = seconds > 0 ? result.generated_tokens / seconds : 0.0;
+    } catch (const Failure & failure) {
+        status = failure.status;
+        if (status == FOX_ERROR_CANCELLED) {
+            result.stop_reason = 3;
+        } else {
+            set_error(error, error_size, failure.message);
+        }
+    } catch (const std::exception & exc) {
+        status = FOX_ERROR_DECODE;
+        set_error(error, error_size, exc.what());
+    }
+    emit(utf8.flush());
+    if (status == FOX_OK || status == FOX_ERROR_CANCELLED) {  // a cancelled reply is kept as far as it got
+        chat->history.push_back(fox_chat::message("user", message));
+        chat->history.push_back(fox_chat::message("assistant", reply));
+    }
+    if (status == FOX_ERROR_CANCELLED) set_error(error, error_size, "cancelled");
+    if (stats != nullptr) *stats = result;
+    return status;
+}
+
+int32_t fox_performance_cores(const char * sysfs_cpu) {
+    std::string root = sysfs_cpu != nullptr ? sysfs_cpu : "/sys/devices/system/cpu";
+    std::vector<long long> capacities;
+    DIR * dir = opendir(root.c_str());
+    if (dir != nullptr) {
+        while (dirent * entry = readdir(dir)) {
+            std::string name = entry->d_name;
+            if (name.rfind("cpu", 0) != 0 || name.size() < 4 || name.find_first_not_of("0123456789", 3) != std::string::npos) continue;
+            long long value = -1;
+            for (const char * file : {"/cpu_capacity", "/cpufreq/cpuinfo_max_freq"}) {
+                std::ifstream in(root + "/" + name + file);
+                if (in >> value) break;
+                value = -1;
+            }
+            capacities.push_back(value);
+        }
+        closedir(dir);
+    }
+    long long highest = capacities.empty() ? -1 : *std::max_element(capacities.begin(), capacities.end());
+    if (highest <= 0) {  // no topology to read: every core this process may use
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        return static_cast<int32_t>(std::max(1L, online));
+    }
+    // Performance cores: within 80 % of the fastest (a 1+3+4 phone's prime and big cores, a laptop's all).
+    auto count = std::count_if(capacities.begin(), capacities.end(), [&](long long c) { return c >= highest * 8 / 10; });
+    return static_cast<int32_t>(std::max<long>(1, count));
+}
+
+}  // extern "C"

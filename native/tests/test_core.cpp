@@ -1,0 +1,259 @@
+// The native core's tests. They read what the Python side wrote (tests/test_native.py): bundles, template
+// renderings by fox-edge's Jinja (golden files), greedy tokens of fox-edge's Python runner, fake sysfs trees.
+//
+//     fox_edge_tests SPEC.json        prints one line per check and "N passed, N failed"; exit 1 on any failure
+
+#include "fox_edge.h"
+#include "utf8.h"
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+using json = nlohmann::json;
+
+static int passed = 0, failed = 0;
+
+static void check(bool ok, const std::string & name, const std::string & detail = "") {
+    if (ok) {
+        passed++;
+        std::printf("ok   %s\n", name.c_str());
+    } else {
+        failed++;
+        std::printf("FAIL %s: %s\n", name.c_str(), detail.c_str());
+    }
+    std::fflush(stdout);
+}
+
+static bool valid_utf8(const std::string & s) {
+    for (size_t i = 0; i < s.size();) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (n == 0 || i + n > s.size()) return false;
+        for (size_t k = 1; k < n; k++) {
+            if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+        }
+        i += n;
+    }
+    return true;
+}
+
+static fox_model * open(const std::string & bundle, std::string & error) {
+    fox_model * model = nullptr;
+    char buffer[512] = "";
+    fox_status status = fox_model_open(bundle.c_str(), fox_model_default_params(), &model, buffer, sizeof buffer);
+    error = buffer;
+    return status == FOX_OK ? model : nullptr;
+}
+
+struct Collected {
+    std::string text;
+    std::vector<std::string> pieces;
+};
+
+static void collect(const char * text, size_t length, void * data) {
+    auto * c = static_cast<Collected *>(data);
+    c->pieces.emplace_back(text, length);
+    c->text.append(text, length);
+}
+
+static void test_templates(const json & cases) {
+    for (const json & c : cases) {
+        std::string error;
+        fox_model * model = open(c["bundle"], error);
+        if (model == nullptr) {
+            check(false, "template " + c["name"].get<std::string>(), error);
+            continue;
+        }
+        std::vector<std::string> roles, contents;
+        for (const json & m : c["messages"]) {
+            roles.push_back(m[0]);
+            contents.push_back(m[1]);
+        }
+        std::vector<fox_message> messages;
+        for (size_t i = 0; i < roles.size(); i++) messages.push_back({roles[i].c_str(), contents[i].c_str()});
+        char buffer[512] = "";
+        int64_t n = fox_model_render_chat(model, messages.data(), messages.size(), c["add_generation_prompt"], nullptr, 0, buffer, sizeof buffer);
+        std::string rendered(n > 0 ? static_cast<size_t>(n) + 1 : 1, '\0');
+        fox_model_render_chat(model, messages.data(), messages.size(), c["add_generation_prompt"], rendered.data(), rendered.size(), nullptr, 0);
+        rendered.resize(n > 0 ? static_cast<size_t>(n) : 0);
+        std::string expected = c["expected"];
+        check(n >= 0 && rendered == expected, "template " + c["name"].get<std::string>() + " byte for byte",
+              n < 0 ? std::string(buffer) : "got:\n" + rendered + "\nexpected:\n" + expected);
+        fox_model_close(model);
+    }
+}
+
+static void test_greedy(const json & cases) {
+    for (const json & c : cases) {
+        std::string error, name = "greedy " + c["name"].get<std::string>();
+        fox_model * model = open(c["bundle"], error);
+        if (model == nullptr) {
+            check(false, name, error);
+            continue;
+        }
+        fox_chat_params params = fox_chat_default_params(model);
+        params.temperature     = 0.0f;
+        params.repeat_penalty  = 1.0f;
+        params.max_tokens      = c["max_tokens"];
+        std::string system     = c["system"];
+        params.system_prompt   = system.empty() ? nullptr : system.c_str();
+        fox_chat * chat        = nullptr;
+        char buffer[512]       = "";
+        if (fox_chat_new(model, params, &chat, buffer, sizeof buffer) != FOX_OK) {
+            check(false, name, buffer);
+            fox_model_close(model);
+            continue;
+        }
+        for (size_t turn = 0; turn < c["turns"].size(); turn++) {
+            std::string message = c["turns"][turn];
+            Collected collected;
+            fox_chat_stats stats{};
+            fox_status status = fox_chat_send(chat, message.c_str(), collect, &collected, &stats, buffer, sizeof buffer);
+            std::vector<int32_t> tokens(fox_chat_last_tokens(chat, nullptr, 0));
+            fox_chat_last_tokens(chat, tokens.data(), tokens.size());
+            std::vector<int32_t> expected = c["expected"][turn];
+            check(status == FOX_OK && tokens == expected, name + " turn " + std::to_string(turn + 1) + " tokens equal the Python runner's",
+                  status != FOX_OK ? std::string(buffer) : "got " + json(tokens).dump() + ", expected " + json(expected).dump());
+            if (turn > 0) {  // the KV cache is kept across turns: only the new part of the conversation is computed
+                check(stats.prompt_evaluated < stats.prompt_tokens, name + " turn " + std::to_string(turn + 1) + " reuses the KV cache",
+                      std::to_string(stats.prompt_evaluated) + " of " + std::to_string(stats.prompt_tokens) + " evaluated");
+            }
+            check(valid_utf8(collected.text), name + " streams valid UTF-8");
+            check(stats.tokens_per_second > 0 && stats.prompt_tokens_per_second > 0, name + " reports tokens/s");
+        }
+        fox_chat_free(chat);
+        fox_model_close(model);
+    }
+}
+
+static void test_utf8(const json & spec) {
+    std::string text = spec["text"];
+    for (size_t split = 1; split <= 4; split++) {  // bytes arriving in pieces of 1..4, cutting characters anywhere
+        fox::Utf8Stream stream;
+        std::string joined;
+        bool every_piece_valid = true;
+        for (size_t i = 0; i < text.size(); i += split) {
+            std::string piece = stream.push(text.substr(i, split));
+            every_piece_valid = every_piece_valid && valid_utf8(piece);
+            joined += piece;
+        }
+        joined += stream.flush();
+        check(every_piece_valid && joined == text, "utf8 stream of " + std::to_string(split) + "-byte pieces is whole characters only");
+    }
+    fox::Utf8Stream cut;
+    std::string out = cut.push(text.substr(0, text.size() - 1));  // ends mid-character (the CJK last byte is missing)
+    check(valid_utf8(out) && valid_utf8(cut.flush()), "utf8 an incomplete ending becomes U+FFFD, never half a character");
+}
+
+static void test_cancel(const json & spec) {
+    std::string error;
+    fox_model * model = open(spec["bundle"], error);
+    if (model == nullptr) return check(false, "cancel", error);
+    fox_chat_params params = fox_chat_default_params(model);
+    params.max_tokens      = 100000;
+    params.temperature     = 1.0f;
+    params.seed            = 1;
+    fox_chat * chat        = nullptr;
+    fox_chat_new(model, params, &chat, nullptr, 0);
+    struct State {
+        fox_chat * chat;
+        std::atomic<int> pieces{0};
+        std::atomic<int> after_cancel{0};
+        std::atomic<bool> requested{false};
+    } state{chat};
+    auto on_text = [](const char *, size_t, void * data) {
+        auto * s = static_cast<State *>(data);
+        s->pieces++;
+        if (s->requested.load()) s->after_cancel++;
+    };
+    std::thread canceller([&state] {
+        while (state.pieces.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        state.requested.store(true);
+        fox_chat_cancel(state.chat);  // from another thread
+    });
+    fox_chat_stats stats{};
+    fox_status status = fox_chat_send(chat, "Tell me a long story.", on_text, &state, &stats, nullptr, 0);
+    canceller.join();
+    check(status == FOX_ERROR_CANCELLED && stats.stop_reason == 3, "cancel from another thread ends the reply");
+    check(state.after_cancel.load() <= 1, "cancel stops within one token", std::to_string(state.after_cancel.load()) + " pieces after cancel");
+    Collected again;
+    params.max_tokens = 4;
+    fox_status next = fox_chat_send(chat, "And now?", collect, &again, nullptr, nullptr, 0);
+    check(next == FOX_OK, "the chat goes on after a cancel");
+    fox_chat_free(chat);
+    fox_model_close(model);
+}
+
+static void test_overflow(const json & spec) {
+    std::string error;
+    fox_model * model = open(spec["bundle"], error);
+    if (model == nullptr) return check(false, "overflow", error);
+    fox_chat_params params = fox_chat_default_params(model);
+    params.n_ctx           = spec["n_ctx"];
+    params.max_tokens      = 8;
+    params.temperature     = 0.0f;
+    fox_chat * chat        = nullptr;
+    fox_chat_new(model, params, &chat, nullptr, 0);
+    int dropped = 0;
+    bool all_ok = true;
+    for (const json & message : spec["messages"]) {
+        fox_chat_stats stats{};
+        std::string text = message;
+        all_ok = all_ok && fox_chat_send(chat, text.c_str(), nullptr, nullptr, &stats, nullptr, 0) == FOX_OK;
+        dropped += stats.dropped_turns;
+    }
+    check(all_ok && dropped > 0, "overflow drops the oldest turns and goes on", std::to_string(dropped) + " turns dropped");
+    std::string huge(20000, 'x');
+    char buffer[512] = "";
+    check(fox_chat_send(chat, huge.c_str(), nullptr, nullptr, nullptr, buffer, sizeof buffer) == FOX_ERROR_CONTEXT, "a message longer than the context alone is refused", buffer);
+    fox_chat_free(chat);
+    fox_model_close(model);
+}
+
+static void test_bundles(const json & spec) {
+    std::string error;
+    fox_model * model = open(spec["good"], error);
+    char buffer[512] = "";
+    check(model != nullptr && fox_model_verify(model, buffer, sizeof buffer) == FOX_OK, "verify a good bundle", error + buffer);
+    fox_model_close(model);
+    model = open(spec["flipped_byte"], error);
+    check(model != nullptr && fox_model_verify(model, buffer, sizeof buffer) == FOX_ERROR_INTEGRITY, "verify finds a flipped byte", buffer);
+    fox_model_close(model);
+    for (const json & damaged : spec["refused"]) {
+        fox_model * refused = nullptr;
+        fox_status status = fox_model_open(damaged[0].get<std::string>().c_str(), fox_model_default_params(), &refused, buffer, sizeof buffer);
+        check(status == FOX_ERROR_BUNDLE && refused == nullptr, "open refuses " + damaged[1].get<std::string>(), buffer);
+    }
+}
+
+static void test_threads(const json & cases) {
+    for (const json & c : cases) {
+        int32_t n = fox_performance_cores(c["sysfs"].get<std::string>().c_str());
+        check(n == c["expected"].get<int32_t>(), "performance cores of " + c["name"].get<std::string>(), std::to_string(n));
+    }
+}
+
+int main(int argc, char ** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: fox_edge_tests SPEC.json\n");
+        return 2;
+    }
+    std::ifstream in(argv[1]);
+    json spec = json::parse(in);
+    if (spec.contains("templates")) test_templates(spec["templates"]);
+    if (spec.contains("greedy")) test_greedy(spec["greedy"]);
+    if (spec.contains("utf8")) test_utf8(spec["utf8"]);
+    if (spec.contains("cancel")) test_cancel(spec["cancel"]);
+    if (spec.contains("overflow")) test_overflow(spec["overflow"]);
+    if (spec.contains("bundles")) test_bundles(spec["bundles"]);
+    if (spec.contains("threads")) test_threads(spec["threads"]);
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,144 @@
+"""The native core (native/, fox_edge.h) built here and tested against what the Python side writes: template
+renderings byte for byte, the Python runner's greedy tokens, UTF-8 streaming, cancel, overflow, bundle checks and
+the performance cores of fake sysfs trees. The C++ test program (native/tests/test_core.cpp) reads the spec."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fox_edge.bundle import make_bundle
+from fox_edge.runner import open_runner
+from fox_edge.template import render
+
+CONVERSATIONS = {
+    "one turn": [["user", "Hello!"]],
+    "system and two turns": [
+        ["system", "You are concise."],
+        ["user", "Hi"],
+        ["assistant", "Hello. How can I help?"],
+        ["user", "Name a fox."],
+    ],
+    "unicode": [["user", "héllo 🦊 世界"], ["assistant", "¡Hola! 🦊"], ["user", "Ça va?\nOui."]],
+}
+TURNS = ["Hello, who are you?", "Tell me about the castle.", "And then?"]
+# Fake /sys/devices/system/cpu trees: cpu index -> (cpuinfo_max_freq in kHz, cpu_capacity or None)
+TOPOLOGIES = {
+    "1+3+4 phone": ({i: (1_800_000, None) for i in range(4)} | {i: (2_800_000, None) for i in range(4, 7)} | {7: (3_200_000, None)}, 4),
+    "4+4 phone": ({i: (1_800_000, None) for i in range(4)} | {i: (2_400_000, None) for i in range(4, 8)}, 4),
+    "1+3+4 phone with cpu_capacity": ({i: (0, 380) for i in range(4)} | {i: (0, 870) for i in range(4, 7)} | {7: (0, 1024)}, 4),
+    "laptop": ({i: (4_000_000, None) for i in range(8)}, 8),
+}
+
+
+def fake_sysfs(folder: Path, cores: dict) -> Path:
+    for index, (frequency, capacity) in cores.items():
+        cpu = folder / f"cpu{index}"
+        (cpu / "cpufreq").mkdir(parents=True)
+        if frequency:
+            (cpu / "cpufreq" / "cpuinfo_max_freq").write_text(f"{frequency}\n")
+        if capacity:
+            (cpu / "cpu_capacity").write_text(f"{capacity}\n")
+    (folder / "cpufreq").mkdir()  # sysfs holds other entries beside the cpuN folders
+    (folder / "online").write_text("0-7\n")
+    return folder
+
+
+def edit_manifest(bundle: Path, copy: Path, change) -> Path:
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def template_cases(bundle: Path, name: str) -> list[dict]:
+    with open_runner(bundle) as runner:
+        bos, eos = runner.token_text(runner.bos_id), runner.token_text(runner.eos_id)
+        template = runner.chat_template
+    cases = []
+    for label, messages in CONVERSATIONS.items():
+        for add in (True, False):
+            expected = render(template, [{"role": r, "content": c} for r, c in messages], bos, eos, add_generation_prompt=add)
+            cases.append({"name": f"{name} {label}{'' if add else ' (no generation prompt)'}", "bundle": str(bundle), "messages": messages,
+                          "add_generation_prompt": add, "expected": expected})  # fmt: skip
+    return cases
+
+
+def greedy_case(bundle: Path, name: str, system: str = "") -> dict:
+    """The Python runner's greedy replies over a multi-turn conversation (KV cache kept, as the core keeps it)."""
+    from fox_edge.chat import ChatSession
+    from fox_edge.sampling import SamplingParams
+
+    expected = []
+    with open_runner(bundle) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(max_tokens=16), system or None)
+        for turn in TURNS:
+            "".join(session.send(turn))
+            expected.append(session.last_stats.tokens)
+    return {"name": name, "bundle": str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
+
+
+def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
+    from fox_edge.testing.native import build_core
+
+    core = build_core()
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec, ensure_ascii=False))
+    return subprocess.run([str(core / "fox_edge_tests"), str(path)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_gguf, tmp_path_factory):
+    return make_bundle(tiny_gguf["f16"], tmp_path_factory.mktemp("native") / "tiny-bundle").folder
+
+
+def test_native_core_on_the_tiny_bundle(tiny_bundle, tmp_path):
+    bundle = tiny_bundle
+    flipped = shutil.copytree(bundle, tmp_path / "flipped")
+    data = bytearray((flipped / "model.gguf").read_bytes())
+    data[len(data) // 2] ^= 1
+    (flipped / "model.gguf").write_bytes(bytes(data))
+    truncated = shutil.copytree(bundle, tmp_path / "truncated")
+    (truncated / "model.gguf").write_bytes((bundle / "model.gguf").read_bytes()[:4096])
+    missing = shutil.copytree(bundle, tmp_path / "missing")
+    (missing / "model.gguf").unlink()
+    spec = {
+        "templates": template_cases(bundle, "Fox-1"),
+        "greedy": [greedy_case(bundle, "tiny Fox-1"), greedy_case(bundle, "tiny Fox-1 with a system prompt", "Be brief.")],
+        "utf8": {"text": "héllo 🦊 世界"},
+        "cancel": {"bundle": str(edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0])))},
+        "overflow": {
+            "bundle": str(bundle),
+            "n_ctx": 128,
+            "messages": [f"Message {i}: " + "the castle stood on the hill " * 4 for i in range(8)],
+        },
+        "bundles": {
+            "good": str(bundle),
+            "flipped_byte": str(flipped),
+            "refused": [
+                [str(truncated), "a cut-short model"],
+                [str(missing), "a missing model"],
+                [str(edit_manifest(bundle, tmp_path / "v99", lambda m: m.update(schema_version=99))), "an unknown schema version"],
+            ],
+        },
+        "threads": [
+            {"name": name, "sysfs": str(fake_sysfs(tmp_path / name.replace(" ", "_"), cores)), "expected": expected}
+            for name, (cores, expected) in TOPOLOGIES.items()
+        ],  # fmt: skip
+    }
+    result = run_core(spec, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
+
+
+@pytest.mark.slow
+def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
+    """SmolLM2's ChatML template (Jinja with loops and conditionals) and its greedy replies, as the Python side makes them."""
+    bundle = make_bundle(smollm2_gguf, tmp_path / "smollm2").folder
+    result = run_core({"templates": template_cases(bundle, "SmolLM2"), "greedy": [greedy_case(bundle, "SmolLM2")]}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
