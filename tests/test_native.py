@@ -5,6 +5,8 @@ the performance cores of fake sysfs trees. The C++ test program (native/tests/te
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,7 +58,7 @@ def edit_manifest(bundle: Path, copy: Path, change) -> Path:
     return copy
 
 
-def template_cases(bundle: Path, name: str) -> list[dict]:
+def template_cases(bundle: Path, name: str, at: str | None = None) -> list[dict]:
     with open_runner(bundle) as runner:
         bos, eos = runner.token_text(runner.bos_id), runner.token_text(runner.eos_id)
         template = runner.chat_template
@@ -64,12 +66,12 @@ def template_cases(bundle: Path, name: str) -> list[dict]:
     for label, messages in CONVERSATIONS.items():
         for add in (True, False):
             expected = render(template, [{"role": r, "content": c} for r, c in messages], bos, eos, add_generation_prompt=add)
-            cases.append({"name": f"{name} {label}{'' if add else ' (no generation prompt)'}", "bundle": str(bundle), "messages": messages,
+            cases.append({"name": f"{name} {label}{'' if add else ' (no generation prompt)'}", "bundle": at or str(bundle), "messages": messages,
                           "add_generation_prompt": add, "expected": expected})  # fmt: skip
     return cases
 
 
-def greedy_case(bundle: Path, name: str, system: str = "") -> dict:
+def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None) -> dict:
     """The Python runner's greedy replies over a multi-turn conversation (KV cache kept, as the core keeps it)."""
     from fox_edge.chat import ChatSession
     from fox_edge.sampling import SamplingParams
@@ -80,7 +82,7 @@ def greedy_case(bundle: Path, name: str, system: str = "") -> dict:
         for turn in TURNS:
             "".join(session.send(turn))
             expected.append(session.last_stats.tokens)
-    return {"name": name, "bundle": str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
+    return {"name": name, "bundle": at or str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
 
 
 def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
@@ -142,3 +144,28 @@ def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
     bundle = make_bundle(smollm2_gguf, tmp_path / "smollm2").folder
     result = run_core({"templates": template_cases(bundle, "SmolLM2"), "greedy": [greedy_case(bundle, "SmolLM2")]}, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64" or os.geteuid() != 0, reason="emulates ARM64 on x86-64 and needs root (mounts, chroot)")
+def test_native_core_under_qemu(trained_tiny_fox1, tmp_path):
+    """The core cross-compiled for armv8-a, on an emulated cortex-a76 (dotprod) and cortex-a53 (plain NEON): the
+    x86-64 Python runner's greedy tokens and template renderings, UTF-8 streaming and cancel. The trained tiny
+    Fox-1: the random-weight one has near-ties that ARM's and x86's float summation orders resolve differently."""
+    from fox_edge.converters.gguf import convert_to_gguf
+    from fox_edge.testing.arm64 import CPUS, run_native_tests
+
+    gguf = convert_to_gguf(trained_tiny_fox1, tmp_path / "trained.f16.gguf").output
+    bundle = make_bundle(gguf, tmp_path / "trained-bundle").folder
+    endless = edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0]))
+    spec = {
+        "templates": template_cases(bundle, "Fox-1", at="/work/trained-bundle"),
+        "greedy": [greedy_case(bundle, "trained tiny Fox-1", at="/work/trained-bundle")],
+        "utf8": {"text": "héllo 🦊 世界"},
+        "cancel": {"bundle": "/work/endless"},
+    }
+    results = run_native_tests(spec, [bundle, endless])
+    for cpu in CPUS:
+        result = results[cpu]
+        assert result.returncode == 0, (cpu, result.stdout[-3000:], result.stderr[-2000:])
+        assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), cpu

@@ -138,6 +138,71 @@ def install_wheels(cache: Path, root: Path) -> Path:
     return site
 
 
+def toolchain_file(cache: Path) -> Path:
+    toolchain = cache / "aarch64.cmake"
+    toolchain.write_text(
+        "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
+        "set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)\nset(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)\n"
+        "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
+        "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\nset(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n"
+    )
+    return toolchain
+
+
+# The flags of every ARM64 build: no -march=native, and the armv8-a baseline (no dotprod, no i8mm).
+ARM_BASELINE = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF"]
+
+
+def build_native_core(cache: Path) -> Path:
+    """The native core (native/) and its test program cross-compiled for armv8-a; the build folder persists, so
+    a change to native/ recompiles only the core."""
+    from fox_edge.testing.assets import llama_cpp_source
+    from fox_edge.testing.native import NATIVE
+
+    release = importlib.metadata.version("llama-cpp-python")
+    build = cache / f"native-build-{release}"
+    started = time.monotonic()
+    for command in (
+        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache)}", "-DCMAKE_BUILD_TYPE=Release",
+         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", *ARM_BASELINE],
+        ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", str(os.cpu_count() or 2)],
+    ):  # fmt: skip
+        run(command)
+    log(f"native core for armv8-a ready in {time.monotonic() - started:.0f} s")
+    return build
+
+
+def run_native_tests(spec: dict, files: list[Path]) -> dict[str, subprocess.CompletedProcess]:
+    """native/tests/test_core.cpp under each emulated CPU, on `spec` (whose paths name `files` as /work/NAME)."""
+    cache = cache_dir() / "arm64"
+    cache.mkdir(parents=True, exist_ok=True)
+    ensure_tools()
+    root = make_root(cache)
+    build = build_native_core(cache)
+    target = root / "opt" / "native"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in ("fox_edge_tests", "libfox_edge.so"):
+        shutil.copy2(build / name, target / name)
+    inside = root / "work"
+    shutil.rmtree(inside, ignore_errors=True)
+    inside.mkdir()
+    for file in files:
+        (shutil.copytree if file.is_dir() else shutil.copyfile)(file, inside / file.name)
+    (inside / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))
+    results = {}
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/native"}
+    with mounted(root):
+        for cpu in CPUS:
+            results[cpu] = subprocess.run(
+                [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/opt/native/fox_edge_tests", "/work/spec.json"],
+                env={**env, "QEMU_CPU": cpu}, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            log(f"native core tests on an emulated {cpu}: exit {results[cpu].returncode}")
+    shutil.rmtree(inside, ignore_errors=True)
+    return results
+
+
 def build_llama_cpp(cache: Path) -> Path:
     """libllama and libggml for armv8-a, from the llama.cpp the installed llama-cpp-python vendors."""
     from fox_edge.testing.assets import llama_cpp_source
@@ -150,17 +215,11 @@ def build_llama_cpp(cache: Path) -> Path:
     build = cache / "llama-build"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
-    toolchain = build / "aarch64.cmake"
-    toolchain.write_text(
-        "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
-        "set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)\nset(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)\n"
-        "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
-        "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\nset(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n"
-    )
+    toolchain = toolchain_file(cache)
     log(f"cross-compiling llama.cpp (llama-cpp-python {release}) for armv8-a: about 5 minutes on 2 cores, once")
     started = time.monotonic()
     run(["cmake", "-S", str(source), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
-         "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF", "-DLLAMA_CURL=OFF",
+         "-DBUILD_SHARED_LIBS=ON", *ARM_BASELINE, "-DLLAMA_CURL=OFF",
          "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
          "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF"])  # fmt: skip
     run(["cmake", "--build", str(build), "--target", "llama", "-j", str(os.cpu_count() or 2)])
