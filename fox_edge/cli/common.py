@@ -115,6 +115,18 @@ def phase_bar(phase: str):
     return progress_bar(phase, in_bytes=phase == "converting")
 
 
+def show_check(report, model: Path) -> None:
+    """The accuracy report of a model just written; a FAIL exits 1 (the model and its report stay)."""
+    from fox_edge.check import format_report
+
+    if report is None:
+        return
+    typer.echo(format_report(report))
+    if not report.passed:
+        say(f"error: {model} fails its accuracy check (the model and its report are kept; see above)")
+        raise typer.Exit(1)
+
+
 def read_chat_template(path: Path | None) -> str | None:
     from fox_edge.template import read_template_file
 

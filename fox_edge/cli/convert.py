@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Threads, errors, phase_bar, read_chat_template, say
+from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Threads, errors, phase_bar, read_chat_template, say, show_check
 
 
 def convert(
@@ -44,7 +44,7 @@ def convert(
 ):
     """Convert a checkpoint to GGUF or ONNX, streaming tensor by tensor; quantized outputs are checked against the original."""
     with errors():
-        from fox_edge.check import CheckSettings, format_report
+        from fox_edge.check import CheckSettings
         from fox_edge.converters.onnx import OnnxOptions
         from fox_edge.pipeline import convert as convert_model
 
@@ -59,8 +59,4 @@ def convert(
             ort_format=ort_format, exporter=exporter, chat_template=read_chat_template(chat_template),
             check=CheckSettings(enabled=not no_check), threads=threads, progress=phase_bar, on_message=say,
         )  # fmt: skip
-        if result.check is not None:
-            typer.echo(format_report(result.check))
-            if not result.check.passed:
-                say(f"error: {output} fails its accuracy check (the model and its report are kept; see above)")
-                raise typer.Exit(1)
+        show_check(result.check, output)

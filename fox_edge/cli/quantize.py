@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import Calibration, EvalData, MaxKld, MaxPplRatio, MinTop1, NoCheck, Threads, errors, progress_bar, say
+from fox_edge.cli.common import Calibration, EvalData, MaxKld, MaxPplRatio, MinTop1, NoCheck, Threads, errors, progress_bar, say, show_check
 
 
 def quantize(
@@ -35,7 +35,7 @@ def quantize(
 ):
     """Quantize with llama.cpp, then check against the input (unless --no-check). Without --type: the smallest type that meets --max-kld / --min-top1."""
     with errors():
-        from fox_edge.check import CheckSettings, format_report
+        from fox_edge.check import CheckSettings
         from fox_edge.quantize import BudgetNotMet, quantize_to_budget
         from fox_edge.quantize import quantize as quantize_model
 
@@ -49,11 +49,7 @@ def quantize(
                     calibration=calibration, imatrix=imatrix, allow_requantize=allow_requantize, check=check,
                     on_message=say, progress=progress,
                 )  # fmt: skip
-            if result.check is not None:
-                typer.echo(format_report(result.check))
-                if not result.check.passed:
-                    say(f"error: {output} fails its accuracy check (the file and its report are kept; see above)")
-                    raise typer.Exit(1)
+            show_check(result.check, output)
             return
         try:
             with progress_bar("searching", in_bytes=False) as progress:
