@@ -199,6 +199,10 @@ CASES = {
         ["generate", "{work}/vocab.gguf", "-p", "hi"], ("only a vocabulary",),
         lambda work: subprocess.run([sys.executable, "-m", "fox_edge.cli", "convert", str(work / "ckpt"), "--vocab-only", "-o", str(work / "vocab.gguf")], check=True, capture_output=True),
     ),
+    "GGUF missing a tensor: llama.cpp's own reason": Case(
+        ["generate", "{gguf}", "-p", "hi"], ("token_embd.weight",),
+        lambda work: (work / "model.gguf").write_bytes((work / "model.gguf").read_bytes().replace(b"token_embd.weight", b"token_embx.weight", 1)),
+    ),
     # valid input: exit 0
     "a template that does not render is converted with a warning": Case(
         ["convert", "{ckpt}", "-o", "{work}/o.gguf"], (), lambda work: edit_json(work / "ckpt" / "tokenizer_config.json", lambda c: c.update(chat_template="{{ raise_exception('no') }}")),
