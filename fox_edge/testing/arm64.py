@@ -157,10 +157,11 @@ def build_native_core(cache: Path) -> Path:
     """The native core (native/) and its test program cross-compiled for armv8-a; the build folder persists, so
     a change to native/ recompiles only the core."""
     from fox_edge.testing.assets import llama_cpp_source
-    from fox_edge.testing.native import NATIVE
+    from fox_edge.testing.native import NATIVE, adopt_build_folder
 
     release = importlib.metadata.version("llama-cpp-python")
     build = cache / f"native-build-{release}"
+    adopt_build_folder(build)
     started = time.monotonic()
     for command in (
         ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache)}", "-DCMAKE_BUILD_TYPE=Release",

@@ -10,6 +10,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,15 @@ def sources_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def adopt_build_folder(build: Path) -> None:
+    """A persistent build folder configured from another checkout of fox-edge (CI clones anew each time): forget
+    that configuration, keeping the compiled llama.cpp objects, whose sources have not moved."""
+    cache = build / "CMakeCache.txt"
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={NATIVE}\n" not in cache.read_text():
+        cache.unlink()
+        shutil.rmtree(build / "CMakeFiles", ignore_errors=True)
+
+
 def build_core() -> Path:
     """The build folder holding libfox_edge.so and fox_edge_tests for this machine. The build folder persists, so a
     change to native/ recompiles only the core; llama.cpp is compiled once per llama-cpp-python version."""
@@ -37,6 +47,7 @@ def build_core() -> Path:
     if stamp.is_file() and stamp.read_text() == sources_hash() and (build / "fox_edge_tests").is_file():
         return build
     source = llama_cpp_source()
+    adopt_build_folder(build)
     jobs = str(os.cpu_count() or 2)
     for command in (
         ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
