@@ -51,7 +51,6 @@ LOGITS_TO_KEEP = "logits_to_keep"  # fox-edge's overridable input: logits for th
 class ModelFormat:
     name: str  # what `fox-edge info --json` and the errors call it
     description: str  # how a user would recognise it
-    backend: str  # the runtime that runs it
     recognise: Callable[[Path], bool]
 
 
@@ -79,13 +78,11 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-GGUF = ModelFormat(name="gguf", description="a GGUF file", backend="llama.cpp", recognise=is_gguf)
-ONNX = ModelFormat(
-    name="onnx", description="an ONNX model folder", backend="onnxruntime", recognise=lambda path: onnx_folder(path) is not None
-)
-BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", backend="the bundle's", recognise=is_bundle)
+GGUF = ModelFormat(name="gguf", description="a GGUF file", recognise=is_gguf)
+ONNX = ModelFormat(name="onnx", description="an ONNX model folder", recognise=lambda path: onnx_folder(path) is not None)
+BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", recognise=is_bundle)
 # The source of every conversion; runners open it too, on PyTorch, as the accuracy check's reference.
-CHECKPOINT = ModelFormat(name="checkpoint", description="a Hugging Face checkpoint folder", backend="pytorch", recognise=is_checkpoint)
+CHECKPOINT = ModelFormat(name="checkpoint", description="a Hugging Face checkpoint folder", recognise=is_checkpoint)
 # What fox-edge writes and runs, in the order they are tried (an ONNX folder holds a config.json too, so
 # the checkpoint comes last).
 MODEL_FORMATS = (GGUF, ONNX, BUNDLE)
