@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fox_edge import __version__
 from fox_edge.backends.base import ModelShape
-from fox_edge.check import CheckSettings, load_report, precision_of
+from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify, onnx_folder
@@ -98,8 +98,8 @@ def make_bundle(
     if backend not in BACKENDS:
         raise FoxEdgeError(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")
     settings = TARGETS[target]
-    from_checkpoint = not Path(source).exists() and is_hub_id(str(source))
-    kind = CHECKPOINT if from_checkpoint else identify(source, (GGUF, ONNX, CHECKPOINT))
+    hub_id = not Path(source).exists() and is_hub_id(str(source))
+    kind = CHECKPOINT if hub_id else identify(source, (GGUF, ONNX, CHECKPOINT))
     if kind is not CHECKPOINT and (quant or precision):
         raise FoxEdgeError(f"{source} is already converted; --quant and --precision apply when bundling a checkpoint")
     output = check_writable(output, folder=True, inputs=[source], source_folders=[local_folder(source)])
@@ -125,7 +125,8 @@ def make_bundle(
                 progress=progress, on_message=on_message,
             )  # fmt: skip
             report = json.loads(result.check.to_json()) if result.check is not None else None
-            (model / "check.json" if model.is_dir() else Path(f"{model}.check.json")).unlink(missing_ok=True)
+            sidecar_path(model).unlink(missing_ok=True)  # the manifest carries the report
+            _refuse_failed(report, source, allow_failed_check)
         else:
             report = load_report(source)
             _refuse_failed(report, source, allow_failed_check)
@@ -134,11 +135,12 @@ def make_bundle(
             if kind is GGUF:
                 shutil.copyfile(source, model)
             else:
-                shutil.copytree(onnx_folder(Path(source)), model, ignore=shutil.ignore_patterns("check.json", ".*"))
-        _refuse_failed(report, source, allow_failed_check)
+                folder_in = onnx_folder(Path(source))
+                shutil.copytree(folder_in, model, ignore=shutil.ignore_patterns(sidecar_path(folder_in).name, ".*"))
         if report is None:
             warn(f"{source} has no stored accuracy check; the manifest says so (run `fox-edge check` and bundle again to carry one)")
-        manifest = _manifest(folder, model, source, target, settings, context, chat_template, report, allow_failed_check, warn)
+        source_name = str(source) if hub_id else Path(source).resolve().name  # never the user's folder layout
+        manifest = _manifest(folder, model, source_name, target, settings, context, chat_template, report, allow_failed_check, warn)
         (folder / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         (folder / BUNDLE_README).write_text(_readme(manifest, settings))
         problems = schema_problems(manifest)
@@ -177,8 +179,8 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": {
-                "name": runner.metadata.get("general.name") or Path(str(source)).name,
-                "source": str(source) if is_hub_id(str(source)) and not Path(source).exists() else Path(source).resolve().name,
+                "name": runner.metadata.get("general.name") or source,
+                "source": source,
                 "license": runner.metadata.get("general.license"),
                 "architecture": runner.metadata.get("general.architecture", "llama"),
             },
@@ -249,17 +251,6 @@ def estimate_memory(*, weights_bytes: int, shape: ModelShape, n_vocab: int, n_ct
             "such as llama.cpp's repacked copy of Q4 weights"
         ),
     }
-
-
-def quant_type(runner) -> str | None:
-    if "fox_edge.precision" in runner.metadata:
-        return runner.metadata["fox_edge.precision"]
-    file_type = runner.metadata.get("general.file_type")
-    if file_type is None:
-        return None
-    import gguf
-
-    return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 @cache

@@ -125,19 +125,26 @@ def check_model(
 ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4"}
 
 
-def precision_of(runner: Runner) -> str:
-    """The precision class of a model, from its GGUF file type or the precision an ONNX conversion recorded."""
-    import gguf
-
+def quant_type(runner: Runner) -> str | None:
+    """What a model is stored as: the GGUF file type (Q4_K_M, F16, ...) or the precision an ONNX conversion recorded."""
     if "fox_edge.precision" in runner.metadata:
-        return ONNX_PRECISIONS.get(runner.metadata["fox_edge.precision"], runner.metadata["fox_edge.precision"])
-    from fox_edge.quant.gguf import QUANT_TYPES
-
+        return runner.metadata["fox_edge.precision"]
     file_type = runner.metadata.get("general.file_type")
     if file_type is None:
-        return "f16"
-    name = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    if name in ("F16", "BF16", "F32"):
+        return None
+    import gguf
+
+    return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def precision_of(runner: Runner) -> str:
+    """The precision class of a model (which bars apply), from its quant_type."""
+    from fox_edge.quant.gguf import QUANT_TYPES
+
+    name = quant_type(runner)
+    if "fox_edge.precision" in runner.metadata:
+        return ONNX_PRECISIONS.get(name, name)
+    if name is None or name in ("F16", "BF16", "F32"):
         return "f16"
     return QUANT_TYPES[name].precision if name in QUANT_TYPES else name
 

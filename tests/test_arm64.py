@@ -29,7 +29,7 @@ def test_arm64_runs_the_same_tokens_on_both_cpus(trained_tiny_fox1, tmp_path):
     models = [quantize(f16, tmp_path / f"tiny.{t}.gguf", t, check=CheckSettings(enabled=False)).file.output for t in ("Q8_0", "Q4_0")]
     models.append(convert_to_onnx(trained_tiny_fox1, tmp_path / "tiny-int4", OnnxOptions(precision="int4")).output)
     bundle = make_bundle(models[1], tmp_path / "bundle").folder
-    results = run_stage(models, bundle, tmp_path)
+    results = run_stage(models, bundle)
 
     assert {"cortex-a76", "cortex-a53"} <= set(CPUS)
     assert "asimddp" in results["cortex-a76"]["features"].split(" (absent")[0]  # the emulated CPUs are the ones asked for

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Terminated, Threads, errors, read_chat_template, sampling_options, say
+from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Terminated, Threads, errors, open_for_text, sampling_options, say
 from fox_edge.errors import FoxEdgeError
 
 
@@ -28,10 +28,11 @@ def chat(
     """Chat in the terminal. /reset starts over, /exit quits; end a line with \\ to continue it, or wrap a block in \"\"\"."""
     with errors():
         from fox_edge.chat import ChatSession
-        from fox_edge.runner import open_runner, sampling_params
 
-        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=read_chat_template(chat_template), device=device)
-        params = sampling_params(runner, {"max_tokens": 512}, max_tokens=max_tokens, **sampling)
+        runner, params = open_for_text(
+            model, ctx_size=ctx_size, threads=threads, chat_template=chat_template, device=device, sampling=sampling,
+            max_tokens=max_tokens, default_max=512,
+        )  # fmt: skip
         session = ChatSession(runner, params, system, on_message=say)
         say(
             f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "

@@ -127,6 +127,15 @@ def show_check(report, model: Path) -> None:
         raise typer.Exit(1)
 
 
+def open_for_text(model: Path, *, ctx_size, threads, chat_template: Path | None, device: str, sampling: dict, max_tokens, default_max: int):
+    """What chat and generate start with: the runner (the flags they share) and its sampling, the user's flags over
+    the model's defaults (a bundle's) over the command's."""
+    from fox_edge.runner import open_runner, sampling_params
+
+    runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=read_chat_template(chat_template), device=device)
+    return runner, sampling_params(runner, {"max_tokens": default_max}, max_tokens=max_tokens, **sampling)
+
+
 def read_chat_template(path: Path | None) -> str | None:
     from fox_edge.template import read_template_file
 

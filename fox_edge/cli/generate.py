@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Threads, errors, read_chat_template, sampling_options
+from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Threads, errors, open_for_text, sampling_options
 from fox_edge.errors import FoxEdgeError
 
 
@@ -35,12 +35,13 @@ def generate(
 ):
     """Generate from a prompt: only the generated text goes to stdout (for scripts)."""
     with errors():
-        from fox_edge.runner import chat_prompt, generate_tokens, open_runner, sampling_params, stream_text, text_prompt
+        from fox_edge.runner import chat_prompt, generate_tokens, stream_text, text_prompt
 
         text = read_stdin() if prompt == "-" else prompt
-        template = read_chat_template(chat_template)
-        runner = open_runner(model, n_ctx=ctx_size, n_threads=threads, chat_template=template, device=device)
-        params = sampling_params(runner, {"max_tokens": 256}, max_tokens=max_tokens, **sampling)
+        runner, params = open_for_text(
+            model, ctx_size=ctx_size, threads=threads, chat_template=chat_template, device=device, sampling=sampling,
+            max_tokens=max_tokens, default_max=256,
+        )  # fmt: skip
         tokens = chat_prompt(runner, [{"role": "user", "content": text}]) if chat else text_prompt(runner, text)
         for piece in stream_text(runner, generate_tokens(runner, tokens, params)):
             sys.stdout.write(piece)

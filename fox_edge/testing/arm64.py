@@ -175,32 +175,21 @@ def build_native_core(cache: Path) -> Path:
 
 def run_native_tests(spec: dict, files: list[Path]) -> dict[str, subprocess.CompletedProcess]:
     """native/tests/test_core.cpp under each emulated CPU, on `spec` (whose paths name `files` as /work/NAME)."""
-    cache = cache_dir() / "arm64"
-    cache.mkdir(parents=True, exist_ok=True)
-    ensure_tools()
-    root = make_root(cache)
+    cache, root = prepared_root()
     build = build_native_core(cache)
     target = root / "opt" / "native"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for name in ("fox_edge_tests", "libfox_edge.so"):
         shutil.copy2(build / name, target / name)
-    inside = root / "work"
-    shutil.rmtree(inside, ignore_errors=True)
-    inside.mkdir()
-    for file in files:
-        (shutil.copytree if file.is_dir() else shutil.copyfile)(file, inside / file.name)
-    (inside / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))
+    copy_in(root, files)
+    (root / "work" / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))
     results = {}
-    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/native"}
     with mounted(root):
         for cpu in CPUS:
-            results[cpu] = subprocess.run(
-                [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/opt/native/fox_edge_tests", "/work/spec.json"],
-                env={**env, "QEMU_CPU": cpu}, capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
+            results[cpu] = chrooted(root, cpu, ["/opt/native/fox_edge_tests", "/work/spec.json"], {"LD_LIBRARY_PATH": "/opt/native"})
             log(f"native core tests on an emulated {cpu}: exit {results[cpu].returncode}")
-    shutil.rmtree(inside, ignore_errors=True)
+    shutil.rmtree(root / "work", ignore_errors=True)
     return results
 
 
@@ -273,19 +262,41 @@ def mounted(root: Path) -> Iterator[None]:
                 subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-def in_root(root: Path, cpu: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {
-        "PATH": "/usr/bin:/bin", "HOME": "/root", "QEMU_CPU": cpu, "PYTHONPATH": "/opt/fox-edge:/opt/pylib",
-        "LLAMA_CPP_LIB_PATH": "/opt/fox-edge/llama_cpp/lib", "LD_LIBRARY_PATH": "/opt/fox-edge/llama_cpp/lib",
-        "FOX_EDGE_CACHE": "/tmp/fox-edge-cache", "PYTHONDONTWRITEBYTECODE": "1",
-    }  # fmt: skip
+PYTHON_ENV = {
+    "HOME": "/root", "PYTHONPATH": "/opt/fox-edge:/opt/pylib", "LLAMA_CPP_LIB_PATH": "/opt/fox-edge/llama_cpp/lib",
+    "LD_LIBRARY_PATH": "/opt/fox-edge/llama_cpp/lib", "FOX_EDGE_CACHE": "/tmp/fox-edge-cache", "PYTHONDONTWRITEBYTECODE": "1",
+}  # fmt: skip
+
+
+def chrooted(root: Path, cpu: str, command: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """`command` inside the root on an emulated `cpu` (qemu-user through binfmt_misc reads QEMU_CPU)."""
     return subprocess.run(
-        [shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/usr/bin/python3", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+        [shutil.which("chroot") or "/usr/sbin/chroot", str(root), *command],
+        env={"PATH": "/usr/bin:/bin", "QEMU_CPU": cpu, **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def in_root(root: Path, cpu: str, *args: str) -> subprocess.CompletedProcess:
+    """The root's Python with fox-edge and its dependencies."""
+    return chrooted(root, cpu, ["/usr/bin/python3", *args], PYTHON_ENV)
+
+
+def prepared_root() -> tuple[Path, Path]:
+    """(cache, root): the tools installed and binfmt enabled, the ARM64 root made (both cached)."""
+    cache = cache_dir() / "arm64"
+    cache.mkdir(parents=True, exist_ok=True)
+    ensure_tools()
+    return cache, make_root(cache)
+
+
+def copy_in(root: Path, files: list[Path]) -> list[str]:
+    """`files` (and folders) into the root's /work, emptied first; returns their paths as seen inside."""
+    inside = root / "work"
+    shutil.rmtree(inside, ignore_errors=True)
+    inside.mkdir()
+    for file in files:
+        (shutil.copytree if file.is_dir() else shutil.copyfile)(file, inside / file.name)
+    return [f"/work/{file.name}" for file in files]
 
 
 def greedy_tokens(models: list[str], threads: int = 2) -> dict[str, list[int]]:
@@ -311,27 +322,16 @@ def cpu_features() -> str:
     return f"{' '.join(present) or 'none of ' + ' '.join(HWCAP_BITS)} (absent: {' '.join(absent) or 'none'})"
 
 
-def run_stage(models: list[Path], bundle: Path, work: Path) -> dict:
+def run_stage(models: list[Path], bundle: Path) -> dict:
     """The whole stage: the x86-64 tokens, then per emulated CPU the ARM64 tokens, and `bundle verify` on ARM64.
     Returns {"x86_64": tokens, cpu: {"features", "tokens", "verify"}} for the caller to compare."""
-    cache = cache_dir() / "arm64"
-    cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    ensure_tools()
-    root = make_root(cache)
+    cache, root = prepared_root()
     install_wheels(cache, root)
     install_fox_edge(root, build_llama_cpp(cache))
-    inside = root / "work"
-    shutil.rmtree(inside, ignore_errors=True)
-    inside.mkdir()
-    names = []
-    for model in [*models, bundle]:
-        (shutil.copytree if model.is_dir() else shutil.copyfile)(model, inside / model.name)
-        names.append(f"/work/{model.name}")
+    names = copy_in(root, [*models, bundle])
     log(f"prepared in {time.monotonic() - started:.0f} s")
-    results: dict = {
-        "x86_64": {f"/work/{m.name}": t for m, t in zip(models, greedy_tokens([str(m) for m in models]).values(), strict=True)}
-    }
+    results: dict = {"x86_64": dict(zip(names[:-1], greedy_tokens([str(m) for m in models]).values(), strict=True))}
     with mounted(root):
         for cpu in CPUS:
             started = time.monotonic()
@@ -349,7 +349,7 @@ def run_stage(models: list[Path], bundle: Path, work: Path) -> dict:
                 f"emulated {cpu}: CPU features {measured['features']}; {len(names) - 1} models and `bundle verify` in {time.monotonic() - started:.0f} s"
             )
             results[cpu] = measured
-    shutil.rmtree(inside, ignore_errors=True)
+    shutil.rmtree(root / "work", ignore_errors=True)
     return results
 
 
@@ -372,7 +372,7 @@ def main() -> None:
         models = [quantize(f16, work / f"tiny.{t}.gguf", t, check=CheckSettings(enabled=False)).file.output for t in ("Q8_0", "Q4_0")]
         models.append(convert_to_onnx(checkpoint, work / "tiny-int4", OnnxOptions(precision="int4")).output)
         bundle = make_bundle(models[1], work / "bundle").folder
-        results = run_stage(models, bundle, work)
+        results = run_stage(models, bundle)
     failures = 0
     for cpu in CPUS:
         for model, tokens in results["x86_64"].items():
