@@ -27,6 +27,7 @@ CONVERSATIONS = {
     ],
     "unicode": [["user", "héllo 🦊 世界"], ["assistant", "¡Hola! 🦊"], ["user", "Ça va?\nOui."]],
 }
+SCRIPTED_REPLY = "héllo 🦊 世界"
 TURNS = ["Hello, who are you?", "Tell me about the castle.", "And then?"]
 # Fake /sys/devices/system/cpu trees: cpu index -> (cpuinfo_max_freq in kHz, cpu_capacity or None)
 TOPOLOGIES = {
@@ -99,7 +100,24 @@ def tiny_bundle(tiny_gguf, tmp_path_factory):
     return make_bundle(tiny_gguf["f16"], tmp_path_factory.mktemp("native") / "tiny-bundle").folder
 
 
-def test_native_core_on_the_tiny_bundle(tiny_bundle, tmp_path):
+@pytest.fixture(scope="session")
+def scripted_bundle(tiny_fox1, tmp_path_factory) -> Path:
+    """A bundle whose greedy reply is SCRIPTED_REPLY, one byte per token outside ASCII (cut mid-character)."""
+    from fox_edge.converters.gguf import convert_to_gguf
+    from fox_edge.testing.synthetic import build_scripted_model
+
+    folder = tmp_path_factory.mktemp("scripted")
+    gguf = convert_to_gguf(build_scripted_model(folder / "checkpoint", tiny_fox1, SCRIPTED_REPLY), folder / "scripted.gguf").output
+    bundle = make_bundle(gguf, folder / "scripted-bundle").folder
+    with open_runner(bundle) as runner:  # the Python runner says it too: the model is what the tests assume
+        from fox_edge.chat import ChatSession
+        from fox_edge.sampling import SamplingParams
+
+        assert "".join(ChatSession(runner, SamplingParams.greedy(max_tokens=40)).send("Hi")) == SCRIPTED_REPLY
+    return bundle
+
+
+def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
     bundle = tiny_bundle
     flipped = shutil.copytree(bundle, tmp_path / "flipped")
     data = bytearray((flipped / "model.gguf").read_bytes())
@@ -112,7 +130,7 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, tmp_path):
     spec = {
         "templates": template_cases(bundle, "Fox-1"),
         "greedy": [greedy_case(bundle, "tiny Fox-1"), greedy_case(bundle, "tiny Fox-1 with a system prompt", "Be brief.")],
-        "utf8": {"text": "héllo 🦊 世界"},
+        "utf8": {"text": SCRIPTED_REPLY, "bundle": str(scripted_bundle)},
         "cancel": {"bundle": str(edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0])))},
         "overflow": {
             "bundle": str(bundle),
@@ -148,8 +166,8 @@ def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or os.geteuid() != 0, reason="emulates ARM64 on x86-64 and needs root (mounts, chroot)")
-def test_native_core_under_qemu(trained_tiny_fox1, tmp_path):
-    """The core cross-compiled for armv8-a, on an emulated cortex-a76 (dotprod) and cortex-a53 (plain NEON): the
+def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
+    """The core cross-compiled for ARM64 with every CPU variant, on an emulated cortex-a76 (dotprod) and cortex-a53 (plain NEON): the
     x86-64 Python runner's greedy tokens and template renderings, UTF-8 streaming and cancel. The trained tiny
     Fox-1: the random-weight one has near-ties that ARM's and x86's float summation orders resolve differently."""
     from fox_edge.converters.gguf import convert_to_gguf
@@ -161,11 +179,15 @@ def test_native_core_under_qemu(trained_tiny_fox1, tmp_path):
     spec = {
         "templates": template_cases(bundle, "Fox-1", at="/work/trained-bundle"),
         "greedy": [greedy_case(bundle, "trained tiny Fox-1", at="/work/trained-bundle")],
-        "utf8": {"text": "héllo 🦊 世界"},
+        "utf8": {"text": SCRIPTED_REPLY, "bundle": f"/work/{scripted_bundle.name}"},
         "cancel": {"bundle": "/work/endless"},
     }
-    results = run_native_tests(spec, [bundle, endless])
+    results = run_native_tests(spec, [bundle, endless, scripted_bundle])
     for cpu in CPUS:
         result = results[cpu]
         assert result.returncode == 0, (cpu, result.stdout[-3000:], result.stderr[-2000:])
         assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), cpu
+    # One build, the CPU variant chosen at run time: plain NEON on the armv8.0 core, dotprod where it exists.
+    features = {cpu: next(line for line in results[cpu].stdout.splitlines() if line.startswith("cpu features:")).split()[2:] for cpu in CPUS}
+    assert "DOTPROD" not in features["cortex-a53"] and "NEON" in features["cortex-a53"], features
+    assert "DOTPROD" in features["cortex-a76"], features

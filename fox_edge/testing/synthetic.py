@@ -212,3 +212,60 @@ def train_tiny_fox1(folder: Path, text: str, steps: int = 600, seq_len: int = 12
     build_dir.replace(folder)
     shutil.rmtree(work)
     return folder
+
+
+def build_scripted_model(folder: Path, tokenizer_from: Path, reply: str) -> Path:
+    """A Llama checkpoint (the tiny Fox-1's tokenizer and template) whose greedy reply to any chat is `reply`, split
+    one UTF-8 byte per token wherever it is not ASCII: what streaming code must reassemble into whole characters.
+
+    A bigram machine: attention and MLP weights are zero, so the last position's hidden state is its token's
+    embedding; embeddings are one-hot (a dimension per scripted token) and the untied lm_head maps each scripted
+    token's dimension to the next one's logit. The chain starts at the generation prompt's last token and ends
+    with <eos>; every token appears once in it, so repeated characters use their byte token the second time.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    from fox_edge.template import render
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_from / "tokenizer.json"))
+    chain: list[int] = []
+    for char in reply:
+        piece = tokenizer.token_to_id(char.replace(" ", "\u2581")) if char.isascii() else None
+        if piece is not None and piece not in chain:
+            chain.append(piece)
+            continue
+        for byte in char.encode():
+            token = tokenizer.token_to_id(f"<0x{byte:02X}>")
+            if token in chain:
+                raise ValueError(f"the reply needs token <0x{byte:02X}> twice; a bigram machine cannot say it")
+            chain.append(token)
+    prompt = render(FOX1_CHAT_TEMPLATE, [{"role": "user", "content": "Hi"}], "<bos>", "<eos>")
+    trigger = tokenizer.encode(prompt, add_special_tokens=False).ids[-1]
+    if trigger in chain:
+        raise ValueError("the reply uses the generation prompt's last token")
+    chain = [trigger, *chain, tokenizer.token_to_id("<eos>")]  # Fox-1's template ends a turn with <eos>
+    if None in chain:
+        raise ValueError("the tokenizer lacks a byte token or <eos>")
+
+    shape = dataclasses.replace(TINY_FOX1, n_layers=1, tie_word_embeddings=False)
+    h, kv = shape.hidden_size, shape.n_kv_heads * shape.hidden_size // shape.n_heads
+    embedding = torch.zeros(shape.vocab_size, h)
+    lm_head = torch.zeros(shape.vocab_size, h)
+    for dimension, (token, following) in enumerate(zip(chain, chain[1:])):
+        embedding[token, dimension] = 1.0
+        lm_head[following, dimension] = 1.0
+    weights = {"model.embed_tokens.weight": embedding, "lm_head.weight": lm_head, "model.norm.weight": torch.ones(h)}
+    zeros = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h), "self_attn.o_proj": (h, h),
+             "mlp.gate_proj": (shape.intermediate_size, h), "mlp.up_proj": (shape.intermediate_size, h), "mlp.down_proj": (h, shape.intermediate_size)}  # fmt: skip
+    for name, size in zeros.items():
+        weights[f"model.layers.0.{name}.weight"] = torch.zeros(size)
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        weights[f"model.layers.0.{norm}.weight"] = torch.ones(h)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(llama_config(shape) | {"torch_dtype": "float32"}, indent=2))
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer_from / name, folder / name)
+    return folder

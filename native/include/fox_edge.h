@@ -114,6 +114,12 @@ FOX_API size_t fox_chat_last_tokens(const fox_chat * chat, int32_t * tokens, siz
  * the topology says nothing. */
 FOX_API int32_t fox_performance_cores(const char * sysfs_cpu);
 
+/* The CPU features the loaded CPU backend uses, space-separated ("NEON ARM_FMA DOTPROD ..."); writes at most
+ * out_size - 1 bytes and a NUL, returns the full length, or -1 when no CPU backend could be loaded. A build with
+ * CPU variants (FOX_EDGE_CPU_VARIANTS, the Android build) loads the best libggml-cpu-*.so beside libfox_edge for
+ * the CPU it runs on: armv8.0 cores get plain NEON, newer ones dotprod, i8mm, SVE. */
+FOX_API int64_t fox_cpu_features(char * out, size_t out_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include "fox_edge.h"
 
 #include "chat.h"
+#include "ggml-backend.h"
 #include "llama.h"
 #include "utf8.h"
 
@@ -21,6 +22,8 @@ extern "C" {  // llama.cpp's vendored SHA-256 is C, its header has no C++ guard
 #include <cstdio>
 #include <cstring>
 #include <dirent.h>
+#include <dlfcn.h>
+#include <mutex>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -96,6 +99,26 @@ std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string &
     }
     tokens.resize(static_cast<size_t>(std::max(n, 0)));
     return tokens;
+}
+
+// The CPU backend. A build with CPU variants (GGML_BACKEND_DL) has one libggml-cpu-*.so per ARM feature level
+// beside libfox_edge; ggml scores each against the running CPU and keeps the best, so one APK runs on an armv8.0
+// core without SIGILL and uses dotprod or i8mm where they exist. Loaded from this library's own folder: on Android
+// that is the app's nativeLibraryDir (the current directory and the executable's folder are not the app's).
+ggml_backend_dev_t cpu_backend() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+#ifdef GGML_BACKEND_DL
+        Dl_info info{};
+        std::string folder = ".";
+        if (dladdr(reinterpret_cast<void *>(&fox_cpu_features), &info) != 0 && info.dli_fname != nullptr) {
+            folder = info.dli_fname;
+            folder = folder.find('/') == std::string::npos ? "." : folder.substr(0, folder.rfind('/'));
+        }
+        ggml_backend_load_all_from_path(folder.c_str());
+#endif
+    });
+    return ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
 }
 
 }  // namespace
@@ -270,6 +293,9 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
                 throw Failure{FOX_ERROR_BUNDLE, file.at("path").get<std::string>() + " is " + std::to_string(size) + " bytes, the manifest says " +
                                                     std::to_string(file.at("size").get<long long>()) + ": the copy is incomplete"};
             }
+        }
+        if (cpu_backend() == nullptr) {
+            throw Failure{FOX_ERROR_LOAD, "no CPU backend: package the libggml-cpu-*.so files beside libfox_edge"};
         }
         llama_model_params model_params = llama_model_default_params();
         if (!params.use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // read into memory; the default maps the file
@@ -523,6 +549,19 @@ int32_t fox_performance_cores(const char * sysfs_cpu) {
     // Performance cores: within 80 % of the fastest (a 1+3+4 phone's prime and big cores, a laptop's all).
     auto count = std::count_if(capacities.begin(), capacities.end(), [&](long long c) { return c >= highest * 8 / 10; });
     return static_cast<int32_t>(std::max<long>(1, count));
+}
+
+int64_t fox_cpu_features(char * out, size_t out_size) {
+    ggml_backend_dev_t device = cpu_backend();
+    if (device == nullptr) return -1;
+    ggml_backend_reg_t reg          = ggml_backend_dev_backend_reg(device);
+    auto               get_features = reinterpret_cast<ggml_backend_get_features_t>(ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features"));
+    std::string        features;
+    for (ggml_backend_feature * f = get_features == nullptr ? nullptr : get_features(reg); f != nullptr && f->name != nullptr; f++) {
+        if (std::strcmp(f->value, "1") == 0) features += (features.empty() ? "" : " ") + std::string(f->name);
+    }
+    if (out != nullptr && out_size > 0) std::snprintf(out, out_size, "%s", features.c_str());
+    return static_cast<int64_t>(features.size());
 }
 
 }  // extern "C"

@@ -150,6 +150,27 @@ static void test_utf8(const json & spec) {
     fox::Utf8Stream cut;
     std::string out = cut.push(text.substr(0, text.size() - 1));  // ends mid-character (the CJK last byte is missing)
     check(valid_utf8(out) && valid_utf8(cut.flush()), "utf8 an incomplete ending becomes U+FFFD, never half a character");
+    if (!spec.contains("bundle")) return;
+    // A model whose reply is `text`, one byte per token outside ASCII: the callback must see whole characters only.
+    std::string error;
+    fox_model * model = open(spec["bundle"], error);
+    if (model == nullptr) return check(false, "utf8 through a model", error);
+    fox_chat_params params = fox_chat_default_params(model);
+    params.temperature     = 0.0f;
+    fox_chat * chat        = nullptr;
+    fox_chat_new(model, params, &chat, nullptr, 0);
+    for (const char * turn : {"Hi", "Again, please"}) {
+        Collected reply;
+        fox_chat_stats stats{};
+        fox_status status = fox_chat_send(chat, turn, collect, &reply, &stats, nullptr, 0);
+        bool whole = true;
+        for (const std::string & piece : reply.pieces) whole = whole && !piece.empty() && valid_utf8(piece);
+        check(status == FOX_OK && reply.text == text && whole && stats.generated_tokens > static_cast<int32_t>(reply.pieces.size()),
+              std::string("utf8 a reply split mid-character arrives whole (") + turn + ")",
+              "got '" + reply.text + "' in " + std::to_string(reply.pieces.size()) + " pieces from " + std::to_string(stats.generated_tokens) + " tokens");
+    }
+    fox_chat_free(chat);
+    fox_model_close(model);
 }
 
 static void test_cancel(const json & spec) {
@@ -247,6 +268,9 @@ int main(int argc, char ** argv) {
     }
     std::ifstream in(argv[1]);
     json spec = json::parse(in);
+    char features[512] = "";
+    check(fox_cpu_features(features, sizeof features) >= 0, "a CPU backend is loaded", "none found");
+    std::printf("cpu features: %s\n", features);
     if (spec.contains("templates")) test_templates(spec["templates"]);
     if (spec.contains("greedy")) test_greedy(spec["greedy"]);
     if (spec.contains("utf8")) test_utf8(spec["utf8"]);
