@@ -188,6 +188,8 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
         assert result.returncode == 0, (cpu, result.stdout[-3000:], result.stderr[-2000:])
         assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), cpu
     # One build, the CPU variant chosen at run time: plain NEON on the armv8.0 core, dotprod where it exists.
-    features = {cpu: next(line for line in results[cpu].stdout.splitlines() if line.startswith("cpu features:")).split()[2:] for cpu in CPUS}
+    features = {
+        cpu: next(line for line in results[cpu].stdout.splitlines() if line.startswith("cpu features:")).split()[2:] for cpu in CPUS
+    }
     assert "DOTPROD" not in features["cortex-a53"] and "NEON" in features["cortex-a53"], features
     assert "DOTPROD" in features["cortex-a76"], features

@@ -70,7 +70,9 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def ensure_tools() -> None:
     missing = [
         p
-        for p, tool in zip(DEBIAN_PACKAGES, ("qemu-aarch64-static", "update-binfmts", "aarch64-linux-gnu-g++", "mmdebstrap", "clang++-14"), strict=True)
+        for p, tool in zip(
+            DEBIAN_PACKAGES, ("qemu-aarch64-static", "update-binfmts", "aarch64-linux-gnu-g++", "mmdebstrap", "clang++-14"), strict=True
+        )
         if not shutil.which(tool)
     ]
     if missing:
@@ -150,8 +152,9 @@ COMPILERS = {
 def toolchain_file(cache: Path, compiler: str = "gcc") -> Path:
     toolchain = cache / f"aarch64-{compiler}.cmake"
     toolchain.write_text(
-        "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n" + COMPILERS[compiler] +
-        "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
+        "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
+        + COMPILERS[compiler]
+        + "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
         "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\nset(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n"
     )
     return toolchain

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -253,7 +254,7 @@ def build_scripted_model(folder: Path, tokenizer_from: Path, reply: str) -> Path
     h, kv = shape.hidden_size, shape.n_kv_heads * shape.hidden_size // shape.n_heads
     embedding = torch.zeros(shape.vocab_size, h)
     lm_head = torch.zeros(shape.vocab_size, h)
-    for dimension, (token, following) in enumerate(zip(chain, chain[1:])):
+    for dimension, (token, following) in enumerate(itertools.pairwise(chain)):
         embedding[token, dimension] = 1.0
         lm_head[following, dimension] = 1.0
     weights = {"model.embed_tokens.weight": embedding, "lm_head.weight": lm_head, "model.norm.weight": torch.ones(h)}
