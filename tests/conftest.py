@@ -71,3 +71,28 @@ def smollm2_gguf(tmp_path_factory, smollm2):
 @pytest.fixture(scope="session")
 def trained_tiny_fox1():
     return assets.trained_tiny_fox1()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_gguf, tmp_path_factory):
+    from fox_edge.bundle import make_bundle
+
+    return make_bundle(tiny_gguf["f16"], tmp_path_factory.mktemp("native") / "tiny-bundle").folder
+
+
+@pytest.fixture(scope="session")
+def scripted_bundle(tiny_fox1, tmp_path_factory):
+    """A bundle whose greedy reply is SCRIPTED_REPLY, one byte per token outside ASCII (cut mid-character)."""
+    from fox_edge.bundle import make_bundle
+    from fox_edge.chat import ChatSession
+    from fox_edge.runner import open_runner
+    from fox_edge.sampling import SamplingParams
+    from fox_edge.testing.native import SCRIPTED_REPLY
+    from fox_edge.testing.synthetic import build_scripted_model
+
+    folder = tmp_path_factory.mktemp("scripted")
+    gguf = convert_to_gguf(build_scripted_model(folder / "checkpoint", tiny_fox1, SCRIPTED_REPLY), folder / "scripted.gguf").output
+    bundle = make_bundle(gguf, folder / "scripted-bundle").folder
+    with open_runner(bundle) as runner:  # the Python runner says it too: the model is what the tests assume
+        assert "".join(ChatSession(runner, SamplingParams.greedy(max_tokens=40)).send("Hi")) == SCRIPTED_REPLY
+    return bundle

@@ -14,21 +14,8 @@ from pathlib import Path
 import pytest
 
 from fox_edge.bundle import make_bundle
-from fox_edge.runner import open_runner
-from fox_edge.template import render
+from fox_edge.testing.native import SCRIPTED_REPLY, edit_manifest, greedy_case, template_cases
 
-CONVERSATIONS = {
-    "one turn": [["user", "Hello!"]],
-    "system and two turns": [
-        ["system", "You are concise."],
-        ["user", "Hi"],
-        ["assistant", "Hello. How can I help?"],
-        ["user", "Name a fox."],
-    ],
-    "unicode": [["user", "héllo 🦊 世界"], ["assistant", "¡Hola! 🦊"], ["user", "Ça va?\nOui."]],
-}
-SCRIPTED_REPLY = "héllo 🦊 世界"
-TURNS = ["Hello, who are you?", "Tell me about the castle.", "And then?"]
 # Fake /sys/devices/system/cpu trees: cpu index -> (cpuinfo_max_freq in kHz, cpu_capacity or None)
 TOPOLOGIES = {
     "1+3+4 phone": ({i: (1_800_000, None) for i in range(4)} | {i: (2_800_000, None) for i in range(4, 7)} | {7: (3_200_000, None)}, 4),
@@ -51,41 +38,6 @@ def fake_sysfs(folder: Path, cores: dict) -> Path:
     return folder
 
 
-def edit_manifest(bundle: Path, copy: Path, change) -> Path:
-    shutil.copytree(bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    change(manifest)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
-
-
-def template_cases(bundle: Path, name: str, at: str | None = None) -> list[dict]:
-    with open_runner(bundle) as runner:
-        bos, eos = runner.token_text(runner.bos_id), runner.token_text(runner.eos_id)
-        template = runner.chat_template
-    cases = []
-    for label, messages in CONVERSATIONS.items():
-        for add in (True, False):
-            expected = render(template, [{"role": r, "content": c} for r, c in messages], bos, eos, add_generation_prompt=add)
-            cases.append({"name": f"{name} {label}{'' if add else ' (no generation prompt)'}", "bundle": at or str(bundle), "messages": messages,
-                          "add_generation_prompt": add, "expected": expected})  # fmt: skip
-    return cases
-
-
-def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None) -> dict:
-    """The Python runner's greedy replies over a multi-turn conversation (KV cache kept, as the core keeps it)."""
-    from fox_edge.chat import ChatSession
-    from fox_edge.sampling import SamplingParams
-
-    expected = []
-    with open_runner(bundle) as runner:
-        session = ChatSession(runner, SamplingParams.greedy(max_tokens=16), system or None)
-        for turn in TURNS:
-            "".join(session.send(turn))
-            expected.append(session.last_stats.tokens)
-    return {"name": name, "bundle": at or str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
-
-
 def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
     from fox_edge.testing.native import build_core
 
@@ -93,28 +45,6 @@ def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
     path = folder / "spec.json"
     path.write_text(json.dumps(spec, ensure_ascii=False))
     return subprocess.run([str(core / "fox_edge_tests"), str(path)], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_gguf, tmp_path_factory):
-    return make_bundle(tiny_gguf["f16"], tmp_path_factory.mktemp("native") / "tiny-bundle").folder
-
-
-@pytest.fixture(scope="session")
-def scripted_bundle(tiny_fox1, tmp_path_factory) -> Path:
-    """A bundle whose greedy reply is SCRIPTED_REPLY, one byte per token outside ASCII (cut mid-character)."""
-    from fox_edge.converters.gguf import convert_to_gguf
-    from fox_edge.testing.synthetic import build_scripted_model
-
-    folder = tmp_path_factory.mktemp("scripted")
-    gguf = convert_to_gguf(build_scripted_model(folder / "checkpoint", tiny_fox1, SCRIPTED_REPLY), folder / "scripted.gguf").output
-    bundle = make_bundle(gguf, folder / "scripted-bundle").folder
-    with open_runner(bundle) as runner:  # the Python runner says it too: the model is what the tests assume
-        from fox_edge.chat import ChatSession
-        from fox_edge.sampling import SamplingParams
-
-        assert "".join(ChatSession(runner, SamplingParams.greedy(max_tokens=40)).send("Hi")) == SCRIPTED_REPLY
-    return bundle
 
 
 def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):

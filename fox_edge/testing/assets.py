@@ -39,6 +39,29 @@ def gemma_tokenizer() -> Path:
     return folder
 
 
+KOTLIN_COMPILER_PACKAGE = "kotlin-compiler@2.4.20"
+
+
+def kotlin_compiler() -> Path:
+    """JetBrains' Kotlin compiler for the JVM (its lib/ carries kotlinx-coroutines), from npm: the folder holding bin/ and lib/."""
+    folder = cache_dir() / f"kotlin-compiler-{KOTLIN_COMPILER_PACKAGE.split('@')[1]}"
+    if not (folder / "lib" / "kotlin-compiler.jar").is_file():
+        downloads = cache_dir() / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        run(["npm", "pack", "--silent", "--pack-destination", str(downloads), KOTLIN_COMPILER_PACKAGE], KOTLIN_COMPILER_PACKAGE)
+        archive_path = next(downloads.glob("kotlin-compiler-*.tgz"))
+        partial = folder.with_suffix(".part")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(archive_path) as archive:
+            archive.extractall(partial, filter="data")
+        for script in (partial / "package" / "bin").iterdir():
+            script.chmod(0o755)
+        (partial / "package").replace(folder)
+        shutil.rmtree(partial)
+        archive_path.unlink()
+    return folder
+
+
 def botchan_text() -> str:
     """Natsume Soseki's Botchan in English (Project Gutenberg #8868, public domain), from sentencepiece's source archive."""
     target = cache_dir() / "text" / "botchan.txt"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -18,6 +19,59 @@ from pathlib import Path
 from fox_edge.assets import cache_dir
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
+
+# What the Python side expects of the core and its wrappers (tests/test_native.py, tests/test_android_jvm.py).
+CONVERSATIONS = {
+    "one turn": [["user", "Hello!"]],
+    "system and two turns": [
+        ["system", "You are concise."],
+        ["user", "Hi"],
+        ["assistant", "Hello. How can I help?"],
+        ["user", "Name a fox."],
+    ],
+    "unicode": [["user", "héllo 🦊 世界"], ["assistant", "¡Hola! 🦊"], ["user", "Ça va?\nOui."]],
+}
+SCRIPTED_REPLY = "héllo 🦊 世界"
+TURNS = ["Hello, who are you?", "Tell me about the castle.", "And then?"]
+
+
+def edit_manifest(bundle: Path, copy: Path, change) -> Path:
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def template_cases(bundle: Path, name: str, at: str | None = None) -> list[dict]:
+    from fox_edge.runner import open_runner
+    from fox_edge.template import render
+
+    with open_runner(bundle) as runner:
+        bos, eos = runner.token_text(runner.bos_id), runner.token_text(runner.eos_id)
+        template = runner.chat_template
+    cases = []
+    for label, messages in CONVERSATIONS.items():
+        for add in (True, False):
+            expected = render(template, [{"role": r, "content": c} for r, c in messages], bos, eos, add_generation_prompt=add)
+            cases.append({"name": f"{name} {label}{'' if add else ' (no generation prompt)'}", "bundle": at or str(bundle), "messages": messages,
+                          "add_generation_prompt": add, "expected": expected})  # fmt: skip
+    return cases
+
+
+def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None) -> dict:
+    """The Python runner's greedy replies over a multi-turn conversation (KV cache kept, as the core keeps it)."""
+    from fox_edge.chat import ChatSession
+    from fox_edge.runner import open_runner
+    from fox_edge.sampling import SamplingParams
+
+    expected = []
+    with open_runner(bundle) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(max_tokens=16), system or None)
+        for turn in TURNS:
+            "".join(session.send(turn))
+            expected.append(session.last_stats.tokens)
+    return {"name": name, "bundle": at or str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
 
 
 def sources_hash() -> str:

@@ -1,0 +1,131 @@
+package dev.foxedge
+
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.channels.trySendBlocking
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.channelFlow
+import kotlinx.coroutines.withContext
+
+/** Sampling and context for a chat; [FoxModel.defaultChatParams] holds the bundle's defaults. temperature 0 is greedy. */
+data class ChatParams(
+    val nCtx: Int,
+    val temperature: Float,
+    val topK: Int,
+    val topP: Float,
+    val minP: Float,
+    val repeatPenalty: Float,
+    val repeatLastN: Int,
+    val maxTokens: Int,
+    val seed: Long = 0xFFFFFFFFL, // a random seed
+    val systemPrompt: String? = null,
+) {
+    internal fun toArray() = doubleArrayOf(
+        nCtx.toDouble(), temperature.toDouble(), topK.toDouble(), topP.toDouble(), minP.toDouble(),
+        repeatPenalty.toDouble(), repeatLastN.toDouble(), maxTokens.toDouble(), seed.toDouble(),
+    )
+
+    internal companion object {
+        fun of(v: DoubleArray) = ChatParams(
+            v[0].toInt(), v[1].toFloat(), v[2].toInt(), v[3].toFloat(), v[4].toFloat(), v[5].toFloat(), v[6].toInt(), v[7].toInt(), v[8].toLong(),
+        )
+    }
+}
+
+/** How the last reply went. */
+data class ChatStats(
+    val promptTokens: Int,
+    val promptEvaluated: Int, // of promptTokens, computed now; the rest came from the KV cache
+    val promptTokensPerSecond: Double,
+    val generatedTokens: Int,
+    val tokensPerSecond: Double,
+    val droppedTurns: Int, // the oldest turns dropped to fit the context
+    val stopReason: StopReason,
+) {
+    enum class StopReason { STOP_TOKEN, MAX_TOKENS, CONTEXT_FULL, CANCELLED }
+
+    internal companion object {
+        fun of(v: DoubleArray) = ChatStats(
+            v[0].toInt(), v[1].toInt(), v[2], v[3].toInt(), v[4], v[5].toInt(), StopReason.entries[v[6].toInt()],
+        )
+    }
+}
+
+/**
+ * A conversation: the history stays in the KV cache between [send]s, and the oldest turns are dropped when the
+ * context fills. One reply streams at a time.
+ */
+class FoxChat internal constructor(private val handle: Long, private val model: FoxModel) : AutoCloseable {
+    private val lock = Any()
+    private var streaming = false
+    private var closed = false
+
+    /** How the last reply went (null before the first). */
+    @Volatile var lastStats: ChatStats? = null
+        private set
+
+    /**
+     * Sends [message] as the user; the reply arrives as it is generated, each element whole characters. The native
+     * work runs on [Dispatchers.IO] when the flow is collected. Cancelling the collector (a cancelled scope,
+     * `take(n)`, a timeout) stops generation within one token; the exchange joins the history as far as it got.
+     * Throws [FoxException] when the core fails (a message longer than the context, ...).
+     */
+    fun send(message: String): Flow<String> = channelFlow {
+        synchronized(lock) {
+            check(!closed) { "the chat is closed" }
+            check(!streaming) { "a reply is already streaming; collect one send at a time" }
+            streaming = true
+        }
+        var stats: DoubleArray? = null
+        try {
+            val reply = launch(Dispatchers.IO) {
+                stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece -> trySendBlocking(piece.decodeToString()) }
+            }
+            try {
+                reply.join()
+            } finally {
+                if (!reply.isCompleted) { // cancelled while generating: the native call cannot be interrupted, so ask it to stop
+                    FoxNative.chatCancel(handle)
+                    withContext(NonCancellable) { reply.join() }
+                }
+            }
+        } finally {
+            stats?.let { lastStats = ChatStats.of(it) }
+            release()
+        }
+    }
+
+    /** Forgets the conversation (the KV cache too). */
+    fun reset() = synchronized(lock) {
+        check(!streaming) { "a reply is streaming; cancel it first" }
+        FoxNative.chatReset(handle)
+    }
+
+    /** The token ids of the last reply (for tests and logs). */
+    fun lastTokens(): IntArray = FoxNative.chatLastTokens(handle)
+
+    /** Frees the chat; a streaming reply is cancelled and the chat freed when it stops. */
+    override fun close() {
+        val freeNow = synchronized(lock) {
+            if (closed) return
+            closed = true
+            if (streaming) FoxNative.chatCancel(handle)
+            !streaming
+        }
+        if (freeNow) free()
+    }
+
+    private fun release() {
+        val freeNow = synchronized(lock) {
+            streaming = false
+            closed
+        }
+        if (freeNow) free()
+    }
+
+    private fun free() {
+        FoxNative.chatFree(handle)
+        model.forget(this)
+    }
+}

@@ -1,0 +1,106 @@
+package dev.foxedge
+
+import java.io.File
+import java.util.Properties
+import kotlinx.coroutines.CompletableDeferred
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.flow.collect
+import kotlinx.coroutines.flow.take
+import kotlinx.coroutines.flow.toList
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+
+// The Kotlin API and the JNI bridge on the host JVM, against bundles and expectations the Python side wrote
+// (tests/test_android_jvm.py): a reply split mid-character, greedy tokens of the Python runner, template renderings,
+// cancellation through coroutines, errors. JUnit is not available here: one line per check, then "N passed, N failed".
+
+private var passed = 0
+private var failed = 0
+
+private fun check(ok: Boolean, name: String, detail: () -> String = { "" }) {
+    if (ok) passed++ else failed++
+    println(if (ok) "ok   $name" else "FAIL $name: ${detail()}")
+}
+
+private inline fun <reified T : Throwable> raises(block: () -> Unit): T? =
+    try { block(); null } catch (e: Throwable) { e as? T ?: throw e }
+
+fun main(args: Array<String>) = runBlocking {
+    val spec = Properties().apply { File(args[0]).reader(Charsets.UTF_8).use { load(it) } }
+    val reply = spec.getProperty("scripted.reply")
+
+    check(FoxModel.cpuFeatures().isNotEmpty(), "a CPU backend is loaded")
+
+    // A model whose greedy reply is `reply`, one byte per token outside ASCII; opened from a folder named in emoji.
+    for (key in listOf("scripted.bundle", "scripted.unicode_bundle")) {
+        FoxModel.open(spec.getProperty(key)).use { model ->
+            model.newChat(model.defaultChatParams().copy(temperature = 0f)).use { chat ->
+                for (turn in listOf("Hi", "Again, please")) {
+                    val pieces = chat.send(turn).toList()
+                    val stats = chat.lastStats!!
+                    check(
+                        pieces.joinToString("") == reply && pieces.none { '\uFFFD' in it } && stats.generatedTokens > pieces.size,
+                        "a reply split mid-character arrives whole ($key, $turn)",
+                    ) { "$pieces from ${stats.generatedTokens} tokens" }
+                }
+            }
+        }
+    }
+
+    // Greedy replies over three turns (KV cache kept): the Python runner's tokens.
+    FoxModel.open(spec.getProperty("greedy.bundle")).use { model ->
+        val turns = spec.getProperty("greedy.turns").split("\u001f")
+        val expected = spec.getProperty("greedy.expected").split(";").map { t -> t.split(",").map(String::toInt) }
+        val params = model.defaultChatParams().copy(temperature = 0f, repeatPenalty = 1f, maxTokens = spec.getProperty("greedy.max_tokens").toInt())
+        model.newChat(params).use { chat ->
+            turns.forEachIndexed { i, turn ->
+                val text = chat.send(turn).toList().joinToString("")
+                check(chat.lastTokens().toList() == expected[i], "greedy tokens equal the Python runner's, turn ${i + 1}") {
+                    "${chat.lastTokens().toList()} (\"$text\") != ${expected[i]}"
+                }
+            }
+        }
+        val messages = spec.getProperty("render.messages").split("\u001e").map { it.split("\u001f").let { (r, c) -> Message(r, c) } }
+        check(model.render(messages) == spec.getProperty("render.expected"), "the template renders as Python's Jinja does") { model.render(messages) }
+
+        check(raises<FoxException> { model.newChat().use { runBlocking { it.send("x".repeat(20000)).collect() } } }?.status == FoxException.Status.CONTEXT,
+              "a message longer than the context is a FoxException")
+    }
+
+    // Cancellation: a bundle that never stops (its only stop id never comes).
+    FoxModel.open(spec.getProperty("endless.bundle")).use { model ->
+        val params = model.defaultChatParams().copy(temperature = 1f, seed = 1, maxTokens = 100000)
+        model.newChat(params).use { chat ->
+            val first = chat.send("Hi").take(3).toList()
+            val stats = chat.lastStats!!
+            check(first.size == 3 && stats.stopReason == ChatStats.StopReason.CANCELLED && stats.generatedTokens <= 5,
+                  "take(3) cancels generation within a token") { "$first, $stats" }
+
+            val started = CompletableDeferred<Unit>()
+            val job = launch(Dispatchers.Default) { chat.send("Go on").collect { started.complete(Unit) } }
+            started.await()
+            job.cancel()
+            job.join()
+            check(chat.lastStats!!.stopReason == ChatStats.StopReason.CANCELLED, "cancelling the collecting coroutine stops generation") { "${chat.lastStats}" }
+
+            val again = chat.send("And again").take(1).toList()
+            check(again.size == 1, "the chat goes on after a cancelled reply")
+
+            val busy = CompletableDeferred<Unit>()
+            val holder = launch(Dispatchers.Default) { chat.send("Hold").collect { busy.complete(Unit) } }
+            busy.await()
+            check(raises<IllegalStateException> { runBlocking { chat.send("Second").collect() } } != null, "a second send while one streams is refused")
+            holder.cancel()
+            holder.join()
+        }
+        val closed = model.newChat(params)
+        closed.close()
+        check(raises<IllegalStateException> { runBlocking { closed.send("Hi").collect() } } != null, "a closed chat refuses to send")
+    }
+
+    val missing = raises<FoxException> { FoxModel.open(spec.getProperty("missing.bundle")) }
+    check(missing?.status == FoxException.Status.BUNDLE && "manifest.json" in missing.message.orEmpty(), "a folder without a bundle is a FoxException") { "$missing" }
+
+    println("$passed passed, $failed failed")
+    if (failed > 0) kotlin.system.exitProcess(1)
+}

@@ -1,0 +1,85 @@
+"""The Android library's JVM half on this machine: the JNI bridge (apps/android/fox-edge/src/main/cpp) compiled
+against the x86-64 native core and the host JDK, the Kotlin API (everything that does not import android.*) and its
+test program compiled with the Kotlin compiler from npm, run on the host JVM. JNI is the same specification on
+Android; only the android.* layer (apps/android/fox-edge/src/main/kotlin/dev/foxedge/android) is written only.
+
+    python -m fox_edge.testing.android SPEC.properties      # builds what is missing and runs the Kotlin tests
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+LIBRARY = Path(__file__).resolve().parents[2] / "apps" / "android" / "fox-edge"
+JNI_SOURCE = LIBRARY / "src" / "main" / "cpp" / "fox_edge_jni.cpp"
+KOTLIN_SOURCES = LIBRARY / "src" / "main" / "kotlin"
+KOTLIN_TESTS = LIBRARY / "src" / "test" / "kotlin"
+ANDROID_ONLY = KOTLIN_SOURCES / "dev" / "foxedge" / "android"
+TEST_MAIN = "dev.foxedge.FoxEdgeJvmTestKt"
+
+
+def java_home() -> Path:
+    """The JDK whose javac is on PATH (its include/ has jni.h)."""
+    javac = shutil.which("javac")
+    if javac is None:
+        raise RuntimeError("no JDK: install openjdk-17-jdk-headless")
+    return Path(javac).resolve().parents[1]
+
+
+def _checked(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{Path(command[0]).name} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+
+
+def _stale(stamp: Path, content: bytes) -> bool:
+    return not stamp.is_file() or stamp.read_text() != hashlib.sha256(content).hexdigest()
+
+
+def _stamp(stamp: Path, content: bytes) -> None:
+    stamp.write_text(hashlib.sha256(content).hexdigest())
+
+
+def kotlin_files() -> list[Path]:
+    return sorted(p for folder in (KOTLIN_SOURCES, KOTLIN_TESTS) for p in folder.rglob("*.kt") if ANDROID_ONLY not in p.parents)
+
+
+def build() -> tuple[Path, list[Path]]:
+    """(the folder holding libfox_edge_jni.so and libfox_edge.so, the classpath), rebuilt when a source changed."""
+    from fox_edge.testing.assets import kotlin_compiler
+    from fox_edge.testing.native import NATIVE, build_core
+
+    core = build_core()
+    out = core / "jvm"
+    out.mkdir(exist_ok=True)
+    jdk = java_home()
+    library = out / "libfox_edge_jni.so"
+    if _stale(out / ".jni", JNI_SOURCE.read_bytes() + (core / "libfox_edge.so").read_bytes()) or not library.is_file():
+        _checked(["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", f"-I{jdk / 'include'}", f"-I{jdk / 'include' / 'linux'}",
+                  f"-I{NATIVE / 'include'}", str(JNI_SOURCE), f"-L{core}", "-lfox_edge", f"-Wl,-rpath,{core}", "-o", str(library)])  # fmt: skip
+        _stamp(out / ".jni", JNI_SOURCE.read_bytes() + (core / "libfox_edge.so").read_bytes())
+    kotlin = kotlin_compiler()
+    classpath = [kotlin / "lib" / "kotlin-stdlib.jar", kotlin / "lib" / "kotlinx-coroutines-core-jvm.jar"]
+    jar = out / "fox-edge-jvm.jar"
+    sources = kotlin_files()
+    content = b"".join(p.read_bytes() for p in sources)
+    if _stale(out / ".kotlin", content) or not jar.is_file():
+        _checked([str(kotlin / "bin" / "kotlinc"), "-jvm-target", "17", "-cp", str(classpath[1]), "-d", str(jar), *map(str, sources)])
+        _stamp(out / ".kotlin", content)
+    return out, [jar, *classpath]
+
+
+def run_tests(spec: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    libraries, classpath = build()
+    command = ["java", f"-Djava.library.path={libraries}", "-cp", ":".join(map(str, classpath)), TEST_MAIN, str(spec)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+if __name__ == "__main__":
+    result = run_tests(Path(sys.argv[1]))
+    print(result.stdout + result.stderr)
+    sys.exit(result.returncode)
