@@ -1,5 +1,5 @@
-"""The Android library's JVM half on this machine: the JNI bridge (apps/android/fox-edge/src/main/cpp) compiled
-against the x86-64 native core and the host JDK, the Kotlin API (everything that does not import android.*) and its
+"""The Android library's JVM half on this machine: the JNI bridge (apps/android/fox-edge/src/main/cpp, built with
+the core by fox_edge.testing.native from that CMake project, against the host JDK's jni.h), the Kotlin API (everything that does not import android.*) and its
 test program compiled with the Kotlin compiler from npm, run on the host JVM. JNI is the same specification on
 Android; only the android.* layer (apps/android/fox-edge/src/main/kotlin/dev/foxedge/android) is written only.
 
@@ -15,19 +15,10 @@ import sys
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[2] / "apps" / "android" / "fox-edge"
-JNI_SOURCE = LIBRARY / "src" / "main" / "cpp" / "fox_edge_jni.cpp"
 KOTLIN_SOURCES = LIBRARY / "src" / "main" / "kotlin"
 KOTLIN_TESTS = LIBRARY / "src" / "test" / "kotlin"
 ANDROID_ONLY = KOTLIN_SOURCES / "dev" / "foxedge" / "android"
 TEST_MAIN = "dev.foxedge.FoxEdgeJvmTestKt"
-
-
-def java_home() -> Path:
-    """The JDK whose javac is on PATH (its include/ has jni.h)."""
-    javac = shutil.which("javac")
-    if javac is None:
-        raise RuntimeError("no JDK: install openjdk-17-jdk-headless")
-    return Path(javac).resolve().parents[1]
 
 
 def _checked(command: list[str]) -> None:
@@ -51,20 +42,12 @@ def kotlin_files() -> list[Path]:
 def build() -> tuple[Path, list[Path]]:
     """(the folder holding libfox_edge_jni.so and libfox_edge.so, the classpath), rebuilt when a source changed."""
     from fox_edge.testing.assets import kotlin_compiler
-    from fox_edge.testing.native import NATIVE, build_core
+    from fox_edge.testing.native import build_core
 
-    core = build_core()
-    out = core / "jvm"
-    out.mkdir(exist_ok=True)
-    jdk = java_home()
-    library = out / "libfox_edge_jni.so"
-    if _stale(out / ".jni", JNI_SOURCE.read_bytes() + (core / "libfox_edge.so").read_bytes()) or not library.is_file():
-        _checked(["g++", "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", f"-I{jdk / 'include'}", f"-I{jdk / 'include' / 'linux'}",
-                  f"-I{NATIVE / 'include'}", str(JNI_SOURCE), f"-L{core}", "-lfox_edge", f"-Wl,-rpath,{core}", "-o", str(library)])  # fmt: skip
-        _stamp(out / ".jni", JNI_SOURCE.read_bytes() + (core / "libfox_edge.so").read_bytes())
+    out = build_core()  # the Android library's CMake project: the core, its tests and the JNI bridge
     kotlin = kotlin_compiler()
     classpath = [kotlin / "lib" / "kotlin-stdlib.jar", kotlin / "lib" / "kotlinx-coroutines-core-jvm.jar"]
-    jar = out / "fox-edge-jvm.jar"
+    jar = out / "fox-edge-jvm.jar"  # the Kotlin API and its test program
     sources = kotlin_files()
     content = b"".join(p.read_bytes() for p in sources)
     if _stale(out / ".kotlin", content) or not jar.is_file():

@@ -173,7 +173,7 @@ def build_native_core(cache: Path) -> Path:
 
     release = importlib.metadata.version("llama-cpp-python")
     build = cache / f"native-variants-build-{release}"
-    adopt_build_folder(build)
+    adopt_build_folder(build, NATIVE)
     started = time.monotonic()
     for command in (
         ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache, 'clang')}", "-DCMAKE_BUILD_TYPE=Release",
@@ -192,7 +192,8 @@ def run_native_tests(spec: dict, files: list[Path]) -> dict[str, subprocess.Comp
     target = root / "opt" / "native"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for path in [build / "fox_edge_tests", *build.glob("lib*.so*")]:  # the core, libllama, libggml*, the CPU variants
+    # the core; libllama, libggml* and the CPU variants (llama.cpp's CMake writes them to bin/)
+    for path in [build / "fox_edge_tests", *build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")]:
         shutil.copy2(path, target / path.name, follow_symlinks=False)
     copy_in(root, files)
     (root / "work" / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))

@@ -19,6 +19,9 @@ from pathlib import Path
 from fox_edge.assets import cache_dir
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
+# The Android library's CMake project: the core (native/ as a subproject), its tests and the JNI bridge. The x86-64
+# build for the tests is configured from it, so the file Gradle runs is the file CI compiles.
+ANDROID_CPP = NATIVE.parent / "apps" / "android" / "fox-edge" / "src" / "main" / "cpp"
 
 # What the Python side expects of the core and its wrappers (tests/test_native.py, tests/test_android_jvm.py).
 CONVERSATIONS = {
@@ -76,22 +79,22 @@ def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None
 
 def sources_hash() -> str:
     digest = hashlib.sha256(importlib.metadata.version("llama-cpp-python").encode())
-    for path in sorted(p for p in NATIVE.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(NATIVE).as_posix().encode() + path.read_bytes())
+    for path in sorted(p for folder in (NATIVE, ANDROID_CPP) for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(NATIVE.parent).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def adopt_build_folder(build: Path) -> None:
+def adopt_build_folder(build: Path, source: Path) -> None:
     """A persistent build folder configured from another checkout of fox-edge (CI clones anew each time): forget
     that configuration, keeping the compiled llama.cpp objects, whose sources have not moved."""
     cache = build / "CMakeCache.txt"
-    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={NATIVE}\n" not in cache.read_text():
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={source}\n" not in cache.read_text():
         cache.unlink()
         shutil.rmtree(build / "CMakeFiles", ignore_errors=True)
 
 
 def build_core() -> Path:
-    """The build folder holding libfox_edge.so and fox_edge_tests for this machine. The build folder persists, so a
+    """The build folder holding libfox_edge.so, fox_edge_tests and libfox_edge_jni.so (with a JDK) for this machine. The build folder persists, so a
     change to native/ recompiles only the core; llama.cpp is compiled once per llama-cpp-python version."""
     from fox_edge.testing.assets import llama_cpp_source
 
@@ -101,12 +104,53 @@ def build_core() -> Path:
     if stamp.is_file() and stamp.read_text() == sources_hash() and (build / "fox_edge_tests").is_file():
         return build
     source = llama_cpp_source()
-    adopt_build_folder(build)
+    adopt_build_folder(build, ANDROID_CPP)
     jobs = str(os.cpu_count() or 2)
     for command in (
-        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
-        ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", jobs],
+        ["cmake", "-S", str(ANDROID_CPP), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", jobs],
     ):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    stamp.write_text(sources_hash())
+    return build
+
+
+# zig cross-compiles C and C++ for Apple Silicon macOS (no Apple SDK needed for the CPU code): compile only.
+ZIG_MACOS = "-target aarch64-macos -mcpu=apple_m1"
+
+
+def build_core_macos() -> Path:
+    """The core (native/, llama.cpp's CPU backend) cross-compiled for aarch64-macos with zig: libfox_edge.dylib and
+    fox_edge_tests, which cannot run here. Metal, Accelerate and BLAS are off (no Apple SDK). About 4 minutes cold."""
+    from fox_edge.testing.assets import llama_cpp_source
+
+    release = importlib.metadata.version("llama-cpp-python")
+    build = cache_dir() / "native" / f"aarch64-macos-llama-cpp-python-{release}"
+    stamp = build / ".fox-edge-sources"
+    if stamp.is_file() and stamp.read_text() == sources_hash() and (build / "libfox_edge.dylib").is_file():
+        return build
+    tools = cache_dir() / "native" / "zig-macos"
+    tools.mkdir(parents=True, exist_ok=True)
+    for name, command in {"cc": f"cc {ZIG_MACOS}", "c++": f"c++ {ZIG_MACOS}", "ar": "ar", "ranlib": "ranlib"}.items():
+        wrapper = tools / f"zig-{name}"
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ziglang {command} "$@"\n')
+        wrapper.chmod(0o755)
+    toolchain = tools / "aarch64-macos.cmake"
+    toolchain.write_text(
+        "set(CMAKE_SYSTEM_NAME Darwin)\nset(CMAKE_SYSTEM_PROCESSOR arm64)\n"
+        f"set(CMAKE_C_COMPILER {tools / 'zig-cc'})\nset(CMAKE_CXX_COMPILER {tools / 'zig-c++'})\n"
+        f"set(CMAKE_AR {tools / 'zig-ar'})\nset(CMAKE_RANLIB {tools / 'zig-ranlib'})\nset(CMAKE_INSTALL_NAME_TOOL /bin/true)\n"
+    )
+    adopt_build_folder(build, NATIVE)
+    jobs = str(os.cpu_count() or 2)
+    for command in (
+        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
+         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DGGML_METAL=OFF", "-DGGML_ACCELERATE=OFF", "-DGGML_BLAS=OFF",
+         "-DGGML_OPENMP=OFF", "-DGGML_NATIVE=OFF"],
+        ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", jobs],
+    ):  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")

@@ -16,10 +16,12 @@ data class Message(val role: String, val content: String)
  * file present at its size. On Android the folder must be a real directory (copy the bundle out of the APK's assets
  * once: [dev.foxedge.android.Bundles]); the model is memory-mapped from it.
  *
- * Closing the model closes its chats.
+ * Closing the model closes its chats; a reply still streaming is cancelled, and the model is freed once it has stopped.
  */
-class FoxModel private constructor(private var handle: Long) : AutoCloseable {
+class FoxModel private constructor(private val handle: Long) : AutoCloseable {
     private val chats = mutableSetOf<FoxChat>()
+    private var closed = false
+    private var freed = false
 
     companion object {
         /** Opens [bundleDir]; [threads] 0 runs on the performance cores only. Throws [FoxException]. */
@@ -52,14 +54,23 @@ class FoxModel private constructor(private var handle: Long) : AutoCloseable {
         FoxChat(FoxNative.chatNew(live(), params.toArray(), params.systemPrompt?.encodeToByteArray()), this).also { chats += it }
     }
 
-    internal fun forget(chat: FoxChat) = synchronized(chats) { chats -= chat }
-
-    override fun close() {
-        if (handle == 0L) return
-        synchronized(chats) { chats.toList() }.forEach { it.close() }
-        FoxNative.modelClose(handle)
-        handle = 0L
+    // A chat was freed: the model goes once it is closed and no chat uses it.
+    internal fun forget(chat: FoxChat) {
+        if (synchronized(chats) { chats -= chat; claimFree() }) FoxNative.modelClose(handle)
     }
 
-    private fun live(): Long = handle.also { check(it != 0L) { "the model is closed" } }
+    override fun close() {
+        val open = synchronized(chats) {
+            if (closed) return
+            closed = true
+            chats.toList()
+        }
+        open.forEach { it.close() } // each calls forget() once freed, a streaming one when it stops
+        if (synchronized(chats) { claimFree() }) FoxNative.modelClose(handle)
+    }
+
+    // True once: when the model is closed and unused (called under the lock).
+    private fun claimFree(): Boolean = closed && chats.isEmpty() && !freed && true.also { freed = true }
+
+    private fun live(): Long = synchronized(chats) { handle.also { check(!closed) { "the model is closed" } } }
 }

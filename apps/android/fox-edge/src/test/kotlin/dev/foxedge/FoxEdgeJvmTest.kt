@@ -98,6 +98,17 @@ fun main(args: Array<String>) = runBlocking {
         check(raises<IllegalStateException> { runBlocking { closed.send("Hi").collect() } } != null, "a closed chat refuses to send")
     }
 
+    // Closing the model while a reply streams: the reply is cancelled and the model freed after it stops.
+    val model = FoxModel.open(spec.getProperty("endless.bundle"))
+    val chat = model.newChat(model.defaultChatParams().copy(maxTokens = 100000))
+    val streaming = CompletableDeferred<Unit>()
+    val job = launch(Dispatchers.Default) { chat.send("Hi").collect { streaming.complete(Unit) } }
+    streaming.await()
+    model.close()
+    job.join()
+    check(chat.lastStats?.stopReason == ChatStats.StopReason.CANCELLED, "closing the model cancels a streaming reply") { "${chat.lastStats}" }
+    check(raises<IllegalStateException> { model.newChat() } != null, "a closed model refuses new chats")
+
     val missing = raises<FoxException> { FoxModel.open(spec.getProperty("missing.bundle")) }
     check(missing?.status == FoxException.Status.BUNDLE && "manifest.json" in missing.message.orEmpty(), "a folder without a bundle is a FoxException") { "$missing" }
 
