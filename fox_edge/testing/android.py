@@ -9,7 +9,6 @@ Android; only the android.* layer (apps/android/fox-edge/src/main/kotlin/dev/fox
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
