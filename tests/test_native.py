@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -123,3 +124,24 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
     }
     assert "DOTPROD" not in features["cortex-a53"] and "NEON" in features["cortex-a53"], features
     assert "DOTPROD" in features["cortex-a76"], features
+
+
+@pytest.mark.slow
+def test_native_core_cross_compiles_for_macos():
+    """The core and llama.cpp's CPU backend cross-compiled for Apple Silicon macOS with zig (compile only: nothing Apple
+    runs here): a Mach-O arm64 dylib exporting the C API, and its test program."""
+    import struct
+
+    from fox_edge.testing.native import build_core_macos
+
+    build = build_core_macos()
+    for name, filetype in (("libfox_edge.dylib", 6), ("fox_edge_tests", 2)):  # MH_DYLIB, MH_EXECUTE
+        magic, cputype, _, kind = struct.unpack("<IiiI", (build / name).read_bytes()[:16])
+        assert (magic, cputype, kind) == (0xFEEDFACF, 0x0100000C, filetype), name  # 64-bit Mach-O, CPU_TYPE_ARM64
+    if not (shutil.which("llvm-nm-14") or shutil.which("llvm-nm")):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "llvm-14"], check=True, capture_output=True)
+    nm = shutil.which("llvm-nm-14") or shutil.which("llvm-nm")
+    exported = subprocess.run([nm, "--extern-only", "--defined-only", str(build / "libfox_edge.dylib")], capture_output=True, text=True, check=True).stdout
+    header = (Path(__file__).resolve().parents[1] / "native" / "include" / "fox_edge.h").read_text()
+    api = set(re.findall(r"FOX_API [^;]*?\b(fox_\w+)\(", header))
+    assert api and all(f"_{function}" in exported.split() for function in api), api - set(exported.split())

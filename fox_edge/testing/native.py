@@ -101,16 +101,20 @@ def build_core() -> Path:
     release = importlib.metadata.version("llama-cpp-python")
     build = cache_dir() / "native" / f"{platform.machine()}-llama-cpp-python-{release}"
     stamp = build / ".fox-edge-sources"
-    if stamp.is_file() and stamp.read_text() == sources_hash() and (build / "fox_edge_tests").is_file():
+    wanted = ["fox_edge_tests", "fox_edge_chat"] + (["libfox_edge_jni.so"] if shutil.which("javac") else [])
+    if stamp.is_file() and stamp.read_text() == sources_hash() and all((build / name).is_file() for name in wanted):
         return build
     source = llama_cpp_source()
     adopt_build_folder(build, ANDROID_CPP)
     jobs = str(os.cpu_count() or 2)
+    env = dict(os.environ)
+    if shutil.which("javac") and "JAVA_HOME" not in env:  # CMake's FindJNI looks there for jni.h
+        env["JAVA_HOME"] = str(Path(shutil.which("javac")).resolve().parents[1])
     for command in (
         ["cmake", "-S", str(ANDROID_CPP), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
         ["cmake", "--build", str(build), "-j", jobs],
     ):
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
     stamp.write_text(sources_hash())
