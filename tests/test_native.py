@@ -141,7 +141,9 @@ def test_native_core_cross_compiles_for_macos():
     if not (shutil.which("llvm-nm-14") or shutil.which("llvm-nm")):
         subprocess.run(["apt-get", "install", "-y", "-qq", "llvm-14"], check=True, capture_output=True)
     nm = shutil.which("llvm-nm-14") or shutil.which("llvm-nm")
-    exported = subprocess.run([nm, "--extern-only", "--defined-only", str(build / "libfox_edge.dylib")], capture_output=True, text=True, check=True).stdout
+    exported = subprocess.run(
+        [nm, "--extern-only", "--defined-only", str(build / "libfox_edge.dylib")], capture_output=True, text=True, check=True
+    ).stdout
     header = (Path(__file__).resolve().parents[1] / "native" / "include" / "fox_edge.h").read_text()
     api = set(re.findall(r"FOX_API [^;]*?\b(fox_\w+)\(", header))
     assert api and all(f"_{function}" in exported.split() for function in api), api - set(exported.split())
