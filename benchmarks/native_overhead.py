@@ -40,7 +40,7 @@ USER_MESSAGE = "Tell me a long story about a fox who lives near a castle on a hi
 def llama_completion(build: Path) -> Path:
     """llama.cpp's llama-completion from the same configured build as the core (same compiler, flags, llama.cpp)."""
     for command in (
-        ["cmake", "-B", str(build), "-DFOX_EDGE_LLAMA_TOOLS=ON"],
+        ["cmake", "-DFOX_EDGE_LLAMA_TOOLS=ON", str(build)],  # reconfigure the existing build
         ["cmake", "--build", str(build), "--target", "llama-completion", "-j", "2"],
     ):
         subprocess.run(command, check=True, capture_output=True)

@@ -124,6 +124,25 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
     }
     assert "DOTPROD" not in features["cortex-a53"] and "NEON" in features["cortex-a53"], features
     assert "DOTPROD" in features["cortex-a76"], features
+    # Android 15's 16 KB pages: every shared library's loadable segments aligned to 16 KB.
+    from fox_edge.assets import cache_dir
+    from fox_edge.testing.arm64 import build_native_core
+
+    build = build_native_core(cache_dir() / "arm64")
+    libraries = [p for p in [*build.glob("lib*.so"), *(build / "bin").glob("lib*.so")] if not p.is_symlink()]
+    misaligned = {p.name: load_alignments(p) for p in libraries if min(load_alignments(p)) < 16384}
+    assert len(libraries) >= 10 and not misaligned, misaligned
+
+
+def load_alignments(library: Path) -> list[int]:
+    """p_align of every PT_LOAD segment of a 64-bit little-endian ELF file."""
+    import struct
+
+    data = library.read_bytes()
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    size, count = struct.unpack_from("<HH", data, 0x36)
+    headers = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * size) for i in range(count)]
+    return [h[7] for h in headers if h[0] == 1]
 
 
 @pytest.mark.slow

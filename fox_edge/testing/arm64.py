@@ -177,7 +177,7 @@ def build_native_core(cache: Path) -> Path:
     started = time.monotonic()
     for command in (
         ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache, 'clang')}", "-DCMAKE_BUILD_TYPE=Release",
-         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DFOX_EDGE_CPU_VARIANTS=ON", "-DGGML_OPENMP=OFF"],
+         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DFOX_EDGE_CPU_VARIANTS=ON", "-DFOX_EDGE_16K_PAGES=ON", "-DGGML_OPENMP=OFF"],
         ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", str(os.cpu_count() or 2)],
     ):  # fmt: skip
         run(command)
