@@ -129,7 +129,7 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
     from fox_edge.testing.arm64 import build_native_core
 
     build = build_native_core(cache_dir() / "arm64")
-    libraries = [p for p in [*build.glob("lib*.so"), *(build / "bin").glob("lib*.so")] if not p.is_symlink()]
+    libraries = [p for p in [*build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")] if not p.is_symlink()]
     misaligned = {p.name: load_alignments(p) for p in libraries if min(load_alignments(p)) < 16384}
     assert len(libraries) >= 10 and not misaligned, misaligned
 
