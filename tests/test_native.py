@@ -98,9 +98,10 @@ def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or os.geteuid() != 0, reason="emulates ARM64 on x86-64 and needs root (mounts, chroot)")
 def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
-    """The core cross-compiled for ARM64 with every CPU variant, on an emulated cortex-a76 (dotprod) and cortex-a53 (plain NEON): the
-    x86-64 Python runner's greedy tokens and template renderings, UTF-8 streaming and cancel. The trained tiny
-    Fox-1: the random-weight one has near-ties that ARM's and x86's float summation orders resolve differently."""
+    """The core cross-compiled for ARM64 with every CPU variant, on an emulated cortex-a53 (plain NEON), cortex-a76
+    (dotprod) and qemu's max CPU (i8mm, SVE): each loads its own variant and gives the x86-64 Python runner's greedy
+    tokens and template renderings, the mid-character reply whole, and cancel. The trained tiny Fox-1: the
+    random-weight one has near-ties that ARM's and x86's float summation orders resolve differently."""
     from fox_edge.converters.gguf import convert_to_gguf
     from fox_edge.testing.arm64 import CPUS, run_native_tests
 
@@ -113,8 +114,9 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
         "utf8": {"text": SCRIPTED_REPLY, "bundle": f"/work/{scripted_bundle.name}"},
         "cancel": {"bundle": "/work/endless"},
     }
-    results = run_native_tests(spec, [bundle, endless, scripted_bundle])
-    for cpu in CPUS:
+    cpus = (*CPUS, "max")  # max: i8mm, SVE and SVE2 as well
+    results = run_native_tests(spec, [bundle, endless, scripted_bundle], cpus)
+    for cpu in cpus:
         result = results[cpu]
         assert result.returncode == 0, (cpu, result.stdout[-3000:], result.stderr[-2000:])
         assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), cpu

@@ -185,7 +185,7 @@ def build_native_core(cache: Path) -> Path:
     return build
 
 
-def run_native_tests(spec: dict, files: list[Path]) -> dict[str, subprocess.CompletedProcess]:
+def run_native_tests(spec: dict, files: list[Path], cpus: tuple[str, ...] = CPUS) -> dict[str, subprocess.CompletedProcess]:
     """native/tests/test_core.cpp under each emulated CPU, on `spec` (whose paths name `files` as /work/NAME)."""
     cache, root = prepared_root()
     build = build_native_core(cache)
@@ -199,7 +199,7 @@ def run_native_tests(spec: dict, files: list[Path]) -> dict[str, subprocess.Comp
     (root / "work" / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))
     results = {}
     with mounted(root):
-        for cpu in CPUS:
+        for cpu in cpus:
             results[cpu] = chrooted(root, cpu, ["/opt/native/fox_edge_tests", "/work/spec.json"], {"LD_LIBRARY_PATH": "/opt/native"})
             log(f"native core tests on an emulated {cpu}: exit {results[cpu].returncode}")
     shutil.rmtree(root / "work", ignore_errors=True)
