@@ -119,7 +119,14 @@ MIN_CONTEXT = 16  # tokens: below this no chat template and reply fit
 DEFAULT_CONTEXT = 4096  # when neither the caller nor a bundle says (capped at the model's own)
 DEVICES = ("auto", "cpu", "gpu")
 # Options only llama.cpp takes, and the command-line flags that set them.
-LLAMA_CPP_OPTIONS = {"flash_attention": "--flash-attention", "kv_type": "--kv-type", "gpu_layers": "--gpu-layers", "use_mmap": "--no-mmap"}
+LLAMA_CPP_OPTIONS = {
+    "flash_attention": "--flash-attention",
+    "kv_type": "--kv-type",
+    "gpu_layers": "--gpu-layers",
+    "use_mmap": "--no-mmap",
+    "repack": "--no-repack",
+    "n_ubatch": "--ubatch-size",
+}
 
 
 def open_runner(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fox_edge.bundle import make_bundle
-from fox_edge.testing.native import SCRIPTED_REPLY, edit_manifest, greedy_case, template_cases
+from fox_edge.testing.native import SCRIPTED_REPLY, TURNS, edit_manifest, greedy_case, template_cases
 
 # Fake /sys/devices/system/cpu trees: cpu index -> (cpuinfo_max_freq in kHz, cpu_capacity or None)
 TOPOLOGIES = {
@@ -97,7 +97,7 @@ def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or os.geteuid() != 0, reason="emulates ARM64 on x86-64 and needs root (mounts, chroot)")
-def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
+def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp_path):
     """The core cross-compiled for ARM64 with every CPU variant, on an emulated cortex-a53 (plain NEON), cortex-a76
     (dotprod) and qemu's max CPU (i8mm, SVE): each loads its own variant and gives the x86-64 Python runner's greedy
     tokens and template renderings, the mid-character reply whole, and cancel. The trained tiny Fox-1: the
@@ -108,17 +108,34 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, tmp_path):
     gguf = convert_to_gguf(trained_tiny_fox1, tmp_path / "trained.f16.gguf").output
     bundle = make_bundle(gguf, tmp_path / "trained-bundle").folder
     endless = edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0]))
+    # SmolLM2 at Q8_0: real weights through the integer dot-product kernels (dotprod on the a76). Two turns: its
+    # third reply meets a near-tie at one token, which x86's and ARM's summation orders resolve differently.
+    from fox_edge.quant.gguf import quantize_gguf
+
+    smollm2_f16 = convert_to_gguf(smollm2, tmp_path / "smollm2.f16.gguf", "f16").output
+    smollm2_bundle = make_bundle(
+        quantize_gguf(smollm2_f16, tmp_path / "smollm2.Q8_0.gguf", "Q8_0").output, tmp_path / "smollm2-bundle"
+    ).folder
     spec = {
         "templates": template_cases(bundle, "Fox-1", at="/work/trained-bundle"),
         "greedy": [greedy_case(bundle, "trained tiny Fox-1", at="/work/trained-bundle")],
         "utf8": {"text": SCRIPTED_REPLY, "bundle": f"/work/{scripted_bundle.name}"},
         "cancel": {"bundle": "/work/endless"},
     }
+    # SmolLM2 (slow under emulation: one turn; the tiny model covers the KV cache across turns) on the two phone
+    # cores, the tiny model everywhere.
+    with_smollm2 = spec | {
+        "templates": spec["templates"] + template_cases(smollm2_bundle, "SmolLM2", at="/work/smollm2-bundle"),
+        "greedy": spec["greedy"] + [greedy_case(smollm2_bundle, "SmolLM2", at="/work/smollm2-bundle", turns=TURNS[:1])],
+    }
     cpus = (*CPUS, "max")  # max: i8mm, SVE and SVE2 as well
-    results = run_native_tests(spec, [bundle, endless, scripted_bundle], cpus)
+    results = run_native_tests(
+        {cpu: with_smollm2 if cpu in CPUS else spec for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
+    )
     for cpu in cpus:
         result = results[cpu]
-        assert result.returncode == 0, (cpu, result.stdout[-3000:], result.stderr[-2000:])
+        failures = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+        assert result.returncode == 0, (cpu, failures or result.stdout[-2000:], result.stderr[-1000:])
         assert result.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed"), cpu
     # One build, the CPU variant chosen at run time: plain NEON on the armv8.0 core, dotprod where it exists.
     features = {

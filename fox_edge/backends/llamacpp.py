@@ -70,9 +70,14 @@ class LlamaCppRunner(Runner):
         kv_type: str = "f16",
         flash_attention: bool | None = None,
         use_mmap: bool = True,
+        repack: bool = True,
+        n_ubatch: int | None = None,
     ):
         self.path = Path(path)
         model_params = C.llama_model_default_params()
+        # repack: llama.cpp copies Q4_0/Q4_K/IQ4_NL weights into an interleaved layout for its faster CPU kernels
+        # (anonymous memory; with mmap the file's pages stay resident beside the copy).
+        model_params.use_extra_bufts = repack
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only
         if not use_mmap:  # read the file into memory; the default (auto) maps it. llama.cpp's load_mode replaced use_mmap
@@ -119,7 +124,8 @@ class LlamaCppRunner(Runner):
         ctx_params = C.llama_context_default_params()
         ctx_params.n_ctx = self.n_ctx
         ctx_params.n_batch = self.n_batch
-        ctx_params.n_ubatch = self.n_batch
+        # n_ubatch: the tokens computed at once; the compute buffer (256K-wide logits for Fox-1) grows with it.
+        ctx_params.n_ubatch = min(n_ubatch, self.n_batch) if n_ubatch else self.n_batch
         ctx_params.n_threads = ctx_params.n_threads_batch = n_threads or default_threads()
         ctx_params.no_perf = True
         if kv_type not in KV_TYPES:

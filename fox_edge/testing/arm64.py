@@ -185,8 +185,9 @@ def build_native_core(cache: Path) -> Path:
     return build
 
 
-def run_native_tests(spec: dict, files: list[Path], cpus: tuple[str, ...] = CPUS) -> dict[str, subprocess.CompletedProcess]:
-    """native/tests/test_core.cpp under each emulated CPU, on `spec` (whose paths name `files` as /work/NAME)."""
+def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, subprocess.CompletedProcess]:
+    """native/tests/test_core.cpp under each emulated CPU named in `specs`, on its spec (whose paths name `files` as
+    /work/NAME)."""
     cache, root = prepared_root()
     build = build_native_core(cache)
     target = root / "opt" / "native"
@@ -196,11 +197,11 @@ def run_native_tests(spec: dict, files: list[Path], cpus: tuple[str, ...] = CPUS
     for path in [build / "fox_edge_tests", *build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")]:
         shutil.copy2(path, target / path.name, follow_symlinks=False)
     copy_in(root, files)
-    (root / "work" / "spec.json").write_text(json.dumps(spec, ensure_ascii=False))
     results = {}
     with mounted(root):
-        for cpu in cpus:
-            results[cpu] = chrooted(root, cpu, ["/opt/native/fox_edge_tests", "/work/spec.json"], {"LD_LIBRARY_PATH": "/opt/native"})
+        for cpu, spec in specs.items():
+            (root / "work" / f"spec-{cpu}.json").write_text(json.dumps(spec, ensure_ascii=False))
+            results[cpu] = chrooted(root, cpu, ["/opt/native/fox_edge_tests", f"/work/spec-{cpu}.json"], {"LD_LIBRARY_PATH": "/opt/native"})
             log(f"native core tests on an emulated {cpu}: exit {results[cpu].returncode}")
     shutil.rmtree(root / "work", ignore_errors=True)
     return results

@@ -62,7 +62,7 @@ def template_cases(bundle: Path, name: str, at: str | None = None) -> list[dict]
     return cases
 
 
-def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None) -> dict:
+def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None, turns: list[str] = TURNS) -> dict:
     """The Python runner's greedy replies over a multi-turn conversation (KV cache kept, as the core keeps it)."""
     from fox_edge.chat import ChatSession
     from fox_edge.runner import open_runner
@@ -71,10 +71,10 @@ def greedy_case(bundle: Path, name: str, system: str = "", at: str | None = None
     expected = []
     with open_runner(bundle) as runner:
         session = ChatSession(runner, SamplingParams.greedy(max_tokens=16), system or None)
-        for turn in TURNS:
+        for turn in turns:
             "".join(session.send(turn))
             expected.append(session.last_stats.tokens)
-    return {"name": name, "bundle": at or str(bundle), "system": system, "turns": TURNS, "max_tokens": 16, "expected": expected}
+    return {"name": name, "bundle": at or str(bundle), "system": system, "turns": turns, "max_tokens": 16, "expected": expected}
 
 
 def sources_hash() -> str:
