@@ -86,3 +86,25 @@ def test_progress_reports_every_byte(tiny_fox1, tmp_path):
     result = convert_to_gguf(tiny_fox1, tmp_path / "x.gguf", "f16", progress=lambda done, total, name: seen.append((done, total)))
     assert seen[-1] == (result.n_bytes, result.n_bytes)
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_repack_and_ubatch_change_memory_not_results(tiny_gguf, botchan, tmp_path):
+    """llama.cpp's weight repacking (Q4_0's interleaved layout) off and a small micro-batch are memory levers (issue 15):
+    the logits stay those of the defaults."""
+    from fox_edge.backends import llamacpp
+    from fox_edge.quant.gguf import quantize_gguf
+
+    def repacked() -> bool:  # llama.cpp's load log names the repacked weights' buffer
+        return any("CPU_REPACK model buffer" in line for line in llamacpp._log_lines)
+
+    q4 = quantize_gguf(tiny_gguf["f16"], tmp_path / "tiny.Q4_0.gguf", "Q4_0").output
+    with LlamaCppRunner(q4, n_ctx=256) as runner:
+        assert repacked()
+        tokens = runner.tokenize(botchan[:600])[:96]
+        reference = runner.logits(tokens)
+    for options in ({"repack": False}, {"n_ubatch": 16}):
+        with LlamaCppRunner(q4, n_ctx=256, **options) as runner:
+            assert repacked() == options.get("repack", True), options
+            logits = runner.logits(tokens)
+        assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max(), options
+        assert (logits.argmax(-1) == reference.argmax(-1)).mean() > 0.95, options

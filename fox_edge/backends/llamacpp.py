@@ -36,7 +36,7 @@ def _log(level: int, text: bytes, user_data) -> None:
     if _verbose:
         sys.stderr.write(line)
     _log_lines.append(line)
-    del _log_lines[:-50]
+    del _log_lines[:-400]  # a load writes a few hundred lines (one per repacked tensor)
 
 
 C.llama_log_set(_log, ctypes.c_void_p(0))
