@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fox_edge.bench import BenchSettings, measure_protocol
+from fox_edge.bench import BenchSettings, measure_protocol, measured_child
 from fox_edge.cpu import default_threads
 from fox_edge.texts import builtin_text
 
@@ -131,4 +131,4 @@ PEERS = {
 
 if __name__ == "__main__":
     engine, model_path, settings_json = sys.argv[1:4]
-    print(json.dumps(PEERS[engine](Path(model_path), BenchSettings.from_json(settings_json))))
+    print(json.dumps(measured_child(lambda: PEERS[engine](Path(model_path), BenchSettings.from_json(settings_json)))))

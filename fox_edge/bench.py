@@ -12,6 +12,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +121,55 @@ def measure_protocol(
     result["generate_tps"] = settings.generate_tokens / (time.perf_counter() - first)
     result["peak_rss_mb"] = peak_rss_mb()
     result["threads"] = settings.threads or default_threads()
+    return result
+
+
+class MemorySampler:
+    """The peak resident memory split into anonymous memory (runtime allocations, repacked or prepacked weights, KV
+    cache, compute buffers) and file-backed pages (memory-mapped weights). Linux keeps only the peak of the sum
+    (VmHWM), so a thread reads RssAnon and RssFile of /proc/self/status every few milliseconds and keeps the sample
+    with the largest sum: a peak shorter than the interval can be missed, VmHWM cannot.
+
+        with MemorySampler() as memory:
+            ...
+        memory.peak_anon_mb, memory.peak_file_mb
+    """
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.peak_anon_mb = self.peak_file_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        try:
+            fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+            anon, file = (int(fields[key].split()[0]) / 1024 for key in ("RssAnon", "RssFile"))
+        except (OSError, KeyError, ValueError):  # not Linux: VmHWM's fallback in peak_rss_mb still reports the total
+            return
+        if anon + file > self.peak_anon_mb + self.peak_file_mb:
+            self.peak_anon_mb, self.peak_file_mb = anon, file
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def measured_child(measure: Callable[[], dict]) -> dict:
+    """A measuring child's result with its peak memory split (MemorySampler) added."""
+    with MemorySampler() as memory:
+        result = measure()
+    if memory.peak_anon_mb + memory.peak_file_mb:
+        result |= {"peak_anon_mb": memory.peak_anon_mb, "peak_file_mb": memory.peak_file_mb}
     return result
 
 
@@ -253,6 +303,8 @@ METRICS = (
     ("ttft_ms", "TTFT ms", "{:.0f}"),
     ("generate_tps", "generate tok/s", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("peak_anon_mb", "of which anon MB", "{:.0f}"),
+    ("peak_file_mb", "file MB", "{:.0f}"),
 )
 
 
@@ -288,6 +340,6 @@ if __name__ == "__main__":
         print(json.dumps({"read_gbs": read_bandwidth_gbs()}))
         sys.exit()
     try:
-        print(json.dumps(measure_once(sys.argv[1], BenchSettings.from_json(sys.argv[2]))))
+        print(json.dumps(measured_child(lambda: measure_once(sys.argv[1], BenchSettings.from_json(sys.argv[2])))))
     except FoxEdgeError as exc:
         sys.exit(str(exc))

@@ -20,11 +20,17 @@ def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_
     assert order == ["tiny.f32.gguf run 1", "tiny.f16.gguf run 1", "tiny.f32.gguf run 2", "tiny.f16.gguf run 2"]
     for result, model in zip(results, models, strict=True):
         assert result.model == model and result.backend == "llama.cpp" and result.threads >= 1
-        assert set(result.samples) == {"load_s", "prompt_16_tps", "prompt_64_tps", "ttft_ms", "generate_tps", "peak_rss_mb"}
+        assert set(result.samples) == {
+            *("load_s", "prompt_16_tps", "prompt_64_tps", "ttft_ms", "generate_tps"),
+            *("peak_rss_mb", "peak_anon_mb", "peak_file_mb"),
+        }
         assert all(len(v) == 2 and min(v) > 0 for v in result.samples.values())
+        # The sampled split's sum is at most the kernel's peak (VmHWM) and close to it.
+        for total, anon, file in zip(*(result.samples[k] for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb")), strict=True):
+            assert 0.8 * total <= anon + file <= total + 1
     assert results[0].file_mb > results[1].file_mb  # f32 is twice the f16 file
     table = format_table(results, settings)
-    assert "prompt 64 tok/s" in table and "tiny.f16.gguf" in table
+    assert "prompt 64 tok/s" in table and "tiny.f16.gguf" in table and "of which anon MB" in table
 
 
 def test_cli_json(tiny_gguf):
