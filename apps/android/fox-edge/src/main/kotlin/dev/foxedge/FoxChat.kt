@@ -1,11 +1,13 @@
 package dev.foxedge
 
-import kotlinx.coroutines.Dispatchers
-import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.channels.trySendBlocking
-import kotlinx.coroutines.launch
-import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.channelFlow
+import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.NonCancellable
 import kotlinx.coroutines.withContext
 
 /** Sampling and context for a chat; [FoxModel.defaultChatParams] holds the bundle's defaults. temperature 0 is greedy. */
@@ -67,8 +69,9 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
 
     /**
      * Sends [message] as the user; the reply arrives as it is generated, each element whole characters. The native
-     * work runs on [Dispatchers.IO] when the flow is collected. Cancelling the collector (a cancelled scope,
-     * `take(n)`, a timeout) stops generation within one token; the exchange joins the history as far as it got.
+     * work runs on [Dispatchers.IO] when the flow is collected and waits for the collector to take each piece (no
+     * buffer). Cancelling the collector (a cancelled scope, `take(n)`, a timeout) stops generation within one token;
+     * the exchange joins the history as far as it got.
      * Throws [FoxException] when the core fails (a message longer than the context, ...).
      */
     fun send(message: String): Flow<String> = channelFlow {
@@ -80,7 +83,10 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
         var stats: DoubleArray? = null
         try {
             val reply = launch(Dispatchers.IO) {
-                stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece -> trySendBlocking(piece.decodeToString()) }
+                stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece ->
+                    // The collector is gone (cancelled, take(n)): stop at the next token, from this very thread.
+                    if (trySendBlocking(piece.decodeToString()).isFailure) FoxNative.chatCancel(handle)
+                }
             }
             try {
                 reply.join()
@@ -94,7 +100,7 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
             stats?.let { lastStats = ChatStats.of(it) }
             release()
         }
-    }
+    }.buffer(Channel.RENDEZVOUS) // generation waits for the collector: it never runs ahead of what was shown
 
     /** Forgets the conversation (the KV cache too). */
     fun reset() = synchronized(lock) {
