@@ -20,12 +20,6 @@ ANDROID_ONLY = KOTLIN_SOURCES / "dev" / "foxedge" / "android"
 TEST_MAIN = "dev.foxedge.FoxEdgeJvmTestKt"
 
 
-def _checked(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{Path(command[0]).name} failed:\n{(result.stdout + result.stderr)[-4000:]}")
-
-
 def _stale(stamp: Path, content: bytes) -> bool:
     return not stamp.is_file() or stamp.read_text() != hashlib.sha256(content).hexdigest()
 
@@ -41,7 +35,7 @@ def kotlin_files() -> list[Path]:
 def build() -> tuple[Path, list[Path]]:
     """(the folder holding libfox_edge_jni.so and libfox_edge.so, the classpath), rebuilt when a source changed."""
     from fox_edge.testing.assets import kotlin_compiler
-    from fox_edge.testing.native import build_core
+    from fox_edge.testing.native import build_core, run_build_step
 
     out = build_core()  # the Android library's CMake project: the core, its tests and the JNI bridge
     kotlin = kotlin_compiler()
@@ -50,7 +44,7 @@ def build() -> tuple[Path, list[Path]]:
     sources = kotlin_files()
     content = b"".join(p.read_bytes() for p in sources)
     if _stale(out / ".kotlin", content) or not jar.is_file():
-        _checked([str(kotlin / "bin" / "kotlinc"), "-jvm-target", "17", "-cp", str(classpath[1]), "-d", str(jar), *map(str, sources)])
+        run_build_step([str(kotlin / "bin" / "kotlinc"), "-jvm-target", "17", "-cp", str(classpath[1]), "-d", str(jar), *map(str, sources)])
         _stamp(out / ".kotlin", content)
     return out, [jar, *classpath]
 

@@ -84,6 +84,13 @@ def sources_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def run_build_step(command: list[str], env: dict[str, str] | None = None) -> None:
+    """One step of a native build (cmake, kotlinc); a failure raises with the end of its output."""
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{Path(command[0]).name} {' '.join(command[1:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+
+
 def adopt_build_folder(build: Path, source: Path) -> None:
     """A persistent build folder configured from another checkout of fox-edge (CI clones anew each time): forget
     that configuration, keeping the compiled llama.cpp objects, whose sources have not moved."""
@@ -114,9 +121,7 @@ def build_core() -> Path:
         ["cmake", "-S", str(ANDROID_CPP), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
         ["cmake", "--build", str(build), "-j", jobs],
     ):
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+        run_build_step(command, env)
     stamp.write_text(sources_hash())
     return build
 
@@ -155,9 +160,7 @@ def build_core_macos() -> Path:
          "-DGGML_OPENMP=OFF", "-DGGML_NATIVE=OFF"],
         ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", jobs],
     ):  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:3])} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+        run_build_step(command)
     stamp.write_text(sources_hash())
     return build
 
