@@ -108,30 +108,23 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp
     gguf = convert_to_gguf(trained_tiny_fox1, tmp_path / "trained.f16.gguf").output
     bundle = make_bundle(gguf, tmp_path / "trained-bundle").folder
     endless = edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0]))
-    # SmolLM2 at Q8_0: real weights through the integer dot-product kernels (dotprod on the a76). Two turns: its
-    # third reply meets a near-tie at one token, which x86's and ARM's summation orders resolve differently.
-    from fox_edge.quant.gguf import quantize_gguf
-
-    smollm2_f16 = convert_to_gguf(smollm2, tmp_path / "smollm2.f16.gguf", "f16").output
-    smollm2_bundle = make_bundle(
-        quantize_gguf(smollm2_f16, tmp_path / "smollm2.Q8_0.gguf", "Q8_0").output, tmp_path / "smollm2-bundle"
-    ).folder
+    # SmolLM2 in f16, real weights: at Q8_0 its replies meet near-ties (top-2 logits within rounding) that x86's and
+    # ARM's integer dot-product summation orders resolve differently, on the a53 already in the first reply.
+    smollm2_bundle = make_bundle(convert_to_gguf(smollm2, tmp_path / "smollm2.f16.gguf", "f16").output, tmp_path / "smollm2-bundle").folder
     spec = {
         "templates": template_cases(bundle, "Fox-1", at="/work/trained-bundle"),
         "greedy": [greedy_case(bundle, "trained tiny Fox-1", at="/work/trained-bundle")],
         "utf8": {"text": SCRIPTED_REPLY, "bundle": f"/work/{scripted_bundle.name}"},
         "cancel": {"bundle": "/work/endless"},
     }
-    # SmolLM2 (slow under emulation: one turn; the tiny model covers the KV cache across turns) on the cortex-a76,
-    # the tiny model everywhere. On the cortex-a53 SmolLM2's first reply differs from x86's at its fifth token
-    # inside this suite (deterministically) and never when run alone: not yet understood, so not asserted there (see the session note).
+    # SmolLM2 on the two phone cores (slow under emulation: one turn; the tiny model covers the KV cache across turns).
     with_smollm2 = spec | {
         "templates": spec["templates"] + template_cases(smollm2_bundle, "SmolLM2", at="/work/smollm2-bundle"),
         "greedy": spec["greedy"] + [greedy_case(smollm2_bundle, "SmolLM2", at="/work/smollm2-bundle", turns=TURNS[:1])],
     }
     cpus = (*CPUS, "max")  # max: i8mm, SVE and SVE2 as well
     results = run_native_tests(
-        {cpu: with_smollm2 if cpu == "cortex-a76" else spec for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
+        {cpu: with_smollm2 if cpu in CPUS else spec for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
     )
     for cpu in cpus:
         result = results[cpu]
