@@ -97,6 +97,13 @@ def refuse_quantized(path: str | os.PathLike[str], allow_requantize: bool) -> No
         )
 
 
+# llama.cpp's quantizer converts each tensor to f32 and quantizes it in slabs of rows of at most this many bytes
+# (its default, 8 GiB, holds the whole 256K x 2048 embedding: 2.1 GB of f32 beside its f16 copy and output, a
+# 3.6 GB peak on full-size Fox-1). 64 MiB slabs give the same bytes at 1.15 GB and no loss of speed
+# (benchmarks/BENCHMARKS.md).
+SLAB_BYTES = 64 << 20
+
+
 def _child(input_path: str, output_path: str, settings: dict, imatrix_path: str | None) -> int:
     """Runs in the child process: quantize, relaying llama.cpp's per-tensor log lines as JSON on stdout."""
     import ctypes
@@ -161,7 +168,12 @@ def quantize_gguf(
     if threads:
         check_threads(threads)
     refuse_quantized(input_path, allow_requantize)
-    settings = {"ftype": int(quant.file_type), "nthread": threads, "allow_requantize": allow_requantize}
+    settings = {
+        "ftype": int(quant.file_type),
+        "nthread": threads,
+        "allow_requantize": allow_requantize,
+        "max_buf_size": SLAB_BYTES,
+    }
     if embedding_override is not None:
         settings["token_embedding_type"] = int(embedding_override)
     if output_override is not None:
