@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
@@ -35,7 +36,8 @@ class BenchSettings:
     flash_attention: bool | None = None  # None: the backend decides
     kv_type: str | None = None  # None: the backend's default (llama.cpp: f16)
     n_batch: int | None = None  # prompt tokens per forward pass; None: the runner's default (512)
-    use_mmap: bool | None = None  # GGUF: False reads the whole file into memory; None: llama.cpp's default (mmap)
+    use_mmap: bool | None = None  # GGUF: map the file (True) or read it (False); None: the runner's choice
+    repack: bool | None = None  # GGUF: llama.cpp's repacked weight layouts; None: the runner's default (on)
     roofline: bool = False  # measure the memory read bandwidth before each round; report generation against it
 
     @classmethod
@@ -71,6 +73,7 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
         "kv_type": settings.kv_type,
         "n_batch": settings.n_batch,
         "use_mmap": settings.use_mmap,
+        "repack": settings.repack,
     }
     runner = open_runner(model, n_ctx=settings.n_ctx, n_threads=settings.threads, **{k: v for k, v in options.items() if v is not None})
     load = time.perf_counter() - started
@@ -83,6 +86,11 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     runner.prefill(text_tokens[:32])  # warm-up: first-call allocations and page faults are not measured
 
     result: dict[str, float | str | int] = {"load_s": load, "backend": runner.backend}
+    if shape := getattr(runner, "shape", None):  # what a bundle's manifest would say this model needs (bundle.py)
+        weights = weights_bytes(runner.path)
+        result["estimate_mb"] = (
+            estimate_memory(weights_bytes=weights, shape=shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)["total_bytes"] / 1e6
+        )
     result |= measure_protocol(
         settings,
         text_tokens,
@@ -305,6 +313,7 @@ METRICS = (
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("peak_anon_mb", "of which anon MB", "{:.0f}"),
     ("peak_file_mb", "file MB", "{:.0f}"),
+    ("estimate_mb", "estimate MB", "{:.0f}"),
 )
 
 

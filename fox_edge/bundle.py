@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from fox_edge import __version__
-from fox_edge.backends.base import ModelShape
+from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output, check_writable
@@ -47,6 +47,15 @@ class Target:
     context: int
     memory_budget: int  # bytes the model may need before `bundle` warns
     budget_source: str
+    # How llama.cpp should load a GGUF on this target (manifest format.runtime_options; the runner and the native core
+    # follow it). use_mmap None: the runner decides (read into memory when the CPU backend repacks the weights).
+    gguf_loading: dict
+
+
+# Measured on full-size Fox-1 Q4_K_M (benchmarks/BENCHMARKS.md, "Memory"): llama.cpp's repacked layouts feed its
+# fastest CPU kernels (dotprod / i8mm on ARM), and reading the file into memory instead of mapping it keeps no
+# second, mapped copy of the repacked weights resident: 1.30 GB at 2048 context instead of 1.82 GB, at the same speed.
+CPU_LOADING = {"use_mmap": False, "repack": True}
 
 
 TARGETS = {
@@ -54,15 +63,19 @@ TARGETS = {
         quant="Q4_K_M", onnx_precision="int4", ort_format=True, context=2048, memory_budget=3 * GIB,
         budget_source="fox-edge's choice for an 8 GB phone, whose low-memory killer ends a foreground app well before its RAM is full "
         "(Android documents no per-app limit); ExecuTorch's Llama 3.2 1B 4-bit ran in 1,921 MiB on a OnePlus 12",
+        gguf_loading=CPU_LOADING,
     ),
     "ios": Target(
         quant="Q4_K_M", onnx_precision="int4", ort_format=True, context=2048, memory_budget=2 * GIB,
         budget_source="what a 4 GB iPhone grants an app without the increased-memory-limit entitlement (iPhone 12 mini: about "
         "2.1 GB from os_proc_available_memory); a 6 GB iPhone grants about 3.1 GB, about 4.2 GB with the entitlement",
+        # Metal: llama.cpp wraps the mapped file in GPU-visible buffers without a copy, and nothing is repacked.
+        gguf_loading={"use_mmap": True, "repack": True},
     ),
     "desktop": Target(
         quant="Q4_K_M", onnx_precision="int4", ort_format=False, context=4096, memory_budget=8 * GIB,
         budget_source="half of a 16 GB laptop",
+        gguf_loading={"use_mmap": None, "repack": True},
     ),
 }  # fmt: skip
 BACKENDS = {"llama.cpp": "gguf", "onnx": "onnx"}
@@ -166,8 +179,7 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
         eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
         if problem := template_problem(runner.chat_template, bos, eos):
             raise FoxEdgeError(f"{problem} (bundling {source})")
-        weights = sum(p.stat().st_size for p in files if p.suffix in (".gguf", ".data", ".onnx") and p.name != "model.ort")
-        memory = estimate_memory(weights_bytes=weights, shape=runner.shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)
+        memory = estimate_memory(weights_bytes=weights_bytes(model), shape=runner.shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)
         memory["budget_bytes"] = settings.memory_budget
         if memory["total_bytes"] > settings.memory_budget:
             warn(
@@ -191,7 +203,7 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
                 "model_path": model.relative_to(folder).as_posix(),
                 "precision": precision if precision in ("f16", "int8", "int6", "int5", "int4") else "f16",
                 "quant_type": quant_type(runner),
-                "runtime_options": {"n_threads": "performance cores", "use_mmap": True},
+                "runtime_options": {"n_threads": "performance cores", **(settings.gguf_loading if model.is_file() else {})},
             },
             "files": [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in files],
             "tokenizer": {
@@ -233,26 +245,6 @@ def _accuracy(report: dict | None, allowed: bool) -> dict:
     return accuracy
 
 
-def estimate_memory(*, weights_bytes: int, shape: ModelShape, n_vocab: int, n_ctx: int, n_batch: int = 512) -> dict:
-    """What a chat at `n_ctx` needs: the weights (memory-mapped, all of them resident once read), the KV cache, and the
-    compute buffers of a batch of prompt tokens."""
-    kv = int(2 * shape.n_layers * shape.n_kv_heads * shape.head_size * n_ctx * shape.kv_bytes_per_element)
-    compute = n_batch * 16 * shape.hidden_size * 4 + 2 * n_vocab * 4
-    return {
-        "total_bytes": weights_bytes + kv + compute,
-        "weights_bytes": weights_bytes,
-        "kv_cache_bytes": kv,
-        "compute_bytes": compute,
-        "at_context": n_ctx,
-        "method": (
-            "weights: the model's weight files (memory-mapped, resident once read); KV cache: 2 (K and V) x layers x kv heads x "
-            "head size x context x bytes per element (f16: 2); compute: a 512-token prompt batch's activations "
-            "(512 x 16 x hidden size x 4 bytes) plus two rows of logits. An estimate: runtimes add their own extras, "
-            "such as llama.cpp's repacked copy of Q4 weights"
-        ),
-    }
-
-
 @cache
 def runtime_versions() -> dict[str, str]:
     versions = {}
@@ -262,6 +254,16 @@ def runtime_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
+
+
+LOADING = {
+    False: "read the file into memory (`format.runtime_options.use_mmap` false): llama.cpp repacks the weights for its CPU kernels, "
+    "and a mapped file would keep its pages resident beside the repacked copy.",
+    True: "map the file (`format.runtime_options.use_mmap` true).",
+    None: "the runtime decides (`format.runtime_options.use_mmap` null): fox-edge reads the file into memory where llama.cpp "
+    "repacks the weights for its CPU kernels, and maps it otherwise.",
+    "onnx": "ONNX Runtime maps the weights file.",
+}
 
 
 def _readme(manifest: dict, settings: Target) -> str:
@@ -283,6 +285,7 @@ Made by fox-edge {manifest["made_by"]["fox_edge"]} from {manifest["model"]["sour
   (weights {memory["weights_bytes"] / GIB:.2f} GiB, KV cache {memory["kv_cache_bytes"] / GIB:.2f} GiB); the budget for
   {manifest["target"]} is {settings.memory_budget / GIB:.0f} GiB ({settings.budget_source}).
 - Accuracy: {quality}.
+- Loading: {LOADING[fmt["runtime_options"].get("use_mmap", "onnx") if fmt["name"] == "gguf" else "onnx"]}
 - Prompting: render `chat_template` (Jinja) from `manifest.json` with the conversation; stop on any of `tokenizer.stop_ids`;
   sampling defaults in `generation`.
 

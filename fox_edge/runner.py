@@ -123,9 +123,9 @@ LLAMA_CPP_OPTIONS = {
     "flash_attention": "--flash-attention",
     "kv_type": "--kv-type",
     "gpu_layers": "--gpu-layers",
-    "use_mmap": "--no-mmap",
+    "use_mmap": "--mmap/--no-mmap",
     "repack": "--no-repack",
-    "n_ubatch": "--ubatch-size",
+    "n_ubatch": "Python API only",
 }
 
 
@@ -150,6 +150,9 @@ def open_runner(
         context = n_ctx if n_ctx is not None else manifest["context"]["default"]
         inner = Path(model) / manifest["format"]["model_path"]
         template = chat_template if chat_template is not None else manifest["chat_template"]
+        # The target's loading settings (bundle.Target.gguf_loading) unless the caller chose otherwise.
+        loading = {k: v for k, v in manifest["format"].get("runtime_options", {}).items() if k in ("use_mmap", "repack") and v is not None}
+        options = {**loading, **options}
         runner = open_runner(inner, n_ctx=context, n_threads=n_threads, chat_template=template, device=device, **options)
         runner.stop_ids = frozenset(manifest["tokenizer"]["stop_ids"])
         runner.generation_defaults = dict(manifest["generation"])

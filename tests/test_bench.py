@@ -22,13 +22,16 @@ def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_
         assert result.model == model and result.backend == "llama.cpp" and result.threads >= 1
         assert set(result.samples) == {
             *("load_s", "prompt_16_tps", "prompt_64_tps", "ttft_ms", "generate_tps"),
-            *("peak_rss_mb", "peak_anon_mb", "peak_file_mb"),
+            *("peak_rss_mb", "peak_anon_mb", "peak_file_mb", "estimate_mb"),
         }
         assert all(len(v) == 2 and min(v) > 0 for v in result.samples.values())
         # The sampled split's sum is at most the kernel's peak (VmHWM) and close to it.
         for total, anon, file in zip(*(result.samples[k] for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb")), strict=True):
             assert 0.8 * total <= anon + file <= total + 1
     assert results[0].file_mb > results[1].file_mb  # f32 is twice the f16 file
+    # The estimate a bundle's manifest states: the weight file, the KV cache and the compute buffers at the context.
+    estimates = [result.median("estimate_mb") for result in results]
+    assert 0 < estimates[0] - results[0].file_mb and abs((estimates[0] - results[0].file_mb) - (estimates[1] - results[1].file_mb)) < 0.01
     table = format_table(results, settings)
     assert "prompt 64 tok/s" in table and "tiny.f16.gguf" in table and "of which anon MB" in table
 

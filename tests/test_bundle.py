@@ -194,3 +194,27 @@ def test_smollm2_bundle_chats_as_its_gguf(smollm2_gguf, tmp_path):
 
     answer = chat(folder)
     assert answer == chat(smollm2_gguf) and "Paris" in answer
+
+
+def test_weights_load_as_the_target_says(bundle, checked_q8, tiny_gguf, tmp_path):
+    """Android's bundle reads its weights into memory (llama.cpp repacks them for its CPU kernels; a mapped file's pages
+    would stay resident beside the repacked copy), the caller's choice wins, and a bare GGUF is read when it holds
+    types llama.cpp repacks, mapped otherwise. The load mode is llama.cpp's own word (its log)."""
+    from fox_edge.backends import llamacpp
+    from fox_edge.runner import open_runner
+
+    def load_mode(model, **options) -> str:
+        with open_runner(model, n_ctx=128, **options):
+            return next(line for line in llamacpp._log_lines if "load_mode = " in line).split("load_mode = ")[1].strip(" )\n")
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"]["runtime_options"] | {"use_mmap": False, "repack": True} == manifest["format"]["runtime_options"]
+    assert load_mode(bundle) == "none"
+    assert load_mode(bundle, use_mmap=True) == "mmap"
+    assert load_mode(checked_q8) == "none"  # Q8_0: a type the CPU backend may repack
+    assert load_mode(checked_q8, repack=False) == "mmap"
+    assert load_mode(tiny_gguf["f16"]) == "mmap"
+    ios = tmp_path / "ios"
+    assert cli("bundle", str(checked_q8), "--target", "ios", "-o", str(ios))[0] == 0
+    assert json.loads((ios / "manifest.json").read_text())["format"]["runtime_options"]["use_mmap"] is True
+    assert load_mode(ios, device="cpu") == "mmap"

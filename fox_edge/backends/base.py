@@ -27,6 +27,34 @@ class ModelShape:
     kv_bytes_per_element: float  # of the KV cache as this runner keeps it (f16: 2)
 
 
+def weights_bytes(model: Path) -> int:
+    """The bytes of a model's weight files: a GGUF file, or an ONNX or checkpoint folder's graph and data files (an ORT
+    flatbuffer beside them holds the same weights again)."""
+    if model.is_file():
+        return model.stat().st_size
+    return sum(p.stat().st_size for p in model.iterdir() if p.suffix in (".gguf", ".onnx", ".data", ".safetensors"))
+
+
+def estimate_memory(*, weights_bytes: int, shape: ModelShape, n_vocab: int, n_ctx: int, n_batch: int = 512) -> dict:
+    """What a chat at `n_ctx` needs: the weights (memory-mapped, all of them resident once read), the KV cache, and the
+    compute buffers of a batch of prompt tokens."""
+    kv = int(2 * shape.n_layers * shape.n_kv_heads * shape.head_size * n_ctx * shape.kv_bytes_per_element)
+    compute = n_batch * 16 * shape.hidden_size * 4 + 2 * n_vocab * 4
+    return {
+        "total_bytes": weights_bytes + kv + compute,
+        "weights_bytes": weights_bytes,
+        "kv_cache_bytes": kv,
+        "compute_bytes": compute,
+        "at_context": n_ctx,
+        "method": (
+            "weights: the model's weight files (resident once read, mapped or read into memory); KV cache: 2 (K and V) x layers x kv heads x "
+            "head size x context x bytes per element (f16: 2); compute: a 512-token prompt batch's activations "
+            "(512 x 16 x hidden size x 4 bytes) plus two rows of logits. An estimate: runtimes add their own extras, "
+            "such as ONNX Runtime's prepacked copy of int4 weights"
+        ),
+    }
+
+
 class Runner:
     """One model opened for inference. Backends set these attributes and implement the methods below."""
 

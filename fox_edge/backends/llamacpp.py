@@ -22,6 +22,12 @@ from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import gguf_tensors
 
+# The weight types llama.cpp's CPU backend may copy into its interleaved layouts for faster kernels
+# (ggml-cpu/repack.cpp; which ones it does depends on the CPU). A mapped file's pages of a repacked tensor stay
+# resident beside the copy: full-size Fox-1 Q4_K_M peaks at 1.82 GB mapped, 1.30 GB read into memory, at the same
+# speed (benchmarks/BENCHMARKS.md). So a file holding any of them is read, not mapped, unless asked otherwise.
+REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "Q2_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"})
+
 # KV cache element types (ggml type numbers). f16 is llama.cpp's default; f32 makes it exact for tests.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
 KV_BYTES = {"f32": 4, "f16": 2, "q8_0": 34 / 32}  # bytes per element (q8_0: 32 values in 34 bytes)
@@ -41,6 +47,10 @@ def _log(level: int, text: bytes, user_data) -> None:
 
 C.llama_log_set(_log, ctypes.c_void_p(0))
 C.llama_backend_init()
+
+
+def _may_repack(path: Path) -> bool:
+    return any(tensor.type.name in REPACKED_TYPES for tensor in gguf_tensors(path).values())
 
 
 def default_gpu_layers() -> int:
@@ -69,7 +79,7 @@ class LlamaCppRunner(Runner):
         vocab_only: bool = False,
         kv_type: str = "f16",
         flash_attention: bool | None = None,
-        use_mmap: bool = True,
+        use_mmap: bool | None = None,
         repack: bool = True,
         n_ubatch: int | None = None,
     ):
@@ -80,7 +90,10 @@ class LlamaCppRunner(Runner):
         model_params.use_extra_bufts = repack
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only
-        if not use_mmap:  # read the file into memory; the default (auto) maps it. llama.cpp's load_mode replaced use_mmap
+        if use_mmap is None:
+            use_mmap = vocab_only or not (repack and model_params.n_gpu_layers == 0 and _may_repack(self.path))
+        self.use_mmap = use_mmap
+        if not use_mmap:  # read the file into memory; llama.cpp's default (auto) maps it. load_mode replaced use_mmap
             model_params.load_mode = C.LLAMA_LOAD_MODE_NONE
         _log_lines.clear()
         self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)

@@ -26,7 +26,15 @@ def bench(
     flash_attention: Annotated[str, typer.Option("--flash-attention", help="GGUF: auto, on or off")] = "auto",
     kv_type: Annotated[str | None, typer.Option("--kv-type", help="GGUF KV cache type: f16 (default), f32 or q8_0")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="prompt tokens per forward pass (default 512)")] = None,
-    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="GGUF: read the file into memory instead of mapping it")] = False,
+    mmap: Annotated[
+        bool | None,
+        typer.Option(
+            "--mmap/--no-mmap", help="GGUF: map the file or read it into memory (default: read it when llama.cpp repacks its weights)"
+        ),
+    ] = None,
+    repack: Annotated[
+        bool, typer.Option("--repack/--no-repack", help="GGUF: llama.cpp's repacked weight layouts for its CPU kernels")
+    ] = True,
     roofline: Annotated[
         bool, typer.Option("--roofline", help="measure memory read bandwidth each round; show generation as a fraction of its roofline")
     ] = False,
@@ -52,7 +60,7 @@ def bench(
         settings = BenchSettings(
             prompt_lengths=lengths, generate_tokens=generate, repeats=repeats, threads=threads, n_ctx=ctx_size,
             flash_attention=FLASH_ATTENTION[flash_attention], kv_type=kv_type, n_batch=batch_size,
-            use_mmap=False if no_mmap else None, roofline=roofline,
+            use_mmap=mmap, repack=None if repack else False, roofline=roofline,
         )  # fmt: skip
         with progress_bar("benchmarking", in_bytes=False) as progress:
             results = bench_models([str(m) for m in models], settings, progress)

@@ -42,7 +42,7 @@ typedef struct fox_chat  fox_chat;  /* a conversation with its KV cache */
 
 typedef struct fox_model_params {
     int32_t n_threads; /* 0: the performance cores (fox_performance_cores) */
-    bool    use_mmap;
+    int32_t use_mmap;  /* -1: as the bundle's manifest says (format.runtime_options), 0: read the file into memory, 1: map it */
 } fox_model_params;
 
 FOX_API fox_model_params fox_model_default_params(void);

@@ -260,7 +260,7 @@ extern "C" {
 fox_model_params fox_model_default_params(void) {
     fox_model_params params;
     params.n_threads = 0;
-    params.use_mmap  = true;
+    params.use_mmap  = -1;
     return params;
 }
 
@@ -297,8 +297,14 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
         if (cpu_backend() == nullptr) {
             throw Failure{FOX_ERROR_LOAD, "no CPU backend: package the libggml-cpu-*.so files beside libfox_edge"};
         }
-        llama_model_params model_params = llama_model_default_params();
-        if (!params.use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // read into memory; the default maps the file
+        // The bundle says how its weights load best on its target (fox-edge's bundle.py): read into memory where
+        // llama.cpp repacks them for its CPU kernels, or the mapped pages stay resident beside the repacked copy.
+        const json          options      = m.at("format").value("runtime_options", json::object());
+        llama_model_params  model_params = llama_model_default_params();
+        const json          bundle_mmap  = options.value("use_mmap", json());
+        const bool          use_mmap     = params.use_mmap >= 0 ? params.use_mmap != 0 : !bundle_mmap.is_boolean() || bundle_mmap.get<bool>();
+        model_params.use_extra_bufts     = options.value("repack", true);
+        if (!use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // the default maps the file
         std::string path                = model->folder + "/" + m.at("format").at("model_path").get<std::string>();
         model->model                    = llama_model_load_from_file(path.c_str(), model_params);
         if (model->model == nullptr) throw Failure{FOX_ERROR_LOAD, "llama.cpp cannot load " + path};

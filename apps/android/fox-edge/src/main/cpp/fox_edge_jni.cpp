@@ -60,7 +60,7 @@ fox_chat * chat_of(jlong handle) { return reinterpret_cast<fox_chat *>(handle); 
 
 #define FOX_JNI(type, name) extern "C" JNIEXPORT type JNICALL Java_dev_foxedge_FoxNative_##name
 
-FOX_JNI(jlong, modelOpen)(JNIEnv * env, jclass, jbyteArray folder, jint threads, jboolean use_mmap) {
+FOX_JNI(jlong, modelOpen)(JNIEnv * env, jclass, jbyteArray folder, jint threads, jint use_mmap) {
     fox_model_params params = fox_model_default_params();
     params.n_threads        = threads;
     params.use_mmap         = use_mmap;

@@ -14,7 +14,8 @@ data class Message(val role: String, val content: String)
 /**
  * A fox-edge bundle (a folder with manifest.json, made by `fox-edge bundle`), opened: the manifest checked and every
  * file present at its size. On Android the folder must be a real directory (copy the bundle out of the APK's assets
- * once: [dev.foxedge.android.Bundles]); the model is memory-mapped from it.
+ * once: [dev.foxedge.android.Bundles]). The weights are read into memory or mapped as the bundle's manifest says
+ * (format.runtime_options.use_mmap); [open]'s useMmap overrides it.
  *
  * Closing the model closes its chats; a reply still streaming is cancelled, and the model is freed once it has stopped.
  */
@@ -25,8 +26,8 @@ class FoxModel private constructor(private val handle: Long) : AutoCloseable {
 
     companion object {
         /** Opens [bundleDir]; [threads] 0 runs on the performance cores only. Throws [FoxException]. */
-        fun open(bundleDir: String, threads: Int = 0, useMmap: Boolean = true): FoxModel =
-            FoxModel(FoxNative.modelOpen(bundleDir.encodeToByteArray(), threads, useMmap))
+        fun open(bundleDir: String, threads: Int = 0, useMmap: Boolean? = null): FoxModel =
+            FoxModel(FoxNative.modelOpen(bundleDir.encodeToByteArray(), threads, useMmap?.let { if (it) 1 else 0 } ?: -1))
 
         /** The CPU features the loaded llama.cpp CPU backend uses ("NEON DOTPROD ..."): the variant chosen for this phone. */
         fun cpuFeatures(): String = FoxNative.cpuFeatures().decodeToString()

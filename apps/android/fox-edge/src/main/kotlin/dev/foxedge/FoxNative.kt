@@ -14,7 +14,7 @@ internal object FoxNative {
         fun onText(utf8: ByteArray)
     }
 
-    @JvmStatic external fun modelOpen(folder: ByteArray, threads: Int, useMmap: Boolean): Long
+    @JvmStatic external fun modelOpen(folder: ByteArray, threads: Int, useMmap: Int): Long
     @JvmStatic external fun modelVerify(model: Long)
     @JvmStatic external fun modelClose(model: Long)
     @JvmStatic external fun modelThreads(model: Long): Int
