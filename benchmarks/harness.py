@@ -95,6 +95,19 @@ def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]
                        str(work / f"fox1.{t}.gguf")], work / f"fox1.{t}.gguf")
             for t in QUANT_TYPES
         ),
+        # Before issue 15: llama.cpp's quantizer held a whole tensor in f32 (the 256K x 2048 embedding: 2.1 GB).
+        Conversion(
+            "fox-edge quantize --type Q4_K_M, whole tensors at once (the previous default)",
+            [sys.executable, "-c", f"from fox_edge.quant.gguf import quantize_gguf; quantize_gguf({str(f16)!r}, "
+             f"{str(work / 'whole-tensors.Q4_K_M.gguf')!r}, 'Q4_K_M', slab_bytes=0)"],
+            work / "whole-tensors.Q4_K_M.gguf", keep=False,
+        ),
+        # ONNX Runtime's prepacked int4 weights written into the weights file, mapped at load instead of packed again.
+        Conversion(
+            "ONNX int4 with ONNX Runtime's prepacked weights saved (session.save_external_prepacked_constant_initializers)",
+            [sys.executable, str(HERE / "onnx_prepacked.py"), str(work / "onnx-int4"), str(work / "onnx-int4-prepacked")],
+            work / "onnx-int4-prepacked",
+        ),
     ]  # fmt: skip
     if optimum:
         steps.append(
@@ -173,30 +186,38 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--flash-attention on", {"flash_attention": True}),
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--flash-attention off", {"flash_attention": False}),
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--kv-type q8_0", {"kv_type": "q8_0"}),
-        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--no-mmap", {"use_mmap": False}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, MAPPED, {"use_mmap": True}),
+        Entry("GGUF Q4_K_M", "fox-edge", q4km, "--no-repack", {"repack": False}),
+        Entry("ONNX int4", "fox-edge", work / "onnx-int4-prepacked", PREPACKED),
         Entry("ONNX int4", "fox-edge", int4, "--threads 1", {"threads": 1}),
         Entry("ONNX int4", "fox-edge", int4, "--batch-size 128", {"n_batch": 128}),
     ]
 
 
-# The bars of issue 5, measured again head to head: the two engines run back to back, in alternating order,
+MAPPED = "--mmap (the default before issue 15)"
+PREPACKED = "prepacked weights saved in the file"
+
+# The bars of issues 5 and 15, measured again head to head: the two engines run back to back, in alternating order,
 # --pairs times after the rounds, and compared pair by pair (a noisy host moves both alike).
 PAIR_PROMPT = 128  # tokens: pairs measure one prompt length, to keep them short
+# Entries are (label, tuning); "" is the default row.
 HEAD_TO_HEAD = (
-    ("GGUF Q4_K_M", "GGUF Q4_K_M, raw llama-cpp-python"),
-    ("ONNX int4", "ONNX int4 (builder graph), onnxruntime-genai"),
+    (("GGUF Q4_K_M", ""), ("GGUF Q4_K_M, raw llama-cpp-python", "")),
+    (("ONNX int4", ""), ("ONNX int4 (builder graph), onnxruntime-genai", "")),
     # the same engine on both graphs: whether a difference above comes from the graph or from the loop
-    ("ONNX int4 (fox-edge graph), onnxruntime-genai", "ONNX int4 (builder graph), onnxruntime-genai"),
+    (("ONNX int4 (fox-edge graph), onnxruntime-genai", ""), ("ONNX int4 (builder graph), onnxruntime-genai", "")),
+    # issue 15: today's defaults against the previous ones
+    (("GGUF Q4_K_M", ""), ("GGUF Q4_K_M", MAPPED)),
 )
 
 
-def head_to_head(rotation: list[Entry], n_pairs: int) -> dict[tuple[str, str], list[tuple[dict, dict]]]:
-    by_label = {e.label: e for e in rotation if not e.tuning}
-    pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {pair: [] for pair in HEAD_TO_HEAD}
+def head_to_head(rotation: list[Entry], n_pairs: int) -> dict[tuple[tuple[str, str], tuple[str, str]], list[tuple[dict, dict]]]:
+    by_key = {(e.label, e.tuning): e for e in rotation}
+    pairs: dict = {pair: [] for pair in HEAD_TO_HEAD}
     for i in range(n_pairs):
         for a, b in HEAD_TO_HEAD:
             order = (a, b) if i % 2 == 0 else (b, a)
-            measured = {label: run_child(by_label[label].command(prompt_lengths=[PAIR_PROMPT]), label) for label in order}
+            measured = {key: run_child(by_key[key].command(prompt_lengths=[PAIR_PROMPT]), " ".join(key)) for key in order}
             pairs[(a, b)].append((measured[a], measured[b]))
             log(f"  pair {i + 1}/{n_pairs}: {a} / {b}: generation {measured[a]['generate_tps'] / measured[b]['generate_tps']:.3f}x")
     return pairs

@@ -22,6 +22,15 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)])
 
 
+PEAK_HEADER = ["peak RSS MB", "of which anon MB", "file-backed MB"]
+
+
+def peak_cells(result: BenchResult) -> list[str]:
+    """The highest peak over the runs, and its split (the run with the highest peak)."""
+    worst = max(range(len(result.samples["peak_rss_mb"])), key=result.samples["peak_rss_mb"].__getitem__)
+    return [f"{result.samples[k][worst]:.0f}" if k in result.samples else "-" for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb")]
+
+
 def write_report(
     output: Path,
     command: str,
@@ -35,7 +44,7 @@ def write_report(
     settings: BenchSettings,
     results: list[BenchResult],
     bandwidth: list[float],
-    pairs: dict[tuple[str, str], list[tuple[dict, dict]]],
+    pairs: dict[tuple[tuple[str, str], tuple[str, str]], list[tuple[dict, dict]]],
 ) -> None:
     """`aliases` shortens paths in the commands shown (the scratch folder to WORK, and so on)."""
     by_key = {(e.label, e.tuning): r for e, r in zip(rotation, results, strict=True)}
@@ -51,10 +60,10 @@ def write_report(
             entry.label, result.backend, f"{result.file_mb:.0f}", f"{result.weights_mb:.0f}", cell(result.samples["load_s"], "{:.2f}"),
             *(cell(result.samples[f"prompt_{n}_tps"]) for n in lengths), cell(result.samples["ttft_ms"], "{:.0f}"),
             cell(result.samples["generate_tps"]), f"{roofline:.1f}", f"{statistics.median(result.samples['of_roofline']):.0%}",
-            f"{max(result.samples['peak_rss_mb']):.0f}",
+            *peak_cells(result),
         ])  # fmt: skip
     speed_header = ["variant, engine", "backend", "file MB", "weights read per token MB", "load s", *(f"prompt {n} tok/s" for n in lengths),
-                    "TTFT ms", "generate tok/s", "roofline tok/s", "of roofline", "peak RSS MB"]  # fmt: skip
+                    "TTFT ms", "generate tok/s", "roofline tok/s", "of roofline", *PEAK_HEADER]  # fmt: skip
 
     tuning_rows = []
     for entry, result in tuning:
@@ -62,25 +71,39 @@ def write_report(
         changes = [f"{ratio(result, default, m) - 1:+.0%}" for m in (f"prompt_{lengths[-1]}_tps", "generate_tps")]
         tuning_rows.append([
             entry.label, entry.tuning, *(cell(result.samples[f"prompt_{n}_tps"]) for n in lengths), cell(result.samples["ttft_ms"], "{:.0f}"),
-            cell(result.samples["generate_tps"]), f"{max(result.samples['peak_rss_mb']):.0f}", cell(result.samples["load_s"], "{:.2f}"), *changes,
+            cell(result.samples["generate_tps"]), *peak_cells(result), cell(result.samples["load_s"], "{:.2f}"), *changes,
         ])  # fmt: skip
-    tuning_header = ["model", "setting", *(f"prompt {n} tok/s" for n in lengths), "TTFT ms", "generate tok/s", "peak RSS MB", "load s",
+    tuning_header = ["model", "setting", *(f"prompt {n} tok/s" for n in lengths), "TTFT ms", "generate tok/s", *PEAK_HEADER, "load s",
                      f"prompt {lengths[-1]} vs default", "generate vs default"]  # fmt: skip
+
+    # Issue 15's bar: a 4-bit Fox-1 chat in at most 1.15 x (its file + the KV cache), and the estimate a bundle states.
+    memory_rows = []
+    for entry, result in [*main, *tuning]:
+        if entry.label not in ("GGUF Q4_K_M", "ONNX int4") or "kv_cache_mb" not in result.samples:
+            continue
+        peak, kv, estimate = max(result.samples["peak_rss_mb"]), result.median("kv_cache_mb"), result.median("estimate_mb")
+        memory_rows.append([
+            entry.label, entry.tuning or "defaults", f"{result.file_mb:.0f}", f"{kv:.0f}", f"{1.15 * (result.file_mb + kv):.0f}",
+            f"{peak:.0f}", f"{peak / (result.file_mb + kv):.2f}", f"{estimate:.0f}", f"{estimate / peak - 1:+.1%}",
+        ])  # fmt: skip
+    memory_header = ["model", "setting", "file MB", "KV cache MB", "bar: 1.15 x (file + KV) MB", "peak RSS MB", "peak / (file + KV)",
+                     "bundle estimate MB", "estimate vs peak"]  # fmt: skip
 
     first_pair = next(iter(pairs.values()))
     n_pairs = len(first_pair)
     pair_prompt = next(int(k.split("_")[1]) for k in first_pair[0][0] if k.startswith("prompt_"))  # harness.PAIR_PROMPT
     pair_rows, rotation_ratios = [], []
     for (a, b), measured in pairs.items():
+        names = [label + (f", {tuning}" if tuning else "") for label, tuning in (a, b)]
         generate = [x["generate_tps"] / y["generate_tps"] for x, y in measured]
         prompt = [x[f"prompt_{pair_prompt}_tps"] / y[f"prompt_{pair_prompt}_tps"] for x, y in measured]
         pair_rows.append([
-            a, b, cell([x["generate_tps"] for x, _ in measured]), cell([y["generate_tps"] for _, y in measured]),
+            *names, cell([x["generate_tps"] for x, _ in measured]), cell([y["generate_tps"] for _, y in measured]),
             cell(generate, "{:.3f}"), cell(prompt, "{:.3f}"),
         ])  # fmt: skip
         rotation_ratios.append(
-            f"{ratio(by_key[(a, '')], by_key[(b, '')], 'generate_tps'):.3f} (generation) and "
-            f"{ratio(by_key[(a, '')], by_key[(b, '')], f'prompt_{pair_prompt}_tps'):.3f} (prompt) for {a} / {b}"
+            f"{ratio(by_key[a], by_key[b], 'generate_tps'):.3f} (generation) and "
+            f"{ratio(by_key[a], by_key[b], f'prompt_{pair_prompt}_tps'):.3f} (prompt) for {names[0]} / {names[1]}"
         )
     rotation_ratios = "; ".join(rotation_ratios)
     text = f"""# fox-edge benchmarks
@@ -129,6 +152,14 @@ the thread count (its default threading is far slower here). In the rotation abo
 {rotation_ratios}.
 
 {table(["fox-edge", "peer", "generate tok/s, fox-edge", "generate tok/s, peer", "generation ratio", f"prompt {pair_prompt} ratio"], pair_rows)}
+
+## Memory: a 4-bit Fox-1 chat against its file and KV cache
+
+Peak RSS (VmHWM) of the measuring process at the context above, after the prompts and the generation; the KV
+cache as the runtime keeps it (llama.cpp f16, ONNX Runtime the graph's type); "bundle estimate" is what
+`fox-edge bundle` writes into the manifest for the same model and context (fox_edge.backends.base.estimate_memory).
+
+{table(memory_header, memory_rows)}
 
 ## Tuning: one setting changed from the defaults
 

@@ -88,9 +88,8 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     result: dict[str, float | str | int] = {"load_s": load, "backend": runner.backend}
     if shape := getattr(runner, "shape", None):  # what a bundle's manifest would say this model needs (bundle.py)
         weights = weights_bytes(runner.path)
-        result["estimate_mb"] = (
-            estimate_memory(weights_bytes=weights, shape=shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)["total_bytes"] / 1e6
-        )
+        estimate = estimate_memory(weights_bytes=weights, shape=shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)
+        result["estimate_mb"], result["kv_cache_mb"] = estimate["total_bytes"] / 1e6, estimate["kv_cache_bytes"] / 1e6
     result |= measure_protocol(
         settings,
         text_tokens,

@@ -22,7 +22,7 @@ def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_
         assert result.model == model and result.backend == "llama.cpp" and result.threads >= 1
         assert set(result.samples) == {
             *("load_s", "prompt_16_tps", "prompt_64_tps", "ttft_ms", "generate_tps"),
-            *("peak_rss_mb", "peak_anon_mb", "peak_file_mb", "estimate_mb"),
+            *("peak_rss_mb", "peak_anon_mb", "peak_file_mb", "estimate_mb", "kv_cache_mb"),
         }
         assert all(len(v) == 2 and min(v) > 0 for v in result.samples.values())
         # The sampled split's sum is at most the kernel's peak (VmHWM) and close to it.

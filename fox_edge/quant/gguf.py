@@ -158,9 +158,11 @@ def quantize_gguf(
     output_tensor: str | None = None,
     imatrix_path: str | os.PathLike[str] | None = None,
     allow_requantize: bool = False,
+    slab_bytes: int = SLAB_BYTES,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> QuantizedFile:
-    """Quantize a GGUF to `type_name` with llama.cpp; `imatrix_path` is an importance matrix in llama.cpp's format."""
+    """Quantize a GGUF to `type_name` with llama.cpp; `imatrix_path` is an importance matrix in llama.cpp's format.
+    `slab_bytes`: the most tensor rows llama.cpp converts and quantizes at once (0: its default, 8 GiB)."""
     quant = parse_type(type_name)
     embedding_override = parse_tensor_type(embedding, "--embedding-type")
     output_override = parse_tensor_type(output_tensor, "--output-type")
@@ -172,7 +174,7 @@ def quantize_gguf(
         "ftype": int(quant.file_type),
         "nthread": threads,
         "allow_requantize": allow_requantize,
-        "max_buf_size": SLAB_BYTES,
+        "max_buf_size": slab_bytes,
     }
     if embedding_override is not None:
         settings["token_embedding_type"] = int(embedding_override)
