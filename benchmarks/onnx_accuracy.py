@@ -21,6 +21,7 @@ from fox_edge.assets import smollm2_checkpoint
 from fox_edge.check import CheckSettings, check_model
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.converters.onnx import GraphBuilder, OnnxOptions, Precision, convert_to_onnx
+from fox_edge.quant.imatrix import checkpoint_importance
 from fox_edge.quantize import quantize
 from fox_edge.testing import assets
 
@@ -47,16 +48,25 @@ class DynamicInt8(GraphBuilder):
         return self.node("DynamicQuantizeMatMul", inputs, f"{node_name}/MatMul", domain="com.microsoft")[0]
 
 
+# label -> (options, graph builder, calibrated: block scales searched against the checkpoint's importance matrix on the
+# built-in calibration text (Botchan), which is disjoint from the evaluation text (Hamlet))
 ONNX_VARIANTS = {
-    "ONNX int8 (default: symmetric, accuracy_level 4)": (OnnxOptions(precision="int8"), GraphBuilder),
-    "ONNX int8 --asymmetric": (OnnxOptions(precision="int8", symmetric=False), GraphBuilder),
-    "ONNX int8 --accuracy-level 0": (OnnxOptions(precision="int8", accuracy_level=0), GraphBuilder),
-    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions(precision="int8"), DynamicInt8),
-    "ONNX int4 (default: block 32 symmetric, 4-bit embedding)": (OnnxOptions(precision="int4"), GraphBuilder),
-    "ONNX int4 --embedding-bits 8": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder),
-    "ONNX int4 --asymmetric": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder),
-    "ONNX int4 --asymmetric --embedding-bits 8": (OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder),
-}
+    "ONNX int8 (symmetric, accuracy_level 4)": (OnnxOptions(precision="int8"), GraphBuilder, False),
+    "ONNX int8 --asymmetric": (OnnxOptions(precision="int8", symmetric=False), GraphBuilder, False),
+    "ONNX int8 --accuracy-level 0": (OnnxOptions(precision="int8", accuracy_level=0), GraphBuilder, False),
+    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions(precision="int8"), DynamicInt8, False),
+    "ONNX int8, calibrated": (OnnxOptions(precision="int8"), GraphBuilder, True),
+    "ONNX int4 symmetric, 4-bit embedding": (OnnxOptions(precision="int4"), GraphBuilder, False),
+    "ONNX int4 symmetric, 4-bit embedding, calibrated": (OnnxOptions(precision="int4"), GraphBuilder, True),
+    "ONNX int4 symmetric, 8-bit embedding": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder, False),
+    "ONNX int4 symmetric, 8-bit embedding, calibrated": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder, True),
+    "ONNX int4 asymmetric, 4-bit embedding": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder, False),
+    "ONNX int4 asymmetric, 4-bit embedding, calibrated": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder, True),
+    "ONNX int4 asymmetric, 8-bit embedding": (OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder, False),
+    "ONNX int4 asymmetric, 8-bit embedding, calibrated": (
+        OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder, True,
+    ),
+}  # fmt: skip
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
 
 
@@ -65,11 +75,15 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
 
 
-def measure(checkpoint: Path, settings: CheckSettings, work: Path) -> list[tuple[str, float, object]]:
+def measure(checkpoint: Path, settings: CheckSettings, work: Path, variants: dict) -> list[tuple[str, float, object]]:
     rows = []
-    for label, (options, builder) in ONNX_VARIANTS.items():
-        folder = convert_to_onnx(checkpoint, work / label.split(" (")[0].replace(" ", "_"), options, builder=builder).output
+    importance = checkpoint_importance(checkpoint, "builtin")
+    for i, (label, (options, builder, calibrated)) in enumerate(variants.items()):
+        folder = convert_to_onnx(
+            checkpoint, work / f"onnx-{i}", options, builder=builder, importance=importance if calibrated else None
+        ).output
         rows.append((label, size_mb(folder), check_model(folder, checkpoint, settings)))
+        print(f"  {label}: mean KLD {rows[-1][2].kld_mean:.5f}", flush=True)
     f16 = convert_to_gguf(checkpoint, work / "model.f16.gguf", "f16").output
     for type_name in GGUF_TYPES:
         output = work / f"model.{type_name}.gguf"
@@ -81,12 +95,14 @@ def measure(checkpoint: Path, settings: CheckSettings, work: Path) -> list[tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--only", help="variants whose label contains this text (GGUF rows always)")
     args = parser.parse_args()
+    variants = {label: v for label, v in ONNX_VARIANTS.items() if args.only is None or args.only in label}
     settings = CheckSettings(tokens=args.tokens, context=512, max_kld=100.0, min_top1=0.0, max_ppl_ratio=100.0)
     tiny = assets.trained_tiny_fox1()
     for name, checkpoint in (("SmolLM2-135M-Instruct", smollm2_checkpoint()), ("trained tiny Fox-1", tiny)):
         with tempfile.TemporaryDirectory() as work:
-            rows = measure(checkpoint, settings, Path(work))
+            rows = measure(checkpoint, settings, Path(work), variants)
         print(f"\n**{name}** ({rows[0][2].tokens_scored} tokens scored, against PyTorch fp32)\n")
         print("| variant | MB | mean KLD | top-1 agreement | PPL ratio |\n|---|---|---|---|---|")
         for label, mb, r in rows:

@@ -34,14 +34,18 @@ class Bars:
 
 
 # Default bars per precision class. Set from measurements on SmolLM2-135M and the trained tiny Fox-1
-# (benchmarks/README.md); a real 1.6B model loses less than these small ones at the same bits.
+# (benchmarks/README.md); a real 1.6B model loses less than these small ones at the same bits. Mean KL divergence
+# and the perplexity ratio carry the verdict; top-1 agreement is reported, not a default bar: where the reference's
+# two likeliest tokens are near-ties, a change far below what KLD notices flips the choice (SmolLM2's Q8_0: KLD
+# 0.004, perplexity ratio 1.001, top-1 94.9 %). --min-top1 makes it a bar.
 DEFAULT_BARS = {
-    "f16": Bars(max_kld=0.002, min_top1=0.99, max_ppl_ratio=1.005),
-    "int8": Bars(max_kld=0.01, min_top1=0.97, max_ppl_ratio=1.02),
-    "int6": Bars(max_kld=0.03, min_top1=0.94, max_ppl_ratio=1.04),
-    "int5": Bars(max_kld=0.06, min_top1=0.92, max_ppl_ratio=1.07),
-    "int4": Bars(max_kld=0.10, min_top1=0.85, max_ppl_ratio=1.10),
+    "f16": Bars(max_kld=0.002, min_top1=0.0, max_ppl_ratio=1.005),
+    "int8": Bars(max_kld=0.01, min_top1=0.0, max_ppl_ratio=1.02),
+    "int6": Bars(max_kld=0.03, min_top1=0.0, max_ppl_ratio=1.04),
+    "int5": Bars(max_kld=0.06, min_top1=0.0, max_ppl_ratio=1.07),
+    "int4": Bars(max_kld=0.10, min_top1=0.0, max_ppl_ratio=1.10),
 }
+TOP1_MEANING = "reported, not a bar: near-ties between the two likeliest tokens flip on tiny changes; --min-top1 makes it one"
 
 
 @dataclass(kw_only=True)
@@ -259,7 +263,7 @@ def check_accuracy(
     )
     if report.kld_mean > bars.max_kld:
         report.failures.append(f"mean KLD {report.kld_mean:.4f} > {bars.max_kld}")
-    if report.top1_agreement < bars.min_top1:
+    if bars.min_top1 > 0 and report.top1_agreement < bars.min_top1:
         report.failures.append(f"top-1 agreement {report.top1_agreement:.2%} < {bars.min_top1:.0%}")
     if report.ppl_ratio > bars.max_ppl_ratio:
         report.failures.append(f"perplexity ratio {report.ppl_ratio:.4f} > {bars.max_ppl_ratio}")
@@ -276,7 +280,11 @@ def format_report(report: CheckReport) -> str:
         ("perplexity ratio", f"{report.ppl_ratio:.4f} ± {report.ppl_ratio_ci95:.4f}   (bar ≤ {b.max_ppl_ratio})"),
         ("mean KLD", f"{report.kld_mean:.5f} ± {report.kld_mean_ci95:.5f}   (bar ≤ {b.max_kld})"),
         ("KLD p90 / p99 / p99.9 / max", f"{report.kld_p90:.5f} / {report.kld_p99:.5f} / {report.kld_p999:.5f} / {report.kld_max:.5f}"),
-        ("top-1 agreement", f"{report.top1_agreement:.2%} ± {report.top1_agreement_ci95:.2%}   (bar ≥ {b.min_top1:.0%})"),
+        (
+            "top-1 agreement",
+            f"{report.top1_agreement:.2%} ± {report.top1_agreement_ci95:.2%}   "
+            + (f"(bar ≥ {b.min_top1:.0%})" if b.min_top1 > 0 else f"({TOP1_MEANING})"),
+        ),
         (
             "next-token accuracy",
             f"reference {report.next_token_accuracy_reference:.2%}, candidate {report.next_token_accuracy_candidate:.2%}",

@@ -1,9 +1,11 @@
-"""What a GGUF file or a checkpoint holds, as (label, value) rows for `fox-edge info`."""
+"""What a GGUF file, an ONNX folder, a bundle or a checkpoint holds, as facts for `fox-edge info`: each with a label
+and text for people, and a stable snake_case key and a plain value (numbers as numbers) for `--json`."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from fox_edge.backends.onnx import read_genai_config
@@ -22,7 +24,31 @@ def _human(n: float, unit: str = "B") -> str:
     return f"{n} {unit}"
 
 
-def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Fact:
+    key: str  # --json's key; facts sharing a key (one per tensor type, say) merge into one object
+    label: str
+    text: str
+    value: object  # --json's value
+
+
+def fact(key: str, label: str, text: str, value: object = None) -> Fact:
+    return Fact(key, label, text, text if value is None else value)
+
+
+def as_json(facts: list[Fact]) -> dict:
+    merged: dict = {}
+    for f in facts:
+        if isinstance(f.value, dict) and isinstance(merged.get(f.key), dict):
+            merged[f.key] |= f.value
+        elif f.key in merged and f.key == "warnings":
+            merged[f.key] += f.value
+        else:
+            merged[f.key] = f.value
+    return merged
+
+
+def describe(target: str | os.PathLike[str]) -> list[Fact]:
     """A GGUF file, an ONNX folder, a checkpoint folder or a hub id (downloaded if not cached)."""
     if not Path(target).exists() and is_hub_id(str(target)):
         return describe_checkpoint(target)
@@ -31,7 +57,7 @@ def describe(target: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return describer(Path(target))
 
 
-def describe_gguf(path: Path) -> list[tuple[str, str]]:
+def describe_gguf(path: Path) -> list[Fact]:
     reader = open_gguf(path)
 
     def field(key, default=None):
@@ -54,39 +80,42 @@ def describe_gguf(path: Path) -> list[tuple[str, str]]:
         token_id = field(f"tokenizer.ggml.{key}_token_id")
         if token_id is not None:
             text = tokens.contents(token_id) if tokens is not None and token_id < n_tokens else "?"
-            specials.append(f"{key} {token_id} {text!r}")
+            specials.append((f"{key} {token_id} {text!r}", (key, {"id": token_id, "text": text})))
     template = field("tokenizer.chat_template")
-    rows = [
-        ("file", f"{path} ({_human(path.stat().st_size)})"),
-        ("name", str(field("general.name", "-"))),
-        ("architecture", arch),
-        ("parameters", f"{n_params:,} ({_human(n_params, '')})"),
-        (
-            "layers / heads / kv heads",
-            f"{field(arch + '.block_count')} / {field(arch + '.attention.head_count')} / {field(arch + '.attention.head_count_kv')}",
-        ),
-        ("hidden / feed-forward", f"{field(arch + '.embedding_length')} / {field(arch + '.feed_forward_length')}"),
-        ("context length", str(field(arch + ".context_length"))),
-        ("tied embeddings", "yes" if not any(t.name == "output.weight" for t in reader.tensors) else "no"),
-    ]
-    rows += [
-        (f"tensors {name}", f"{n} tensors, {_human(elements, '')} weights, {_human(size)}")
+    layers, heads, kv_heads = (field(f"{arch}.{k}") for k in ("block_count", "attention.head_count", "attention.head_count_kv"))
+    hidden, feed_forward = field(f"{arch}.embedding_length"), field(f"{arch}.feed_forward_length")
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    tokenizer_model, pre, space = field("tokenizer.ggml.model"), field("tokenizer.ggml.pre"), field("tokenizer.ggml.add_space_prefix")
+    facts = [
+        fact("file", "file", f"{path} ({_human(path.stat().st_size)})", {"path": str(path), "bytes": path.stat().st_size}),
+        fact("name", "name", str(field("general.name", "-")), field("general.name")),
+        fact("format", "format", "GGUF", "gguf"),
+        fact("architecture", "architecture", arch),
+        fact("parameters", "parameters", f"{n_params:,} ({_human(n_params, '')})", n_params),
+        fact("shape", "layers / heads / kv heads", f"{layers} / {heads} / {kv_heads}",
+             {"layers": layers, "heads": heads, "kv_heads": kv_heads, "hidden_size": hidden, "feed_forward_size": feed_forward}),
+        fact("shape", "hidden / feed-forward", f"{hidden} / {feed_forward}", {}),
+        fact("context_length", "context length", str(field(arch + ".context_length")), field(arch + ".context_length")),
+        fact("tied_embeddings", "tied embeddings", "yes" if tied else "no", tied),
+    ]  # fmt: skip
+    facts += [
+        fact("tensors", f"tensors {name}", f"{n} tensors, {_human(elements, '')} weights, {_human(size)}",
+             {name: {"tensors": n, "weights": elements, "bytes": size}})
         for name, (n, elements, size) in sorted(by_type.items())
-    ]
-    rows += [
-        (
-            "tokenizer",
-            f"{field('tokenizer.ggml.model')} ({field('tokenizer.ggml.pre', '-')}), {n_tokens} tokens, add_space_prefix {field('tokenizer.ggml.add_space_prefix', '-')}",
-        ),
-        ("special tokens", ", ".join(specials) or "-"),
-        ("chat template", f"present ({len(template)} chars)" if template else "absent"),
-        ("license", str(field("general.license", "-"))),
-        ("source", str(field("general.source.url") or field("general.source.path") or "-")),
-    ]
-    return rows + accuracy_rows(path)
+    ]  # fmt: skip
+    facts += [
+        fact("tokenizer", "tokenizer", f"{tokenizer_model} ({pre or '-'}), {n_tokens} tokens, add_space_prefix {'-' if space is None else space}",
+             {"model": tokenizer_model, "pre": pre, "tokens": n_tokens, "add_space_prefix": space}),
+        fact("special_tokens", "special tokens", ", ".join(text for text, _ in specials) or "-", dict(value for _, value in specials)),
+        fact("chat_template", "chat template", f"present ({len(template)} chars)" if template else "absent", template),
+        fact("license", "license", str(field("general.license", "-")), field("general.license")),
+        fact("source", "source", str(field("general.source.url") or field("general.source.path") or "-"),
+             field("general.source.url") or field("general.source.path")),
+    ]  # fmt: skip
+    return facts + accuracy_facts(path)
 
 
-def describe_onnx(path: Path) -> list[tuple[str, str]]:
+def describe_onnx(path: Path) -> list[Fact]:
     """An ONNX folder: its graph's operators, initializers by type, genai_config.json and tokenizer files."""
     import onnx
 
@@ -118,43 +147,49 @@ def describe_onnx(path: Path) -> list[tuple[str, str]]:
     size = sum((folder / f).stat().st_size for f in files)
     tokenizer_config = read_json(folder / "tokenizer_config.json", ONNX_REWRITE) if (folder / "tokenizer_config.json").is_file() else {}
     eos = genai.get("eos_token_id")
-    rows = [
-        ("folder", f"{folder} ({_human(size)}: {', '.join(files)})"),
-        ("name", meta.get("general.name", "-")),
-        ("format", f"ONNX (opset {max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}), {genai.get('type', '?')}"),
-        ("precision", f"{meta.get('fox_edge.precision', '?')}: {meta.get('fox_edge.weights', '-')}"),
-    ]
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    template = tokenizer_config.get("chat_template")
+    threads = decoder.get("session_options", {}).get("intra_op_num_threads")
+    facts = [
+        fact("folder", "folder", f"{folder} ({_human(size)}: {', '.join(files)})", {"path": str(folder), "bytes": size, "files": files}),
+        fact("name", "name", meta.get("general.name", "-"), meta.get("general.name")),
+        fact("format", "format", f"ONNX (opset {opset}), {genai.get('type', '?')}", {"name": "onnx", "opset": opset, "model_type": genai.get("type")}),
+        fact("precision", "precision", f"{meta.get('fox_edge.precision', '?')}: {meta.get('fox_edge.weights', '-')}",
+             {"name": meta.get("fox_edge.precision"), "weights": meta.get("fox_edge.weights")}),
+    ]  # fmt: skip
     if meta.get("fox_edge.block_size"):
-        rows.append(
-            (
-                "  blocks",
-                f"{meta['fox_edge.block_size']} weights, {'symmetric' if meta.get('fox_edge.symmetric') == 'true' else 'asymmetric'}, "
-                f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit",
-            )
-        )
-    rows += [
-        (
-            "layers / heads / kv heads",
-            f"{decoder['num_hidden_layers']} / {decoder['num_attention_heads']} / {decoder['num_key_value_heads']}",
-        ),
-        ("hidden / head size", f"{decoder['hidden_size']} / {decoder['head_size']}"),
-        ("context length", str(genai.get("context_length"))),
-        ("operators", ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: -item[1]))),
+        symmetric = meta.get("fox_edge.symmetric") == "true"
+        facts.append(
+            fact("blocks", "  blocks",
+                 f"{meta['fox_edge.block_size']} weights, {'symmetric' if symmetric else 'asymmetric'}, "
+                 f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit",
+                 {"block_size": int(meta["fox_edge.block_size"]), "symmetric": symmetric,
+                  "accuracy_level": _int_or_none(meta.get("fox_edge.accuracy_level")), "embedding_bits": _int_or_none(meta.get("fox_edge.embedding_bits"))})
+        )  # fmt: skip
+    facts += [
+        fact("shape", "layers / heads / kv heads",
+             f"{decoder['num_hidden_layers']} / {decoder['num_attention_heads']} / {decoder['num_key_value_heads']}",
+             {"layers": decoder["num_hidden_layers"], "heads": decoder["num_attention_heads"], "kv_heads": decoder["num_key_value_heads"],
+              "hidden_size": decoder["hidden_size"], "head_size": decoder["head_size"]}),
+        fact("shape", "hidden / head size", f"{decoder['hidden_size']} / {decoder['head_size']}", {}),
+        fact("context_length", "context length", str(genai.get("context_length")), genai.get("context_length")),
+        fact("operators", "operators", ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: -item[1])), dict(ops)),
+    ]  # fmt: skip
+    facts += [
+        fact("initializers", f"initializers {name}", f"{n}, {_human(nbytes)}", {name: {"count": n, "bytes": nbytes}})
+        for name, (n, nbytes) in sorted(by_type.items())
     ]
-    rows += [(f"initializers {name}", f"{n}, {_human(nbytes)}") for name, (n, nbytes) in sorted(by_type.items())]
-    rows += [
-        ("special tokens", f"bos {genai.get('bos_token_id')}, eos {eos}, pad {genai.get('pad_token_id')}"),
-        (
-            "chat template",
-            f"present ({len(tokenizer_config['chat_template'])} chars)" if tokenizer_config.get("chat_template") else "absent",
-        ),
-        ("threads (genai_config)", str(decoder.get("session_options", {}).get("intra_op_num_threads", "onnxruntime-genai's default"))),
-        ("source", meta.get("general.source", "-")),
-    ]
-    return rows + accuracy_rows(folder)
+    facts += [
+        fact("special_tokens", "special tokens", f"bos {genai.get('bos_token_id')}, eos {eos}, pad {genai.get('pad_token_id')}",
+             {"bos": genai.get("bos_token_id"), "eos": eos, "pad": genai.get("pad_token_id")}),
+        fact("chat_template", "chat template", f"present ({len(template)} chars)" if template else "absent", template),
+        fact("threads", "threads (genai_config)", str(threads or "onnxruntime-genai's default"), threads),
+        fact("source", "source", meta.get("general.source", "-"), meta.get("general.source")),
+    ]  # fmt: skip
+    return facts + accuracy_facts(folder)
 
 
-def describe_bundle(folder: Path) -> list[tuple[str, str]]:
+def describe_bundle(folder: Path) -> list[Fact]:
     """A bundle: its manifest (cheaply checked: schema and sizes), then the model inside it."""
     from fox_edge.manifest import read_manifest
 
@@ -165,37 +200,48 @@ def describe_bundle(folder: Path) -> list[tuple[str, str]]:
         verdict = (
             f"{'PASS' if accuracy['passed'] else 'FAIL'} against {accuracy.get('reference', '?')}, mean KLD {accuracy['kld_mean']:.5f}"
         )
-    rows = [
-        ("bundle", f"{folder} (schema {manifest['schema_version']}, target {manifest.get('target', '-')})"),
-        ("model file", f"{fmt['model_path']}: {fmt['name']} {fmt['quant_type']} on {fmt['backend']}"),
-        ("files", f"{len(manifest['files'])} listed with size and sha256, {_human(sum(f['size'] for f in manifest['files']))}"),
-        ("context", f"{manifest['context']['default']} by default, {manifest['context']['maximum']} at most"),
-        ("memory estimate", f"{_human(memory['total_bytes'])} at {memory['at_context']} tokens"),
-        ("stop ids", ", ".join(str(t) for t in manifest["tokenizer"]["stop_ids"])),
-        ("bundled accuracy", verdict),
-    ]
-    return rows + describe(folder / fmt["model_path"])
+    files_bytes = sum(f["size"] for f in manifest["files"])
+    facts = [
+        fact("bundle", "bundle", f"{folder} (schema {manifest['schema_version']}, target {manifest.get('target', '-')})",
+             {"path": str(folder), "schema_version": manifest["schema_version"], "target": manifest.get("target"),
+              "model_path": fmt["model_path"], "format": fmt["name"], "quant_type": fmt["quant_type"], "backend": fmt["backend"],
+              "files": len(manifest["files"]), "files_bytes": files_bytes, "context_default": manifest["context"]["default"],
+              "context_maximum": manifest["context"]["maximum"], "memory_estimate_bytes": memory["total_bytes"],
+              "memory_at_context": memory["at_context"], "stop_ids": manifest["tokenizer"]["stop_ids"], "accuracy": accuracy}),
+        fact("bundle", "model file", f"{fmt['model_path']}: {fmt['name']} {fmt['quant_type']} on {fmt['backend']}", {}),
+        fact("bundle", "files", f"{len(manifest['files'])} listed with size and sha256, {_human(files_bytes)}", {}),
+        fact("bundle", "context", f"{manifest['context']['default']} by default, {manifest['context']['maximum']} at most", {}),
+        fact("bundle", "memory estimate", f"{_human(memory['total_bytes'])} at {memory['at_context']} tokens", {}),
+        fact("bundle", "stop ids", ", ".join(str(t) for t in manifest["tokenizer"]["stop_ids"]), {}),
+        fact("bundle", "bundled accuracy", verdict, {}),
+    ]  # fmt: skip
+    return facts + describe(folder / fmt["model_path"])
 
 
-def accuracy_rows(model: Path) -> list[tuple[str, str]]:
+def accuracy_facts(model: Path) -> list[Fact]:
     """The stored `fox-edge check` report of a model, if any."""
     from fox_edge.check import load_report, sidecar_path
 
     report = load_report(model)
     if report is None:
-        return [("accuracy check", "none stored (run `fox-edge check` or `fox-edge quantize`)")]
+        return [fact("accuracy_check", "accuracy check", "none stored (run `fox-edge check` or `fox-edge quantize`)", None)]
     verdict = "PASS" if report["passed"] else "FAIL"
+    value = {k: report[k] for k in ("passed", "precision", "reference", "tokens_scored", "kld_mean", "top1_agreement", "ppl_ratio")}
     return [
-        (
-            "accuracy check",
-            f"{verdict} ({report['precision']} bars) against {Path(report['reference']).name} on {report['tokens_scored']} tokens",
-        ),
-        ("  mean KLD / top-1 / PPL ratio", f"{report['kld_mean']:.5f} / {report['top1_agreement']:.2%} / {report['ppl_ratio']:.4f}"),
-        ("  report", str(sidecar_path(model))),
-    ]
+        fact("accuracy_check", "accuracy check",
+             f"{verdict} ({report['precision']} bars) against {Path(report['reference']).name} on {report['tokens_scored']} tokens",
+             value | {"report": str(sidecar_path(model))}),
+        fact("accuracy_check", "  mean KLD / top-1 / PPL ratio",
+             f"{report['kld_mean']:.5f} / {report['top1_agreement']:.2%} / {report['ppl_ratio']:.4f}", {}),
+        fact("accuracy_check", "  report", str(sidecar_path(model)), {}),
+    ]  # fmt: skip
 
 
-def describe_checkpoint(source: str | os.PathLike[str]) -> list[tuple[str, str]]:
+def _int_or_none(text: str | None) -> int | None:
+    return None if text in (None, "", "None") else int(text)
+
+
+def describe_checkpoint(source: str | os.PathLike[str]) -> list[Fact]:
     from fox_edge.source import open_checkpoint
     from fox_edge.tokenizer import read_vocab
     from fox_edge.weights import SafetensorsWeights
@@ -207,17 +253,21 @@ def describe_checkpoint(source: str | os.PathLike[str]) -> list[tuple[str, str]]
     n_params = sum(ref.n_elements for ref in weights.refs.values())
     dtypes = sorted({ref.dtype for ref in weights.refs.values()})
     shape = checkpoint.shape
-    rows = [
-        ("checkpoint", str(checkpoint.path)),
-        ("architecture", ", ".join(checkpoint.config.get("architectures", []))),
-        ("parameters", f"{n_params:,} ({_human(n_params, '')}), stored as {'/'.join(dtypes)} in {len(checkpoint.weight_files)} file(s)"),
-        ("layers / heads / kv heads", f"{shape.n_layers} / {shape.n_heads} / {shape.n_kv_heads} (head_dim {shape.head_size})"),
-        ("hidden / feed-forward", f"{shape.hidden_size} / {shape.intermediate_size}"),
-        ("context length", str(shape.context_length)),
-        ("tied embeddings", "yes" if shape.tie_word_embeddings else "no"),
-        ("tokenizer", f"{vocab.model} from {vocab.source}, {len(vocab.tokens)} tokens, add_space_prefix {vocab.add_space_prefix}"),
-        ("special tokens", ", ".join(f"{k} {v} {vocab.tokens[v]!r}" for k, v in vocab.special_ids.items())),
-        ("chat template", "present" if vocab.chat_template_source == "checkpoint" else vocab.chat_template_source),
-    ]
-    rows += [("warning", w.removeprefix("warning: ")) for w in warnings]
-    return rows
+    facts = [
+        fact("checkpoint", "checkpoint", str(checkpoint.path)),
+        fact("architecture", "architecture", ", ".join(checkpoint.config.get("architectures", [])), checkpoint.config.get("architectures", [])),
+        fact("parameters", "parameters", f"{n_params:,} ({_human(n_params, '')}), stored as {'/'.join(dtypes)} in {len(checkpoint.weight_files)} file(s)", n_params),
+        fact("shape", "layers / heads / kv heads", f"{shape.n_layers} / {shape.n_heads} / {shape.n_kv_heads} (head_dim {shape.head_size})",
+             {"layers": shape.n_layers, "heads": shape.n_heads, "kv_heads": shape.n_kv_heads, "head_size": shape.head_size,
+              "hidden_size": shape.hidden_size, "feed_forward_size": shape.intermediate_size}),
+        fact("shape", "hidden / feed-forward", f"{shape.hidden_size} / {shape.intermediate_size}", {}),
+        fact("context_length", "context length", str(shape.context_length), shape.context_length),
+        fact("tied_embeddings", "tied embeddings", "yes" if shape.tie_word_embeddings else "no", bool(shape.tie_word_embeddings)),
+        fact("tokenizer", "tokenizer", f"{vocab.model} from {vocab.source}, {len(vocab.tokens)} tokens, add_space_prefix {vocab.add_space_prefix}",
+             {"model": vocab.model, "source": vocab.source, "tokens": len(vocab.tokens), "add_space_prefix": vocab.add_space_prefix}),
+        fact("special_tokens", "special tokens", ", ".join(f"{k} {v} {vocab.tokens[v]!r}" for k, v in vocab.special_ids.items()),
+             {k: {"id": v, "text": vocab.tokens[v]} for k, v in vocab.special_ids.items()}),
+        fact("chat_template", "chat template", "present" if vocab.chat_template_source == "checkpoint" else vocab.chat_template_source),
+    ]  # fmt: skip
+    facts += [fact("warnings", "warning", w.removeprefix("warning: "), [w.removeprefix("warning: ")]) for w in warnings]
+    return facts

@@ -10,11 +10,8 @@ command builds on it too.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from fox_edge.converters.gguf import GgufResult, convert_to_gguf
 from fox_edge.converters.onnx import OnnxOptions, OnnxResult, convert_to_onnx
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
-from fox_edge.hooks import OnMessage, Progress, ignore_message
+from fox_edge.hooks import OnMessage, PhaseProgress, ignore_message, no_progress
 from fox_edge.quant.gguf import QuantizedFile, parse_type
 from fox_edge.quantize import quantize
 from fox_edge.source import local_folder, resolve
@@ -31,7 +28,6 @@ from fox_edge.source import local_folder, resolve
 TARGETS = ("gguf", "onnx")
 EXPORTERS = ("fox-edge", "optimum")
 # Given a phase ("converting", "quantizing", "checking"), a context that yields the progress hook for it.
-PhaseProgress = Callable[[str], AbstractContextManager[Progress]]
 
 
 @dataclass(kw_only=True)
@@ -42,11 +38,6 @@ class ConvertResult:
     quantized: QuantizedFile | None = None
     check: CheckReport | None = None  # stored beside the output too
     not_checked: str | None = None  # why a quantized model has no check, when it has none
-
-
-@contextlib.contextmanager
-def _no_progress(phase: str):
-    yield None
 
 
 def convert(
@@ -77,13 +68,15 @@ def convert(
     caller decides what a FAIL means.
     """
     check = check or CheckSettings()
-    phase, say = progress or _no_progress, on_message
+    phase, say = progress or no_progress, on_message
     if to not in TARGETS:
         raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: {', '.join(TARGETS)}")
     if to == "onnx":
-        if quant or vocab_only or calibration or imatrix:
-            raise FoxEdgeError("--quant, --vocab-only, --calibration and --imatrix are GGUF options; for ONNX use --precision int8 or int4")
-        result = _convert_onnx(source, Path(output), onnx or OnnxOptions(), ort_format, exporter, chat_template, threads, phase, say)
+        if quant or vocab_only or imatrix:
+            raise FoxEdgeError("--quant, --vocab-only and --imatrix are GGUF options; for ONNX use --precision int8 or int4")
+        result = _convert_onnx(
+            source, Path(output), onnx or OnnxOptions(), ort_format, exporter, chat_template, calibration, threads, phase, say
+        )
         if result.format == "onnx" and not result.not_checked and check.enabled and result.conversion.precision in ("int8", "int4"):
             result.check, result.not_checked = _check(output, source, check, threads, phase, say)
     else:
@@ -116,11 +109,10 @@ def _convert_gguf(
         with phase("converting") as progress:
             conversion = convert_to_gguf(source, intermediate, dtype, chat_template=chat_template, progress=progress, on_message=say)
         say(_wrote_gguf(conversion))
-        with phase("quantizing") as progress:
-            quantized = quantize(
-                intermediate, output, quant, threads=threads or 0, calibration=calibration, imatrix=imatrix, check=check,
-                on_message=say, progress=progress,
-            )  # fmt: skip
+        quantized = quantize(
+            intermediate, output, quant, threads=threads or 0, calibration=calibration, imatrix=imatrix, check=check,
+            reference=f"{source} (its {dtype} conversion)", on_message=say, progress=phase,
+        )  # fmt: skip
     except KeyboardInterrupt as interrupt:
         if interrupt.args:  # interrupted while checking: the reference to name is the source, the f16 is going
             raise unchecked(interrupt, output, source) from None
@@ -137,24 +129,34 @@ def _wrote_gguf(conversion: GgufResult) -> str:
     )
 
 
-def _convert_onnx(source, output, options, ort_format, exporter, chat_template, threads, phase, say) -> ConvertResult:
+def _convert_onnx(source, output, options, ort_format, exporter, chat_template, calibration, threads, phase, say) -> ConvertResult:
     if exporter not in EXPORTERS:
         raise FoxEdgeError(f"unknown --exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
     if exporter == "optimum":
         from fox_edge.converters.optimum import convert_with_optimum
 
-        if ort_format or chat_template is not None:
-            raise FoxEdgeError("--ort-format and --chat-template go with fox-edge's own exporter; drop --exporter optimum")
+        if ort_format or chat_template is not None or calibration is not None:
+            raise FoxEdgeError("--ort-format, --chat-template and --calibration go with fox-edge's own exporter; drop --exporter optimum")
         conversion = convert_with_optimum(source, output, options, on_message=say)
         say(
             f"wrote {conversion.output}: {conversion.precision} (optimum-onnx graph) in {conversion.seconds:.1f} s; "
             "runs in ONNX Runtime, not in fox-edge's runner"
         )
         return ConvertResult(output=output, format="onnx-optimum", conversion=conversion, not_checked="optimum-onnx graphs")
+    importance = None
+    if calibration is not None:
+        if options.precision not in ("int8", "int4"):
+            raise FoxEdgeError(f"--calibration chooses int8 / int4 block scales; --precision {options.precision} has none: drop it")
+        from fox_edge.quant.imatrix import checkpoint_importance
+
+        say(f"calibrating on {calibration}: the importance of every input column, through the checkpoint in PyTorch")
+        with phase("calibrating") as progress:
+            importance = checkpoint_importance(resolve(source, progress=False)[0], calibration, progress)
     with phase("converting") as progress:
         conversion = convert_to_onnx(
-            source, output, options, ort_format=ort_format, chat_template=chat_template, progress=progress, on_message=say
-        )
+            source, output, options, ort_format=ort_format, chat_template=chat_template, progress=progress, on_message=say,
+            importance=importance,
+        )  # fmt: skip
     say(
         f"wrote {conversion.output}: {conversion.precision}, {conversion.n_initializers} initializers, "
         f"{conversion.n_bytes / 1e6:.1f} MB of weights in {conversion.seconds:.1f} s (tokenizer from {conversion.vocab_source}, "

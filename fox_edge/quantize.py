@@ -16,7 +16,7 @@ from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_r
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
 from fox_edge.formats import gguf_tensors
-from fox_edge.hooks import OnMessage, Progress, ignore_message
+from fox_edge.hooks import OnMessage, PhaseProgress, Progress, ignore_message, no_progress
 from fox_edge.quant.gguf import QUANT_TYPES, TENSOR_TYPES, QuantizedFile, parse_tensor_type, parse_type, quantize_gguf, refuse_quantized
 from fox_edge.texts import read_text
 
@@ -57,6 +57,8 @@ def prepare_imatrix(
     on_message(
         f"computing the importance matrix: {len(chunks)} chunks of {len(chunks[0])} tokens through the full-precision model in PyTorch"
     )
+    if progress:
+        progress(0, 0, "loading the model in PyTorch")
     model = load_torch_model(input_path)
     matrix = compute_imatrix(model, chunks, progress, dataset=str(calibration))
     del model
@@ -87,11 +89,14 @@ def quantize(
     imatrix: str | Path | None = None,
     allow_requantize: bool = False,
     check: CheckSettings | None = None,
+    reference: str | None = None,
     on_message: OnMessage = ignore_message,
-    progress: Progress | None = None,
+    progress: PhaseProgress | None = None,
 ) -> QuantizeResult:
     """Quantize a GGUF to `type_name` with llama.cpp (calibrated with `calibration` or `imatrix`), then check it
-    against the input unless check.enabled is False; the report is stored beside the output."""
+    against the input unless check.enabled is False; the report is stored beside the output and names `reference`
+    (default: the input) as what the model was checked against."""
+    phase = progress or no_progress
     input_path, output = Path(input_path), Path(output)
     check = check or CheckSettings()
     parse_type(type_name)
@@ -99,25 +104,47 @@ def quantize(
     parse_tensor_type(output_tensor, "--output-type")
     check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, allow_requantize)
-    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)
+    matrix = calibrate(input_path, calibration, imatrix, output.parent, on_message, phase)
     try:
-        file = quantize_gguf(
-            input_path, output, type_name, threads=threads, embedding=embedding, output_tensor=output_tensor,
-            imatrix_path=matrix, allow_requantize=allow_requantize, progress=progress,
-        )  # fmt: skip
+        with phase("quantizing") as bar:
+            file = quantize_gguf(
+                input_path, output, type_name, threads=threads, embedding=embedding, output_tensor=output_tensor,
+                imatrix_path=matrix, allow_requantize=allow_requantize, progress=bar,
+            )  # fmt: skip
     finally:
         if matrix is not None and imatrix is None:
             matrix.unlink(missing_ok=True)
     on_message(f"wrote {output}: {file.type} (token embedding {file.embedding_type}), {file.bytes / 1e6:.1f} MB in {file.seconds:.1f} s")
     result = QuantizeResult(file=file, imatrix=Path(imatrix) if imatrix else None)
     if check.enabled:
-        on_message(f"checking {output.name} against {input_path.name} on {check.tokens} tokens")
+        on_message(f"checking {output.name} against {reference or input_path.name} on {check.tokens} tokens")
         try:
-            result.check = check_model(output, input_path, check, progress=progress)
+            with phase("checking") as bar:
+                result.check = check_model(output, input_path, check, progress=bar)
         except KeyboardInterrupt as interrupt:
-            raise unchecked(interrupt, output, input_path) from None
+            raise unchecked(interrupt, output, reference or input_path) from None
+        result.check.reference = reference or result.check.reference
         save_report(result.check, output)
     return result
+
+
+def calibrate(input_path, calibration, imatrix, scratch: Path, on_message: OnMessage, phase: PhaseProgress) -> Path | None:
+    """prepare_imatrix, under a "calibrating" progress bar when there is something to compute."""
+    if calibration is None:
+        return prepare_imatrix(input_path, None, imatrix, scratch)
+    with phase("calibrating") as bar:
+        return prepare_imatrix(input_path, calibration, imatrix, scratch, on_message=on_message, progress=bar)
+
+
+def what_to_try(type_name: str, calibrated: bool) -> list[str]:
+    """After a FAIL: the flags that keep more accuracy, from the budget search's table of types (nearest first)."""
+    bits = parse_type(type_name).bits_per_weight
+    larger = sorted((q.bits_per_weight, name) for name, q in QUANT_TYPES.items() if q.bits_per_weight > bits)
+    return [
+        *([] if calibrated or bits >= 8 else ["--calibration builtin"]),
+        *(f"--type {name}" for _, name in larger[:2]),
+        "a budget instead of a type (--max-kld 0.1: the smallest type that meets it)",
+    ]
 
 
 def budget_candidates(input_path: Path, types: list[str] | None = None) -> list[tuple[str, str | None, float]]:
@@ -146,9 +173,10 @@ def quantize_to_budget(
     calibration: str | Path | None = None,
     imatrix: str | Path | None = None,
     on_message: OnMessage = ignore_message,
-    progress: Progress | None = None,
+    progress: PhaseProgress | None = None,
 ) -> QuantizeResult:
     """The smallest candidate whose check meets the budget (check.max_kld / min_top1 / max_ppl_ratio)."""
+    phase = progress or no_progress
     input_path, output = Path(input_path), Path(output)
     if check.max_kld is None and check.min_top1 is None and check.max_ppl_ratio is None:
         raise FoxEdgeError("an accuracy budget needs --max-kld, --min-top1 or --max-ppl-ratio (or give --type)")
@@ -160,7 +188,7 @@ def quantize_to_budget(
     check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, False)
     candidates = budget_candidates(input_path, types)
-    matrix = prepare_imatrix(input_path, calibration, imatrix, output.parent, on_message=on_message, progress=progress)
+    matrix = calibrate(input_path, calibration, imatrix, output.parent, on_message, phase)
     tried: list[dict] = []
     try:
         for type_name, embedding, estimate in candidates:
@@ -168,11 +196,18 @@ def quantize_to_budget(
             on_message(f"trying {label} (about {estimate / 1e6:.0f} MB)")
             scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
             try:
-                file = quantize_gguf(
-                    input_path, scratch, type_name, threads=threads, embedding=embedding, imatrix_path=matrix, progress=progress
-                )
+                try:
+                    with phase(f"quantizing {type_name}") as bar:
+                        file = quantize_gguf(
+                            input_path, scratch, type_name, threads=threads, embedding=embedding, imatrix_path=matrix, progress=bar
+                        )
+                except FoxEdgeError as exc:  # llama.cpp cannot build this one (a 576-wide embedding in IQ4_XS, say): the next
+                    on_message(f"skipped {label}: {exc}")
+                    tried.append({"type": type_name, "embedding": embedding or "default", "mb": estimate / 1e6, "skipped": str(exc)})
+                    continue
                 bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
-                result_check = check_model(scratch, input_path, bars, progress=progress)
+                with phase(f"checking {type_name}") as bar:
+                    result_check = check_model(scratch, input_path, bars, progress=bar)
                 tried.append(
                     {
                         "type": type_name,
@@ -195,7 +230,10 @@ def quantize_to_budget(
     finally:
         if matrix is not None and imatrix is None:
             matrix.unlink(missing_ok=True)
-    best = min(tried, key=lambda row: row["kld"])
+    checked = [row for row in tried if "kld" in row]
+    if not checked:
+        raise BudgetNotMet("llama.cpp could build none of the candidates (see the table); keep the f16 model", tried)
+    best = min(checked, key=lambda row: row["kld"])
     raise BudgetNotMet(
         f"no candidate met the budget; the closest was {best['type']} (embedding {best['embedding']}): "
         f"KLD {best['kld']:.4f}, top-1 {best['top1']:.1%}. Loosen the budget or keep the f16 model",

@@ -20,7 +20,7 @@ class SamplingParams:
     top_k: int = 40  # 0: off
     top_p: float = 0.95  # 1: off
     min_p: float = 0.05  # 0: off
-    repeat_penalty: float = 1.1  # 1: off
+    repeat_penalty: float = 1.0  # 1: off, as llama.cpp's default (1.1 made temperature 0 no longer greedy)
     repeat_last_n: int = 64
     seed: int | None = None
     max_tokens: int = 512

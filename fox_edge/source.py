@@ -53,8 +53,11 @@ def local_folder(source: str | os.PathLike[str]) -> Path | None:
 
 
 def is_hub_id(text: str) -> bool:
-    """Whether `text` reads as a hub id (owner/name) rather than a local path."""
-    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    """Whether `text` reads as a hub id (owner/name) rather than a local path: `models/fox1.gguf` is a missing file."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not text.lower().endswith(FILE_SUFFIXES)
+
+
+FILE_SUFFIXES = (".gguf", ".onnx", ".ort", ".json", ".safetensors", ".bin", ".txt", ".jsonl")
 
 
 def _download(repo_id: str, progress: bool) -> Path:

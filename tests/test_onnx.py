@@ -128,6 +128,54 @@ def test_symmetric_int4_blocks_agree_with_gguf_q4_0():
     assert np.mean(ours == theirs) > 0.999
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_searched_block_scales_lower_the_importance_weighted_error(bits, symmetric):
+    """With an importance per input column, each block's scale (and zero point) is searched: the weighted squared
+    error never exceeds round-to-nearest's, block by block, and the codes stay in range for ONNX Runtime."""
+    rng = np.random.default_rng(1)
+    weight = (rng.standard_normal((96, 320)) * 0.02).astype(np.float32)
+    weight[:, 7] *= 30  # an outlier column, as real layers have
+    importance = rng.gamma(0.5, 1.0, 320).astype(np.float32)
+    errors = []
+    for given in (None, importance):
+        packed, scales, zeros = quantize_blockwise(weight, bits, 32, symmetric, given)
+        if zeros is not None and bits == 8:
+            assert zeros.dtype == np.uint8  # ONNX Runtime's 8-bit kernel takes integer zero points only
+        approx = dequantize_blockwise(packed, scales, bits, 320, zeros)
+        errors.append((importance * (weight - approx) ** 2).reshape(96, 10, 32).sum(-1))
+    rtn, searched = errors
+    assert np.all(searched <= rtn * (1 + 1e-5) + 1e-12)
+    assert searched.sum() < 0.95 * rtn.sum(), (searched.sum(), rtn.sum())
+
+
+def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
+    """--calibration: the importance matrix of the checkpoint on calibration text reaches every matrix's block search
+    (fused q/k/v and gate/up included): ONNX Runtime computes what PyTorch computes with those dequantized weights."""
+    from transformers import AutoModelForCausalLM
+
+    from fox_edge.pipeline import convert
+    from fox_edge.quant.imatrix import checkpoint_importance
+
+    importance = checkpoint_importance(tiny_fox1, "builtin")  # what convert computes: the same text and chunks
+    folder = convert(
+        tiny_fox1, tmp_path / "calibrated", to="onnx", onnx=OnnxOptions(precision="int4", accuracy_level=0, symmetric=False),
+        calibration="builtin", check=CheckSettings(enabled=False),
+    ).output  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_fox1, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 2:
+                symmetric = "embed_tokens" in name  # a 4-bit embedding stays symmetric (GatherBlockQuantized)
+                packed, scales, zeros = quantize_blockwise(parameter.numpy(), 4, 32, symmetric, importance[name])
+                parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, 4, parameter.shape[1], zeros)))
+        expected = model(torch.tensor([PROMPT])).logits[0].numpy()
+    runner = OnnxRunner(folder)
+    assert runner.metadata["fox_edge.block_scales"] == "searched against an importance matrix"
+    got = runner.logits(PROMPT)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+
+
 def test_quantized_runs_track_pytorch_and_genai(tiny_onnx, tiny_reference):
     """fp16 and int8 (accuracy_level 4: int8 compute) near PyTorch; onnxruntime-genai greedy equals ours on the int4 graph.
 

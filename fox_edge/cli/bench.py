@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import CtxSize, Threads, errors, progress_bar
+from fox_edge.cli.common import CtxSize, Threads, errors, phase_bar
 from fox_edge.errors import FoxEdgeError
 
 FLASH_ATTENTION = {"auto": None, "on": True, "off": False}
@@ -62,6 +62,6 @@ def bench(
             flash_attention=FLASH_ATTENTION[flash_attention], kv_type=kv_type, n_batch=batch_size,
             use_mmap=mmap, repack=None if repack else False, roofline=roofline,
         )  # fmt: skip
-        with progress_bar("benchmarking", in_bytes=False) as progress:
+        with phase_bar("benchmarking") as progress:
             results = bench_models([str(m) for m in models], settings, progress)
         typer.echo(json.dumps([asdict(r) for r in results], indent=2) if as_json else format_table(results, settings))

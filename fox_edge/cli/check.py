@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import EvalData, MaxKld, MaxPplRatio, MinTop1, Threads, errors, progress_bar
+from fox_edge.cli.common import EvalData, MaxKld, MaxPplRatio, MinTop1, Threads, errors, phase_bar
 
 
 def check(
@@ -33,7 +33,7 @@ def check(
         from fox_edge.check import CheckSettings, check_model, format_report, save_report
 
         settings = CheckSettings(text=data, tokens=tokens, context=ctx, max_kld=max_kld, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio)
-        with progress_bar("checking", in_bytes=False) as progress:
+        with phase_bar("checking") as progress:
             report = check_model(candidate, reference, settings, progress=progress, n_threads=threads)
         if save:
             save_report(report, candidate)

@@ -19,10 +19,15 @@ from fox_edge.errors import FoxEdgeError
 from fox_edge.hooks import Progress
 from fox_edge.sampling import SamplingParams
 
+_live_bars: list = []  # the progress bars on screen: a message goes above them, never onto the end of their line
+
 
 def say(message: str) -> None:
     """One line for the user, on stderr (stdout carries only what a verb produces)."""
-    typer.echo(message, err=True)
+    if _live_bars:
+        _live_bars[-1].console.print(message, markup=False, highlight=False, soft_wrap=True)
+    else:
+        typer.echo(message, err=True)
 
 
 class Terminated(KeyboardInterrupt):
@@ -77,9 +82,14 @@ def errors() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+# What each phase counts (fox_edge.hooks.PhaseProgress names them); None: bytes.
+PHASE_UNITS = {"converting": None, "calibrating": "chunks", "quantizing": "tensors", "checking": "chunks", "benchmarking": "runs"}
+
+
 @contextmanager
-def progress_bar(description: str, in_bytes: bool = True) -> Iterator[Progress]:
-    """A progress bar on stderr: done / total (bytes, or steps such as tensors and chunks), rate, time left."""
+def progress_bar(description: str, unit: str | None = None) -> Iterator[Progress]:
+    """A progress bar on stderr: what it is doing, done / total in bytes (unit None) or in `unit`, rate, time
+    left, and the item at hand. Messages said meanwhile print above it; it leaves no line behind."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -92,7 +102,11 @@ def progress_bar(description: str, in_bytes: bool = True) -> Iterator[Progress]:
         TransferSpeedColumn,
     )
 
-    counts = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (MofNCompleteColumn(), TimeElapsedColumn())
+    if unit is None:
+        counts = (DownloadColumn(), TransferSpeedColumn())
+    else:
+        rate = TextColumn(f"{{task.fields[rate]}} {unit}/s")
+        counts = (MofNCompleteColumn(), TextColumn(unit), rate, TimeElapsedColumn())
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -102,29 +116,39 @@ def progress_bar(description: str, in_bytes: bool = True) -> Iterator[Progress]:
         transient=True,
         console=Console(stderr=True),
     ) as bar:
-        task = bar.add_task(description, total=None, tensor="")
+        task = bar.add_task(description, total=None, tensor="", rate="-")
+        _live_bars.append(bar)
 
         def update(done: int, total: int, tensor: str) -> None:
-            bar.update(task, completed=done, total=total, tensor=tensor)
+            speed = bar.tasks[0].speed
+            bar.update(task, completed=done, total=total or None, tensor=tensor, rate=f"{speed:.2g}" if speed else "-")
 
-        yield update
+        try:
+            yield update
+        finally:
+            _live_bars.remove(bar)
 
 
 def phase_bar(phase: str):
-    """The pipeline's per-phase progress (fox_edge.pipeline.PhaseProgress): bytes while converting, steps after."""
-    return progress_bar(phase, in_bytes=phase == "converting")
+    """fox_edge.hooks.PhaseProgress for the CLI: a bar per phase, named and counted in its unit."""
+    return progress_bar(phase, PHASE_UNITS.get(phase.split()[0], "steps"))
 
 
-def show_check(report, model: Path) -> None:
-    """The accuracy report of a model just written; a FAIL exits 1 (the model and its report stay)."""
+def show_check(report, model: Path, *, strict: bool, remedies: list[str]) -> None:
+    """The accuracy report of a model just written. A FAIL says what to try next; it exits 1 only when the user asked
+    for a bar (`strict`: --max-kld, --min-top1, --max-ppl-ratio or --strict). The model and its report stay."""
     from fox_edge.check import format_report
 
     if report is None:
         return
     typer.echo(format_report(report))
-    if not report.passed:
-        say(f"error: {model} fails its accuracy check (the model and its report are kept; see above)")
+    if report.passed:
+        return
+    advice = f"; to do better, try {' or '.join(remedies)}" if remedies else ""
+    if strict:
+        say(f"error: {model} fails the accuracy bar you set (the model and its report are kept){advice}")
         raise typer.Exit(1)
+    say(f"warning: {model} is below fox-edge's default bars for its precision (kept, with its report){advice}")
 
 
 def open_for_text(model: Path, *, ctx_size, threads, chat_template: Path | None, device: str, sampling: dict, max_tokens, default_max: int):
@@ -154,6 +178,7 @@ Calibration = Annotated[
     typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix"),
 ]
 NoCheck = Annotated[bool, typer.Option("--no-check", help="skip the accuracy check after quantizing")]
+Strict = Annotated[bool, typer.Option("--strict", help="exit 1 when the check fails the default bars (bars you set always do)")]
 MaxKld = Annotated[float | None, typer.Option("--max-kld", help="bar / budget: highest mean KL divergence")]
 MinTop1 = Annotated[float | None, typer.Option("--min-top1", help="bar / budget: lowest top-1 agreement (0-1)")]
 MaxPplRatio = Annotated[float | None, typer.Option("--max-ppl-ratio", help="bar / budget: highest perplexity ratio")]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Threads, errors, phase_bar, read_chat_template, say, show_check
+from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Strict, Threads, errors, phase_bar, read_chat_template, say, show_check
 
 
 def convert(
@@ -40,6 +40,7 @@ def convert(
     chat_template: ChatTemplate = None,
     calibration: Calibration = None,
     no_check: NoCheck = False,
+    strict: Strict = False,
     threads: Threads = None,
 ):
     """Convert a checkpoint to GGUF or ONNX, streaming tensor by tensor; quantized outputs are checked against the original."""
@@ -59,4 +60,12 @@ def convert(
             ort_format=ort_format, exporter=exporter, chat_template=read_chat_template(chat_template),
             check=CheckSettings(enabled=not no_check), threads=threads, progress=phase_bar, on_message=say,
         )  # fmt: skip
-        show_check(result.check, output)
+        if to == "onnx":
+            remedies = [
+                flag for flag, useful in (("--embedding-bits 8", embedding_bits != 8), ("--precision int8", precision == "int4")) if useful
+            ]
+        else:
+            from fox_edge.quantize import what_to_try
+
+            remedies = what_to_try(quant, bool(calibration)) if quant else []
+        show_check(result.check, output, strict=strict, remedies=remedies)

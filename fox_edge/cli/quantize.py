@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import Calibration, EvalData, MaxKld, MaxPplRatio, MinTop1, NoCheck, Threads, errors, progress_bar, say, show_check
+from fox_edge.cli.common import (
+    Calibration,
+    EvalData,
+    MaxKld,
+    MaxPplRatio,
+    MinTop1,
+    NoCheck,
+    Strict,
+    Threads,
+    errors,
+    phase_bar,
+    say,
+    show_check,
+)
 
 
 def quantize(
@@ -26,6 +39,7 @@ def quantize(
     ] = None,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="accept an already quantized input")] = False,
     no_check: NoCheck = False,
+    strict: Strict = False,
     check_tokens: Annotated[int, typer.Option("--check-tokens", min=1, help="tokens scored by the accuracy check")] = 4096,
     data: EvalData = "builtin",
     max_kld: MaxKld = None,
@@ -36,26 +50,25 @@ def quantize(
     """Quantize with llama.cpp, then check against the input (unless --no-check). Without --type: the smallest type that meets --max-kld / --min-top1."""
     with errors():
         from fox_edge.check import CheckSettings
-        from fox_edge.quantize import BudgetNotMet, quantize_to_budget
+        from fox_edge.quantize import BudgetNotMet, quantize_to_budget, what_to_try
         from fox_edge.quantize import quantize as quantize_model
 
         check = CheckSettings(
             enabled=not no_check, text=data, tokens=check_tokens, max_kld=max_kld, min_top1=min_top1, max_ppl_ratio=max_ppl_ratio
         )
         if type_name:
-            with progress_bar("quantizing", in_bytes=False) as progress:
-                result = quantize_model(
-                    model, output, type_name, threads=threads or 0, embedding=embedding_type, output_tensor=output_type,
-                    calibration=calibration, imatrix=imatrix, allow_requantize=allow_requantize, check=check,
-                    on_message=say, progress=progress,
-                )  # fmt: skip
-            show_check(result.check, output)
+            result = quantize_model(
+                model, output, type_name, threads=threads or 0, embedding=embedding_type, output_tensor=output_type,
+                calibration=calibration, imatrix=imatrix, allow_requantize=allow_requantize, check=check,
+                on_message=say, progress=phase_bar,
+            )  # fmt: skip
+            bars_given = any(bar is not None for bar in (max_kld, min_top1, max_ppl_ratio))
+            show_check(result.check, output, strict=strict or bars_given, remedies=what_to_try(type_name, bool(calibration or imatrix)))
             return
         try:
-            with progress_bar("searching", in_bytes=False) as progress:
-                result = quantize_to_budget(
-                    model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, on_message=say, progress=progress
-                )
+            result = quantize_to_budget(
+                model, output, check, threads=threads or 0, calibration=calibration, imatrix=imatrix, on_message=say, progress=phase_bar
+            )
         except BudgetNotMet as exc:
             print_tried(exc.tried)
             raise
@@ -64,8 +77,13 @@ def quantize(
 
 
 def print_tried(rows: list[dict]) -> None:
+    """The budget search's table: every candidate, checked or skipped (a type llama.cpp cannot build here), in order."""
     typer.echo(f"{'type':<8} {'embedding':<10} {'MB':>8} {'mean KLD':>10} {'top-1':>7} {'PPL ratio':>9}  result")
     for row in rows:
+        if "skipped" in row:
+            typer.echo(f"{row['type']:<8} {row['embedding']:<10} {'~' + format(row['mb'], '.1f'):>8} {'-':>10} {'-':>7} {'-':>9}  "
+                       f"skipped: {row['skipped']}")  # fmt: skip
+            continue
         typer.echo(
             f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
             f"{'meets the budget' if row['passed'] else 'over'}"

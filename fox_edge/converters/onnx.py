@@ -17,8 +17,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +107,7 @@ class OnnxResult:
 
 
 def quantize_blockwise(
-    weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True
+    weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True, importance: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Rows of `weight` (N, K) -> (packed uint8 (N, blocks, block_size*bits/8), scales (N, blocks), zero points or None).
 
@@ -114,6 +116,11 @@ def quantize_blockwise(
     Q4_1: each block's min..max spans the codes, with a zero point per block: float at 4 bits (MatMulNBits
     accepts zero points of the scales' type, so the minimum need not sit on a code), an integer at 8 bits
     (all ONNX Runtime's CPU kernel takes there).
+
+    `importance` (K,), the mean squared activation of each input column on calibration text (an importance
+    matrix): each block's scale (and zero point) is then searched to minimise the importance-weighted squared
+    error, sum_j importance_j (w_j - dequantized_j)^2, which is the expected error of the layer's output when
+    inputs are uncorrelated. Without it, round to nearest from the block's extremes, as above.
     """
     n, k = weight.shape
     blocks = -(-k // block_size)
@@ -121,7 +128,10 @@ def quantize_blockwise(
         weight = np.pad(weight, ((0, 0), (0, blocks * block_size - k)))
     w = weight.reshape(n, blocks, block_size).astype(np.float32, copy=False)
     top = (1 << bits) - 1
-    if symmetric:
+    integer_zero = symmetric or bits == 8  # ONNX Runtime's CPU kernel takes 8-bit zero points only as integers
+    if importance is not None:
+        scales, zero = _searched_scales(w, _block_importance(importance, blocks * block_size, block_size), bits, symmetric, integer_zero)
+    elif symmetric:
         peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
         scales = peak / -(1 << (bits - 1))
         zero = np.full_like(scales, 1 << (bits - 1))
@@ -129,13 +139,99 @@ def quantize_blockwise(
         low = w.min(-1)
         scales = (w.max(-1) - low) / top
         zero = -low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-        if bits == 8:  # ONNX Runtime's CPU kernel takes 8-bit zero points only as integers
+        if integer_zero:
             zero = np.clip(np.rint(zero), 0, top)
-    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-    codes = np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
+    codes = _codes(w, scales, zero, top)
     if symmetric:
         return _pack(codes, bits), scales.astype(np.float32), None
     return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8 if bits == 8 else np.float32)
+
+
+def _ordered_map(function: Callable, items: Iterator, workers: int | None = None) -> Iterator:
+    """function over items on a few threads (numpy releases the GIL), results in order, at most `workers` in flight:
+    the scale search is the slow part of a calibrated conversion, and chunks of rows are independent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or default_threads()
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _codes(w: np.ndarray, scales: np.ndarray, zero: np.ndarray, top: int) -> np.ndarray:
+    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+    return np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
+
+
+def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> np.ndarray:
+    """(K,) -> (blocks, block_size), padding columns weighing nothing; a column never seen weighs a little."""
+    values = np.asarray(importance, dtype=np.float32).reshape(-1)
+    floor = max(float(values.mean()), 1e-12) * 1e-3
+    values = np.maximum(values, floor)
+    return np.pad(values, (0, padded - values.size)).reshape(-1, block_size)
+
+
+# Candidate scales around the extremes' own, as llama.cpp's quantizers try them: the block's extreme maps to
+# the last code plus these offsets (in codes), before the weighted least-squares refit.
+SCALE_OFFSETS = tuple(0.1 * i for i in range(-9, 10))
+
+
+def _searched_scales(
+    w: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool, integer_zero: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per block, the (scale, zero point) with the least importance-weighted squared error among candidates: each
+    candidate rounds the block to codes, then the scale (and, asymmetric, the offset) is refit to those codes by
+    weighted least squares. The plain round-to-nearest choice is a candidate too, so the search never does worse."""
+    top = (1 << bits) - 1
+    half = 1 << (bits - 1)
+    weights = np.broadcast_to(importance, w.shape)
+    best_error = np.full(w.shape[:2], np.inf, dtype=np.float64)
+    best_scale = np.zeros(w.shape[:2], dtype=np.float32)
+    best_zero = np.zeros(w.shape[:2], dtype=np.float32)
+
+    def consider(scale: np.ndarray, zero: np.ndarray) -> None:
+        scale = np.where(np.isfinite(scale), scale, 0).astype(np.float32)
+        codes = _codes(w, scale, zero, top).astype(np.float32) - zero[..., None]
+        error = (weights * (w - scale[..., None] * codes) ** 2).sum(-1)
+        better = error < best_error
+        best_error[better], best_scale[better], best_zero[better] = error[better], scale[better], zero[better]
+
+    if symmetric:
+        peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
+        zero = np.full(w.shape[:2], half, dtype=np.float32)
+        consider(peak / -half, zero)
+        for offset in SCALE_OFFSETS:
+            scale = peak / -(half + offset)
+            q = _codes(w, scale, zero, top).astype(np.float32) - half
+            # The scale that fits these codes best: sum(iw q) / sum(i q^2).
+            numerator, denominator = (weights * w * q).sum(-1), (weights * q * q).sum(-1)
+            consider(np.divide(numerator, denominator, out=scale.copy(), where=denominator > 0), zero)
+        return best_scale, best_zero
+    low, high = w.min(-1), w.max(-1)
+    span = high - low
+    plain = span / top
+    plain_zero = -low * np.divide(1.0, plain, out=np.zeros_like(plain), where=plain != 0)
+    consider(plain, np.clip(np.rint(plain_zero), 0, top) if integer_zero else plain_zero)
+    for offset in SCALE_OFFSETS:
+        scale = span / (top + offset)
+        start_zero = -low * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        q = _codes(w, scale, start_zero, top).astype(np.float32)
+        # w ~ a q + b by weighted least squares; then scale a and zero point -b / a.
+        sw, sq, sqq = weights.sum(-1), (weights * q).sum(-1), (weights * q * q).sum(-1)
+        sx, sxq = (weights * w).sum(-1), (weights * w * q).sum(-1)
+        determinant = sw * sqq - sq * sq
+        ok = determinant > 1e-20 * np.maximum(sw * sqq, 1e-30)
+        a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
+        b = np.divide(sqq * sx - sq * sxq, determinant, out=low.copy(), where=ok)
+        a = np.where(a > 0, a, scale)
+        zero = -b * np.divide(1.0, a, out=np.zeros_like(a), where=a != 0)
+        consider(a, np.clip(np.rint(zero), 0, top) if integer_zero else zero)
+    return best_scale, best_zero
 
 
 def dequantize_blockwise(packed: np.ndarray, scales: np.ndarray, bits: int, k: int, zero_points: np.ndarray | None = None) -> np.ndarray:
@@ -213,6 +309,8 @@ class GraphBuilder:
     options: OnnxOptions
     weights: SafetensorsWeights
     data: ExternalData
+    # Checkpoint weight name -> mean squared activation per input column (calibration): block scales are searched.
+    importance: Mapping[str, np.ndarray] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inline: list[TensorProto] = field(default_factory=list)
 
@@ -264,8 +362,10 @@ class GraphBuilder:
         scales, zeros = [], []
 
         def packed_rows() -> Iterator[np.ndarray]:
-            for rows in self.source_rows(sources):
-                packed, row_scales, row_zeros = quantize_blockwise(rows, bits, block, symmetric)
+            importance = self.importance.get(sources[0])  # fused q/k/v or gate/up share their input
+            work = partial(quantize_blockwise, bits=bits, block_size=block, symmetric=symmetric, importance=importance)
+            # The search is worth the cores; round to nearest is quick and stays one chunk in memory at a time.
+            for packed, row_scales, row_zeros in _ordered_map(work, self.source_rows(sources), None if importance is not None else 1):
                 scales.append(row_scales)
                 zeros.append(row_zeros)
                 yield packed
@@ -459,10 +559,13 @@ def convert_to_onnx(
     progress: Progress | None = None,
     on_message: OnMessage = ignore_message,
     builder: type[GraphBuilder] = GraphBuilder,
+    importance: Mapping[str, np.ndarray] | None = None,
 ) -> OnnxResult:
     """Convert a Llama-architecture Hugging Face checkpoint to an ONNX model folder at `output`.
 
-    `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each."""
+    `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each.
+    `importance` (checkpoint weight name -> mean squared input activation per column, from calibration text:
+    fox_edge.quant.imatrix.checkpoint_importance) makes int8/int4 blocks search their scales against it."""
     precision = builder.precision_for(options)
     started = time.monotonic()
     check_writable(output, folder=True, source_folders=[local_folder(source)])
@@ -482,10 +585,10 @@ def convert_to_onnx(
             folder.mkdir()
             data = ExternalData(folder / ONNX_DATA, progress, total)
             try:
-                model = builder(shape, precision, options, weights, data).build()
+                model = builder(shape, precision, options, weights, data, importance or {}).build()
             finally:
                 data.close()
-            _set_metadata(model, checkpoint, options, precision)
+            _set_metadata(model, checkpoint, options, precision, bool(importance))
             onnx.save_model(model, folder / ONNX_MODEL)  # initializers already point at the external file
             _write_tokenizer(folder, checkpoint, vocab)
             _write_genai_config(folder, checkpoint, vocab, options, precision)
@@ -520,7 +623,7 @@ def _precision(options: OnnxOptions) -> Precision:
     return PRECISIONS[options.precision]
 
 
-def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxOptions, precision: Precision) -> None:
+def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxOptions, precision: Precision, calibrated: bool) -> None:
     metadata = {
         "general.name": checkpoint.name,
         "general.source": checkpoint.hub_id or checkpoint.path.resolve().name,  # never the user's folder layout
@@ -530,6 +633,9 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
         "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
         "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
+        "fox_edge.block_scales": ("searched against an importance matrix" if calibrated else "round to nearest")
+        if precision.weight == "nbits"
+        else "",
     }
     onnx.helper.set_model_props(model, {k: v for k, v in metadata.items() if v})
 

@@ -157,3 +157,40 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
     size = reader.fields.get(gguf.Keys.IMatrix.CHUNK_SIZE)
     datasets = reader.fields.get(gguf.Keys.IMatrix.DATASETS)
     return ImportanceMatrix(sums, count, int(size.contents()) if size else 0, list(datasets.contents()) if datasets else [])
+
+
+def hf_weight_name(gguf_name: str) -> str:
+    """A GGUF weight name of LINEAR_NAMES (or the embedding / output) -> the checkpoint's name for the same matrix."""
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if gguf_name == "output.weight":
+        return "lm_head.weight"
+    _, layer, short, _ = gguf_name.split(".")
+    path = next(path for path, name in LINEAR_NAMES.items() if name == short)
+    return f"model.layers.{layer}.{path}.weight"
+
+
+def checkpoint_importance(
+    source: str | os.PathLike[str],
+    calibration: str | os.PathLike[str],
+    progress: Callable[[int, int, str], None] | None = None,
+    *,
+    chunk_size: int = 512,
+    max_chunks: int = 64,
+) -> dict[str, np.ndarray]:
+    """The importance matrix of a Hugging Face checkpoint on `calibration` text ('builtin' or a file), keyed by the
+    checkpoint's weight names: what convert_to_onnx searches its int8/int4 block scales against."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise FoxEdgeError("calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)")
+    from fox_edge.backends.torch import TorchRunner
+    from fox_edge.texts import read_text
+
+    text = read_text(calibration, "calibration")
+    if progress:
+        progress(0, 0, "loading the model in PyTorch")
+    with TorchRunner(source) as runner:
+        chunks = calibration_chunks(runner.tokenize(text), chunk_size, runner.bos_id if runner.add_bos else None, max_chunks)
+        matrix = compute_imatrix(runner.model, chunks, progress, dataset=str(calibration))
+    return {hf_weight_name(name): values for name, values in matrix.means().items()}

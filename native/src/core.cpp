@@ -379,7 +379,7 @@ fox_chat_params fox_chat_default_params(const fox_model * model) {
     params.top_k          = 40;
     params.top_p          = 0.95f;
     params.min_p          = 0.05f;
-    params.repeat_penalty = 1.1f;
+    params.repeat_penalty = 1.0f;  // off, as llama.cpp's default
     params.repeat_last_n  = 64;
     params.max_tokens     = 512;
     params.seed           = 0xFFFFFFFF;  // LLAMA_DEFAULT_SEED: a random seed
