@@ -135,7 +135,7 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
     if exporter == "optimum":
         from fox_edge.converters.optimum import convert_with_optimum
 
-        if ort_format or chat_template is not None or calibration is not None:
+        if ort_format or chat_template is not None or calibration not in (None, "none"):
             raise FoxEdgeError("--ort-format, --chat-template and --calibration go with fox-edge's own exporter; drop --exporter optimum")
         conversion = convert_with_optimum(source, output, options, on_message=say)
         say(
@@ -144,6 +144,10 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
         )
         return ConvertResult(output=output, format="onnx-optimum", conversion=conversion, not_checked="optimum-onnx graphs")
     importance = None
+    if calibration is None and options.precision == "int4":
+        calibration = default_onnx_calibration(say)
+    if calibration == "none":
+        calibration = None
     if calibration is not None:
         if options.precision not in ("int8", "int4"):
             raise FoxEdgeError(f"--calibration chooses int8 / int4 block scales; --precision {options.precision} has none: drop it")
@@ -163,6 +167,15 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
         f"chat template: {conversion.chat_template})" + (f"; ORT format: {conversion.ort_model}" if conversion.ort_model else "")
     )
     return ConvertResult(output=output, format="onnx", conversion=conversion)
+
+
+def default_onnx_calibration(say: OnMessage) -> str | None:
+    """ONNX int4 searches its block scales against the built-in calibration text unless told otherwise (`none`): it took
+    the int4 defaults below GGUF Q4_K_M's KLD on the trained tiny Fox-1 (benchmarks/README.md). It needs PyTorch."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        say("not calibrated: int4 block scales are rounded to nearest (calibration needs PyTorch: pip install 'fox-edge[torch]')")
+        return None
+    return "builtin"
 
 
 def _check(output, source, check: CheckSettings, threads, phase, say) -> tuple[CheckReport | None, str | None]:

@@ -102,6 +102,7 @@ def quantize(
     parse_type(type_name)
     parse_tensor_type(embedding, "--embedding-type")
     parse_tensor_type(output_tensor, "--output-type")
+    calibration = None if calibration == "none" else calibration
     check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, allow_requantize)
     matrix = calibrate(input_path, calibration, imatrix, output.parent, on_message, phase)
@@ -129,8 +130,8 @@ def quantize(
 
 
 def calibrate(input_path, calibration, imatrix, scratch: Path, on_message: OnMessage, phase: PhaseProgress) -> Path | None:
-    """prepare_imatrix, under a "calibrating" progress bar when there is something to compute."""
-    if calibration is None:
+    """prepare_imatrix, under a "calibrating" progress bar when there is something to compute ('none': nothing)."""
+    if calibration in (None, "none"):
         return prepare_imatrix(input_path, None, imatrix, scratch)
     with phase("calibrating") as bar:
         return prepare_imatrix(input_path, calibration, imatrix, scratch, on_message=on_message, progress=bar)
@@ -185,6 +186,7 @@ def quantize_to_budget(
         min_top1=check.min_top1 if check.min_top1 is not None else 0.0,
         max_ppl_ratio=check.max_ppl_ratio if check.max_ppl_ratio is not None else math.inf,
     )
+    calibration = None if calibration == "none" else calibration
     check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, False)
     candidates = budget_candidates(input_path, types)

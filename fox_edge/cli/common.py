@@ -175,7 +175,11 @@ CtxSize = Annotated[
 ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="Jinja chat template file to use instead of the model's own")]
 Calibration = Annotated[
     str | None,
-    typer.Option("--calibration", help="calibration text (.txt or .jsonl with a text field) or 'builtin': compute an importance matrix"),
+    typer.Option(
+        "--calibration",
+        help="calibration text (.txt or .jsonl with a text field), 'builtin' or 'none': compute an importance matrix "
+        "(ONNX int4: builtin by default when PyTorch is installed)",
+    ),
 ]
 NoCheck = Annotated[bool, typer.Option("--no-check", help="skip the accuracy check after quantizing")]
 Strict = Annotated[bool, typer.Option("--strict", help="exit 1 when the check fails the default bars (bars you set always do)")]

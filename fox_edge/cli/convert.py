@@ -24,13 +24,13 @@ def convert(
     accuracy_level: Annotated[
         int, typer.Option("--accuracy-level", help="ONNX int8/int4: MatMulNBits compute type, 0 (float) to 4 (int8, fastest on CPU)")
     ] = 4,
-    asymmetric: Annotated[
-        bool, typer.Option("--asymmetric", help="ONNX int8/int4: min/max blocks with a zero point (default symmetric)")
+    symmetric: Annotated[
+        bool,
+        typer.Option("--symmetric/--asymmetric", help="ONNX int8/int4: blocks around zero, or min/max blocks with a zero point"),
     ] = False,
     embedding_bits: Annotated[
-        int | None,
-        typer.Option("--embedding-bits", help="ONNX int4: 8 keeps the tied embedding / lm_head at 8 bits (more accurate, larger)"),
-    ] = None,
+        int, typer.Option("--embedding-bits", help="ONNX int4: the tied embedding / lm_head's bits, 8 (accurate) or 4 (smaller, faster)")
+    ] = 8,
     exporter: Annotated[
         str, typer.Option("--exporter", help="ONNX: fox-edge (fused ONNX Runtime ops) or optimum (standard ops, its own environment)")
     ] = "fox-edge",
@@ -53,7 +53,7 @@ def convert(
         if to == "onnx":
             onnx = OnnxOptions(
                 precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=threads or 0,
-                embedding_bits=embedding_bits, symmetric=not asymmetric,
+                embedding_bits=embedding_bits, symmetric=symmetric,
             )  # fmt: skip
         result = convert_model(
             source, output, to=to, dtype=dtype, vocab_only=vocab_only, quant=quant, calibration=calibration, onnx=onnx,
@@ -62,7 +62,14 @@ def convert(
         )  # fmt: skip
         if to == "onnx":
             remedies = [
-                flag for flag, useful in (("--embedding-bits 8", embedding_bits != 8), ("--precision int8", precision == "int4")) if useful
+                flag
+                for flag, useful in (
+                    ("--calibration builtin", calibration in (None, "none")),
+                    ("--asymmetric", symmetric),
+                    ("--embedding-bits 8", embedding_bits != 8),
+                    ("--precision int8", precision == "int4"),
+                )
+                if useful
             ]
         else:
             from fox_edge.quantize import what_to_try

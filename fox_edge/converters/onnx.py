@@ -87,8 +87,10 @@ class OnnxOptions:
     block_size: int = 32
     accuracy_level: int = 4
     intra_op_threads: int = 0  # written to genai_config.json; 0: this machine's core count
-    embedding_bits: int | None = None  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
-    symmetric: bool = True  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
+    # The defaults are what passed on SmolLM2 and the trained tiny Fox-1 with a mean KLD at most GGUF Q4_K_M's
+    # (benchmarks/README.md, "Calibrated block scales"): asymmetric blocks and the tied embedding / lm_head at 8 bits.
+    embedding_bits: int | None = 8  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
+    symmetric: bool = False  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
 
 
 @dataclass
