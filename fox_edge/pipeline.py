@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fox_edge.check import CheckReport, CheckSettings, check_model, save_report, unchecked
 from fox_edge.converters.gguf import GgufResult, convert_to_gguf
-from fox_edge.converters.onnx import OnnxOptions, OnnxResult, convert_to_onnx
+from fox_edge.converters.onnx import OnnxOptions, OnnxResult, check_onnx_conversion, convert_to_onnx
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import check_writable
 from fox_edge.hooks import OnMessage, PhaseProgress, ignore_message, no_progress
@@ -144,6 +144,7 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
         )
         return ConvertResult(output=output, format="onnx-optimum", conversion=conversion, not_checked="optimum-onnx graphs")
     importance = None
+    check_onnx_conversion(source, output, options, ort_format=ort_format)  # refused before minutes of calibration
     if calibration is None and options.precision == "int4":
         calibration = default_onnx_calibration(say)
     if calibration == "none":

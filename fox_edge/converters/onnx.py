@@ -551,6 +551,30 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
 
+def check_onnx_conversion(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: OnnxOptions = OnnxOptions(),
+    *,
+    ort_format: bool = False,
+    builder: type[GraphBuilder] = GraphBuilder,
+) -> tuple[Precision, Checkpoint, SafetensorsWeights, int]:
+    """Everything convert_to_onnx refuses, refused before any work (a calibration pass comes first, and takes minutes):
+    the options, the output, the checkpoint and its tensors. Returns what the conversion goes on with."""
+    precision = builder.precision_for(options)
+    check_writable(output, folder=True, source_folders=[local_folder(source)])
+    checkpoint = open_checkpoint(source)
+    total = estimate_bytes(checkpoint.shape, precision, options)
+    if ort_format and total > INLINE_LIMIT:
+        raise FoxEdgeError(
+            f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
+            f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
+        )
+    weights = SafetensorsWeights(checkpoint.weight_files)
+    check_llama_tensors(weights, checkpoint.shape)
+    return precision, checkpoint, weights, total
+
+
 def convert_to_onnx(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -568,19 +592,9 @@ def convert_to_onnx(
     `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each.
     `importance` (checkpoint weight name -> mean squared input activation per column, from calibration text:
     fox_edge.quant.imatrix.checkpoint_importance) makes int8/int4 blocks search their scales against it."""
-    precision = builder.precision_for(options)
     started = time.monotonic()
-    check_writable(output, folder=True, source_folders=[local_folder(source)])
-    checkpoint = open_checkpoint(source)
+    precision, checkpoint, weights, total = check_onnx_conversion(source, output, options, ort_format=ort_format, builder=builder)
     shape = checkpoint.shape
-    total = estimate_bytes(shape, precision, options)
-    if ort_format and total > INLINE_LIMIT:
-        raise FoxEdgeError(
-            f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
-            f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
-        )
-    weights = SafetensorsWeights(checkpoint.weight_files)
-    check_llama_tensors(weights, shape)
     vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
     try:
         with atomic_output(output) as folder:
