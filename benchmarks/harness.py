@@ -80,8 +80,9 @@ def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]
             work / "llama.cpp.f16.gguf", keep=False,
         ),
         *(
-            Conversion(f"fox-edge convert --to onnx --precision {p}", [fox_edge, "convert", str(checkpoint), "--to", "onnx", "--precision", p,
-                       "--no-check", "-o", str(work / f"onnx-{p}")], work / f"onnx-{p}")
+            # Uncalibrated: the same graph and sizes as the calibrated default (which adds a PyTorch pass of minutes).
+            Conversion(f"fox-edge convert --to onnx --precision {p} --calibration none", [fox_edge, "convert", str(checkpoint), "--to",
+                       "onnx", "--precision", p, "--calibration", "none", "--no-check", "-o", str(work / f"onnx-{p}")], work / f"onnx-{p}")
             for p in ("int4", "int8")
         ),
         Conversion(

@@ -46,9 +46,9 @@ def run_demo(
     )
 
     on_message("3/4 what the GGUF holds:")
-    for label, value in describe_gguf(output):
-        if label in ("parameters", "tokenizer", "special tokens", "chat template", "tied embeddings"):
-            on_message(f"    {label}: {value}")
+    for fact in describe_gguf(output):
+        if fact.key in ("parameters", "tokenizer", "special_tokens", "chat_template", "tied_embeddings"):
+            on_message(f"    {fact.label}: {fact.text}")
 
     on_message(f"4/4 chat through llama.cpp with the model's own chat template (greedy): {question}")
     runner = open_runner(output, n_ctx=2048)

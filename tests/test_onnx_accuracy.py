@@ -1,10 +1,9 @@
 """ONNX int8/int4 on trained weights against PyTorch with the default bars, and Gemma's tokenizer in ONNX folders.
 
 SmolLM2's weights were published as a Q4_1 GGUF: every 32-weight block already lies on a 16-level grid with
-a float minimum. Symmetric 4-bit requantization (the default) lands between those levels and loses a lot,
-as llama.cpp's Q4_0 does (benchmarks/README.md); asymmetric blocks with float zero points re-represent the
-grid almost exactly, so that is the SmolLM2 int4 variant held to the default bars here. The trained tiny
-Fox-1 (bf16, no grid) is held to them at the defaults.
+a float minimum. Symmetric 4-bit requantization lands between those levels and loses a lot, as llama.cpp's
+Q4_0 does; asymmetric blocks with float zero points (the default) re-represent the grid almost exactly. The
+trained tiny Fox-1 (bf16, no grid) is where calibration counts (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,16 +36,26 @@ def test_smollm2_int8_meets_the_bars_llama_cpp_q8_0_meets(smollm2, tmp_path):
     assert report.top1_agreement >= 0.93, report.top1_agreement
 
 
-def test_smollm2_int4_asymmetric_passes_default_bars(smollm2, tmp_path):
-    folder = convert_to_onnx(smollm2, tmp_path / "int4", OnnxOptions(precision="int4", symmetric=False, embedding_bits=8)).output
-    report = check_model(folder, smollm2, CHECK)
+@pytest.mark.parametrize("model", ["smollm2", "trained_tiny_fox1"])
+def test_default_int4_passes_and_matches_gguf_q4_k_m(model, request, tmp_path):
+    """`convert --to onnx` at its defaults (int4: asymmetric, 8-bit embedding, calibrated on the built-in text)
+    passes the default int4 bars, with a mean KLD at most llama.cpp's Q4_K_M's on the same text."""
+    from fox_edge.pipeline import convert
+    from fox_edge.quantize import quantize
+
+    checkpoint = request.getfixturevalue(model)
+    folder = convert(checkpoint, tmp_path / "int4", to="onnx", check=CheckSettings(enabled=False)).output
+    report = check_model(folder, checkpoint, CHECK)
     assert report.precision == "int4" and report.bars == DEFAULT_BARS["int4"]
     assert report.passed, (report.kld_mean, report.top1_agreement, report.ppl_ratio)
+    f16 = convert(checkpoint, tmp_path / "f16.gguf").output
+    q4_k_m = quantize(f16, tmp_path / "q4_k_m.gguf", "Q4_K_M", check=CheckSettings(enabled=False)).file.output
+    gguf = check_model(q4_k_m, checkpoint, CHECK)
+    assert report.kld_mean <= gguf.kld_mean, (report.kld_mean, gguf.kld_mean)
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_trained_tiny_fox1_passes_default_bars_at_defaults(trained_tiny_fox1, tmp_path, precision):
-    folder = convert_to_onnx(trained_tiny_fox1, tmp_path / precision, OnnxOptions(precision=precision)).output
+def test_trained_tiny_fox1_int8_passes_default_bars_at_defaults(trained_tiny_fox1, tmp_path):
+    folder = convert_to_onnx(trained_tiny_fox1, tmp_path / "int8", OnnxOptions(precision="int8")).output
     report = check_model(folder, trained_tiny_fox1, CHECK)
     assert report.passed, (report.kld_mean, report.top1_agreement, report.ppl_ratio)
 
