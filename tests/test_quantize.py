@@ -252,3 +252,20 @@ def test_budget_keeps_the_smallest_passing(tiny_f16, tmp_path):
     assert passed[0]["type"] == "Q6_K" and len(outcome.tried) == 3
     assert output.exists() and load_report(output)["kld_mean"] <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.gguf", "best.gguf.check.json"]
+
+
+def test_a_failed_check_advises_and_fails_only_when_a_bar_was_asked_for(tiny_f16, tmp_path):
+    """Below the default bars: the model and its report are kept, a warning names what to try next, exit 0. With
+    --strict, or a bar of the user's own, the same result is an error (exit 1). The random-weight tiny model's Q4_0
+    is far over the int4 bars (see test_budget_keeps_the_smallest_passing)."""
+
+    output = tmp_path / "tiny.Q4_0.gguf"
+    base = ["quantize", str(tiny_f16), "--type", "Q4_0", "--check-tokens", "256", "-o", str(output)]
+    code, stderr = run_cli(*base)
+    assert code == 0, stderr
+    (warning,) = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert "below fox-edge's default bars" in warning and "--calibration builtin" in warning and "--type Q4_K_M" in warning
+    assert output.is_file() and load_report(output)["passed"] is False
+    for asked in (["--strict"], ["--max-kld", "0.5"]):
+        code, stderr = run_cli(*base, *asked)
+        assert code == 1 and stderr.splitlines()[-1].startswith("error: ") and "--calibration builtin" in stderr, (asked, stderr)
