@@ -27,7 +27,6 @@ from fox_edge.source import local_folder, resolve
 
 TARGETS = ("gguf", "onnx")
 EXPORTERS = ("fox-edge", "optimum")
-# Given a phase ("converting", "quantizing", "checking"), a context that yields the progress hook for it.
 
 
 @dataclass(kw_only=True)

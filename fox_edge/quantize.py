@@ -130,8 +130,8 @@ def quantize(
 
 
 def calibrate(input_path, calibration, imatrix, scratch: Path, on_message: OnMessage, phase: PhaseProgress) -> Path | None:
-    """prepare_imatrix, under a "calibrating" progress bar when there is something to compute ('none': nothing)."""
-    if calibration in (None, "none"):
+    """prepare_imatrix, under a "calibrating" progress bar when there is something to compute."""
+    if calibration is None:
         return prepare_imatrix(input_path, None, imatrix, scratch)
     with phase("calibrating") as bar:
         return prepare_imatrix(input_path, calibration, imatrix, scratch, on_message=on_message, progress=bar)
