@@ -1,13 +1,15 @@
 package dev.foxedge
 
 import kotlinx.coroutines.channels.Channel
-import kotlinx.coroutines.channels.trySendBlocking
+import kotlinx.coroutines.CancellationException
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.channelFlow
 import kotlinx.coroutines.flow.Flow
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.job
+import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
 
 /** Sampling and context for a chat; [FoxModel.defaultChatParams] holds the bundle's defaults. temperature 0 is greedy. */
@@ -83,9 +85,18 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
         var stats: DoubleArray? = null
         try {
             val reply = launch(Dispatchers.IO) {
+                val replyJob = coroutineContext.job
                 stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece ->
-                    // The collector is gone (cancelled, take(n)): stop at the next token, from this very thread.
-                    if (trySendBlocking(piece.decodeToString()).isFailure) FoxNative.chatCancel(handle)
+                    // Each piece waits for the collector, and the wait is a child of this reply: when the collector goes
+                    // (cancelled, take(n)) the reply is cancelled and so is the wait. The channel alone is not enough:
+                    // once the flow's producer is cancelled through its parent, cancelling its channel is a no-op,
+                    // so a sender waiting on it (trySendBlocking) could wait forever.
+                    val delivered = try {
+                        runBlocking(replyJob) { runCatching { send(piece.decodeToString()) }.isSuccess }
+                    } catch (e: CancellationException) {
+                        false
+                    }
+                    if (!delivered) FoxNative.chatCancel(handle) // stop at the next token, from this very thread
                 }
             }
             try {
