@@ -9,7 +9,9 @@ trained tiny Fox-1 (bf16, no grid) is where calibration counts (benchmarks/READM
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import onnxruntime_genai as og
 import pytest
 from texts import TOKENIZER_TEXTS
@@ -141,3 +143,35 @@ def test_convert_checks_by_default_and_info_shows_it(trained_tiny_fox1, tmp_path
     assert info.exit_code == 0 and "PASS (int4 bars)" in info.stdout and "GroupQueryAttention" in info.stdout
     generated = CliRunner().invoke(app, ["generate", str(folder), "-p", "To be, or not to be", "-n", "8", "--temperature", "0"])
     assert generated.exit_code == 0 and generated.stdout.strip()
+
+
+def resident_bytes(path) -> int:
+    """This process's resident bytes of mappings of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="Linux only: /proc/self/smaps")
+def test_weights_file_pages_are_dropped_after_loading_and_logits_unchanged(gemma_onnx, monkeypatch):
+    """The tied lm_head's prepacking reads the whole 256K embedding through ONNX Runtime's mapping of the weights file;
+    the runner drops those pages once loaded. Logits equal a runner that keeps them; a run faults back a few rows only."""
+    import fox_edge.backends.onnx as onnx_backend
+
+    _, folder = gemma_onnx
+    data = (folder / "model.onnx.data").resolve()
+    tokens = [2, *range(1000, 1040)]
+    runner = OnnxRunner(folder)
+    assert resident_bytes(data) < 256 * 1024 < runner.released_bytes
+    logits = runner.logits(tokens)
+    assert resident_bytes(data) < 0.2 * runner.released_bytes
+
+    monkeypatch.setattr(onnx_backend, "drop_mapped_pages", lambda files: 0)
+    kept = OnnxRunner(folder)
+    assert resident_bytes(data) > runner.released_bytes  # both runners map the file; this one kept what it read
+    assert np.array_equal(kept.logits(tokens), logits)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,6 @@ class OnnxRunner(Runner):
         allow_spinning: bool = True,
     ):
         import onnxruntime as ort
-        import tokenizers
 
         # The folder, or one model file in it (model.ort, say, where the folder holds both).
         path = Path(path)
@@ -128,43 +128,31 @@ class OnnxRunner(Runner):
         self.n_batch = max(1, min(n_batch, self.n_ctx))
         self.n_vocab = genai["vocab_size"]
 
-        config_path = self.path / "tokenizer_config.json"
-        tokenizer_config = read_json(config_path, ONNX_REWRITE) if config_path.is_file() else {}
-        try:
-            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
-            raise FoxEdgeError(
-                f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model"
-            ) from None
-        self._plain_tokenizer = None  # built on first use: copying a 256K vocabulary costs a second at start-up
-        byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
-        special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
-        size = max(self.n_vocab, self._tokenizer.get_vocab_size())
-        self._pieces = [self._tokenizer.id_to_token(i) or "" for i in range(size)]
-        self._bytes = [b"" if i in special else piece_bytes(p, byte_level) for i, p in enumerate(self._pieces)]
-        self.bos_id = genai.get("bos_token_id")
-        eos = genai.get("eos_token_id")
-        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        self.eos_id = eos[0] if eos else None
-        self.add_bos = bool(tokenizer_config.get("add_bos_token", False))
-        self.chat_template = tokenizer_config.get("chat_template") or None
-        self.stop_ids = stop_ids(eos, lambda text: token if (token := self._tokenizer.token_to_id(text)) in special else None)
-
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads or default_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         model_file = model_file or next(self.path / f for f in (ONNX_MODEL, ORT_MODEL) if (self.path / f).is_file())
-        if model_file.suffix == ".onnx":
-            check_external_data(model_file)
-        try:
-            self._session = ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
-        except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason
-            reason = str(exc).splitlines()[0][:300]
-            raise FoxEdgeError(
-                f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder"
-            ) from None
+        data_files = check_external_data(model_file) if model_file.suffix == ".onnx" else []
+
+        def create_session() -> ort.InferenceSession:
+            try:
+                return ort.InferenceSession(str(model_file), options, providers=providers or default_providers())
+            except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NoSuchFile carry the reason
+                reason = str(exc).splitlines()[0][:300]
+                raise FoxEdgeError(
+                    f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder"
+                ) from None
+
+        # Creating the session is ONNX Runtime prepacking the weights on one thread (seconds for Fox-1), without the
+        # GIL: the tokenizer loads meanwhile.
+        with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-load") as loader:
+            session = loader.submit(create_session)
+            self._load_tokenizer(genai)
+            self._session = session.result()
+
+        self.released_bytes = drop_mapped_pages(data_files)
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
@@ -187,6 +175,31 @@ class OnnxRunner(Runner):
         self._cache: list = []  # OrtValues: per layer, key then value, each (1, kv heads, n_ctx, head size)
         self._cached: list[int] = []
         self.n_evaluated = 0
+
+    def _load_tokenizer(self, genai: dict) -> None:
+        import tokenizers
+
+        config_path = self.path / "tokenizer_config.json"
+        tokenizer_config = read_json(config_path, ONNX_REWRITE) if config_path.is_file() else {}
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises a bare Exception on missing or malformed files
+            raise FoxEdgeError(
+                f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model"
+            ) from None
+        self._plain_tokenizer = None  # built on first use: copying a 256K vocabulary costs a second at start-up
+        byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
+        special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
+        size = max(self.n_vocab, self._tokenizer.get_vocab_size())
+        self._pieces = [self._tokenizer.id_to_token(i) or "" for i in range(size)]
+        self._bytes = [b"" if i in special else piece_bytes(p, byte_level) for i, p in enumerate(self._pieces)]
+        self.bos_id = genai.get("bos_token_id")
+        eos = genai.get("eos_token_id")
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.eos_id = eos[0] if eos else None
+        self.add_bos = bool(tokenizer_config.get("add_bos_token", False))
+        self.chat_template = tokenizer_config.get("chat_template") or None
+        self.stop_ids = stop_ids(eos, lambda text: token if (token := self._tokenizer.token_to_id(text)) in special else None)
 
     # -- vocabulary ------------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -284,8 +297,9 @@ def read_genai_config(folder: Path) -> dict:
     return genai
 
 
-def check_external_data(model_file: Path) -> None:
-    """Fail with the file's name, not ONNX Runtime's internals, when external weights are missing or cut short."""
+def check_external_data(model_file: Path) -> list[Path]:
+    """The external weight files of `model_file`; fails with the file's name, not ONNX Runtime's internals, when one is
+    missing or cut short."""
     import onnx
 
     try:
@@ -308,3 +322,45 @@ def check_external_data(model_file: Path) -> None:
             raise FoxEdgeError(
                 f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
             )
+    return [contained(model_file.parent / location, model_file.parent.resolve()) for location in needed]
+
+
+MADV_DONTNEED = 4  # Linux
+
+
+def drop_mapped_pages(files: Sequence[Path]) -> int:
+    """Drops this process's resident pages of its read-only use of `files`' mappings; returns the bytes dropped.
+
+    ONNX Runtime maps external weights, prepacks the matrix weights into memory of its own and unmaps those, but keeps
+    the mappings of what other nodes still use: the embedding (which the tied lm_head's prepacking read whole) and the
+    block scales, ~450 MB resident of full-size Fox-1 int4 that a chat never reads again but for a few embedding rows.
+    Dropping clean pages of a private file mapping is lossless (a later read faults them back from the file); a mapping
+    with any page written (anonymous, copy-on-write) is left alone. Linux only; elsewhere a no-op.
+    """
+    import ctypes
+
+    smaps = Path("/proc/self/smaps")
+    targets = {str(f.resolve()) for f in files}
+    if not targets or not smaps.is_file():
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    mappings: list[list] = []  # [start, end, resident kB, written kB] of mappings of `files`
+    current = None
+    for line in smaps.read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+            current = None
+            if len(fields) >= 6 and " ".join(fields[5:]) in targets:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = [start, end, 0, 0]
+                mappings.append(current)
+        elif current is not None and fields[0] == "Rss:":
+            current[2] = int(fields[1])
+        elif current is not None and fields[0] == "Anonymous:":  # copied on write (dirty alone may be the page cache's)
+            current[3] = int(fields[1])
+    dropped = 0
+    for start, end, resident_kb, written_kb in mappings:
+        if resident_kb and not written_kb and libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            dropped += resident_kb * 1024
+    return dropped
