@@ -51,21 +51,18 @@ class DynamicInt8(GraphBuilder):
 # label -> (options, graph builder, calibrated: block scales searched against the checkpoint's importance matrix on the
 # built-in calibration text (Botchan), which is disjoint from the evaluation text (Hamlet))
 ONNX_VARIANTS = {
-    "ONNX int8 (symmetric, accuracy_level 4)": (OnnxOptions(precision="int8"), GraphBuilder, False),
-    "ONNX int8 --asymmetric": (OnnxOptions(precision="int8", symmetric=False), GraphBuilder, False),
-    "ONNX int8 --accuracy-level 0": (OnnxOptions(precision="int8", accuracy_level=0), GraphBuilder, False),
-    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions(precision="int8"), DynamicInt8, False),
-    "ONNX int8, calibrated": (OnnxOptions(precision="int8"), GraphBuilder, True),
-    "ONNX int4 symmetric, 4-bit embedding": (OnnxOptions(precision="int4"), GraphBuilder, False),
-    "ONNX int4 symmetric, 4-bit embedding, calibrated": (OnnxOptions(precision="int4"), GraphBuilder, True),
-    "ONNX int4 symmetric, 8-bit embedding": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder, False),
-    "ONNX int4 symmetric, 8-bit embedding, calibrated": (OnnxOptions(precision="int4", embedding_bits=8), GraphBuilder, True),
-    "ONNX int4 asymmetric, 4-bit embedding": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder, False),
-    "ONNX int4 asymmetric, 4-bit embedding, calibrated": (OnnxOptions(precision="int4", symmetric=False), GraphBuilder, True),
-    "ONNX int4 asymmetric, 8-bit embedding": (OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder, False),
-    "ONNX int4 asymmetric, 8-bit embedding, calibrated": (
-        OnnxOptions(precision="int4", symmetric=False, embedding_bits=8), GraphBuilder, True,
-    ),
+    # Every option spelled out: the defaults move (issue 16: asymmetric, 8-bit embedding).
+    "ONNX int8 symmetric (accuracy_level 4)": (OnnxOptions(precision="int8", symmetric=True), GraphBuilder, False),
+    "ONNX int8 asymmetric": (OnnxOptions(precision="int8", symmetric=False), GraphBuilder, False),
+    "ONNX int8 symmetric, accuracy_level 0": (OnnxOptions(precision="int8", symmetric=True, accuracy_level=0), GraphBuilder, False),
+    "ONNX dynamic int8 (DynamicQuantizeMatMul)": (OnnxOptions(precision="int8", symmetric=True), DynamicInt8, False),
+    "ONNX int8 symmetric, calibrated": (OnnxOptions(precision="int8", symmetric=True), GraphBuilder, True),
+    **{
+        f"ONNX int4 {'symmetric' if symmetric else 'asymmetric'}, {bits}-bit embedding{', calibrated' if calibrated else ''}": (
+            OnnxOptions(precision="int4", symmetric=symmetric, embedding_bits=bits), GraphBuilder, calibrated,
+        )
+        for symmetric in (True, False) for bits in (4, 8) for calibrated in (False, True)
+    },
 }  # fmt: skip
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
 

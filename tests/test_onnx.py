@@ -202,6 +202,20 @@ def test_int4_embedding_is_shared_with_the_lm_head(tiny_onnx):
     assert meta["fox_edge.precision"] == "int4" and meta["fox_edge.block_size"] == "32"
 
 
+def test_int4_zero_points_are_what_onnx_runtime_prepacks(tiny_onnx):
+    """Float zero points are valid MatMulNBits input, but ONNX Runtime's CPU kernels cannot prepack them and
+    dequantize on every call: 0.5 tokens/s for full-size Fox-1 (benchmarks/README.md). Integer ones, packed as the
+    weights (two 4-bit points a byte), take the fast path."""
+    model = onnx.load(tiny_onnx["int4"] / "model.onnx", load_external_data=False)
+    shapes = {t.name: (t.data_type, list(t.dims)) for t in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert matmuls and all(len(n.input) == 4 for n in matmuls)  # asymmetric by default: every one has zero points
+    for node in matmuls:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        blocks = -(-attributes["K"] // attributes["block_size"])
+        assert shapes[node.input[3]] == (onnx.TensorProto.UINT8, [attributes["N"], -(-blocks * attributes["bits"] // 8)]), node.name
+
+
 def test_ort_format_keeps_weight_sharing(tiny_onnx):
     from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
 

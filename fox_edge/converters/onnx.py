@@ -115,9 +115,9 @@ def quantize_blockwise(
 
     Symmetric, as llama.cpp's Q4_0/Q8_0: the value of largest magnitude in each block maps to the lowest
     code and the zero point is MatMulNBits' implicit default (8 or 128), so none is stored. Asymmetric, as
-    Q4_1: each block's min..max spans the codes, with a zero point per block: float at 4 bits (MatMulNBits
-    accepts zero points of the scales' type, so the minimum need not sit on a code), an integer at 8 bits
-    (all ONNX Runtime's CPU kernel takes there).
+    Q4_1: each block's min..max spans the codes, with an integer zero point per block (uint8, unpacked here).
+    MatMulNBits also accepts float zero points, but ONNX Runtime's CPU kernels cannot prepack them and fall back
+    to dequantizing every call: 100x slower, 0.5 tokens/s for full-size Fox-1 (benchmarks/README.md).
 
     `importance` (K,), the mean squared activation of each input column on calibration text (an importance
     matrix): each block's scale (and zero point) is then searched to minimise the importance-weighted squared
@@ -130,9 +130,8 @@ def quantize_blockwise(
         weight = np.pad(weight, ((0, 0), (0, blocks * block_size - k)))
     w = weight.reshape(n, blocks, block_size).astype(np.float32, copy=False)
     top = (1 << bits) - 1
-    integer_zero = symmetric or bits == 8  # ONNX Runtime's CPU kernel takes 8-bit zero points only as integers
     if importance is not None:
-        scales, zero = _searched_scales(w, _block_importance(importance, blocks * block_size, block_size), bits, symmetric, integer_zero)
+        scales, zero = _searched_scales(w, _block_importance(importance, blocks * block_size, block_size), bits, symmetric)
     elif symmetric:
         peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
         scales = peak / -(1 << (bits - 1))
@@ -140,13 +139,11 @@ def quantize_blockwise(
     else:
         low = w.min(-1)
         scales = (w.max(-1) - low) / top
-        zero = -low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-        if integer_zero:
-            zero = np.clip(np.rint(zero), 0, top)
+        zero = np.clip(np.rint(-low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)), 0, top)
     codes = _codes(w, scales, zero, top)
     if symmetric:
         return _pack(codes, bits), scales.astype(np.float32), None
-    return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8 if bits == 8 else np.float32)
+    return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8)
 
 
 def _ordered_map(function: Callable, items: Iterator, workers: int | None = None) -> Iterator:
@@ -183,12 +180,11 @@ def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> n
 SCALE_OFFSETS = tuple(0.1 * i for i in range(-9, 10))
 
 
-def _searched_scales(
-    w: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool, integer_zero: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per block, the (scale, zero point) with the least importance-weighted squared error among candidates: each
-    candidate rounds the block to codes, then the scale (and, asymmetric, the offset) is refit to those codes by
-    weighted least squares. The plain round-to-nearest choice is a candidate too, so the search never does worse."""
+    candidate rounds the block to codes, then the scale (and, asymmetric, the offset, rounded to an integer zero point
+    and the scale refit to it) is refit to those codes by weighted least squares. The plain round-to-nearest choice is
+    a candidate too, so the search never does worse."""
     top = (1 << bits) - 1
     half = 1 << (bits - 1)
     weights = np.broadcast_to(importance, w.shape)
@@ -218,7 +214,7 @@ def _searched_scales(
     span = high - low
     plain = span / top
     plain_zero = -low * np.divide(1.0, plain, out=np.zeros_like(plain), where=plain != 0)
-    consider(plain, np.clip(np.rint(plain_zero), 0, top) if integer_zero else plain_zero)
+    consider(plain, np.clip(np.rint(plain_zero), 0, top))
     for offset in SCALE_OFFSETS:
         scale = span / (top + offset)
         start_zero = -low * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
@@ -231,8 +227,12 @@ def _searched_scales(
         a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
         b = np.divide(sqq * sx - sq * sxq, determinant, out=low.copy(), where=ok)
         a = np.where(a > 0, a, scale)
-        zero = -b * np.divide(1.0, a, out=np.zeros_like(a), where=a != 0)
-        consider(a, np.clip(np.rint(zero), 0, top) if integer_zero else zero)
+        zero = np.clip(np.rint(-b * np.divide(1.0, a, out=np.zeros_like(a), where=a != 0)), 0, top)
+        consider(a, zero)
+        # The scale that fits the codes best around that integer zero point: sum(iw q) / sum(i q^2), q = codes - zero.
+        q = _codes(w, a, zero, top).astype(np.float32) - zero[..., None]
+        numerator, denominator = (weights * w * q).sum(-1), (weights * q * q).sum(-1)
+        consider(np.divide(numerator, denominator, out=a.copy(), where=denominator > 0), zero)
     return best_scale, best_zero
 
 
@@ -359,7 +359,7 @@ class GraphBuilder:
         )[0]  # fmt: skip
 
     def nbits_tensors(self, name: str, sources: list[str], n: int, k: int, bits: int, symmetric: bool = True) -> list[str]:
-        """Packed weights, scales (and float zero points when asymmetric) as MatMulNBits takes them."""
+        """Packed weights, scales (and integer zero points when asymmetric, packed as the weights) as MatMulNBits takes them."""
         block, blocks, dtype = self.options.block_size, -(-k // self.options.block_size), self.precision.numpy_activation
         scales, zeros = [], []
 
@@ -376,11 +376,8 @@ class GraphBuilder:
         self.data.add(f"{name}.scales", self.precision.activation, (n, blocks), np.concatenate(scales).astype(dtype))
         if symmetric:
             return [f"{name}.qweight", f"{name}.scales"]
-        zeros = np.concatenate(zeros)
-        if zeros.dtype == np.uint8:
-            self.data.add(f"{name}.zero_points", TensorProto.UINT8, (n, blocks), zeros)
-        else:
-            self.data.add(f"{name}.zero_points", self.precision.activation, (n, blocks), zeros.astype(dtype))
+        zeros = _pack(np.concatenate(zeros), bits)
+        self.data.add(f"{name}.zero_points", TensorProto.UINT8, zeros.shape, zeros)
         return [f"{name}.qweight", f"{name}.scales", f"{name}.zero_points"]
 
     def embedding(self, ids: str) -> tuple[str, Callable[[str], str]]:
@@ -390,8 +387,8 @@ class GraphBuilder:
         source = "model.embed_tokens.weight"
         if kind != "float":  # block-wise weights
             bits = self.options.embedding_bits or self.precision.bits
-            # Asymmetric only at 8 bits, where both ops take the same integer zero points; at 4 bits MatMulNBits'
-            # asymmetric blocks use float zero points, which GatherBlockQuantized does not take.
+            # Asymmetric only at 8 bits, where both ops take the same (unpacked) zero points; at 4 bits they would
+            # need GatherBlockQuantized to read MatMulNBits' packed layout.
             symmetric = self.options.symmetric or bits != 8
             tensors = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits, symmetric)
             # GatherBlockQuantized wants scales (and zero points) of the data's rank: second views of the same bytes.
