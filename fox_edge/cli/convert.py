@@ -64,7 +64,7 @@ def convert(
             remedies = [
                 flag
                 for flag, useful in (
-                    ("--calibration builtin", calibration in (None, "none")),
+                    ("--calibration builtin", calibration == "none"),  # None: the built-in text when PyTorch is there
                     ("--asymmetric", symmetric),
                     ("--embedding-bits 8", embedding_bits != 8),
                     ("--precision int8", precision == "int4"),
