@@ -312,8 +312,10 @@ def check_external_data(model_file: Path) -> list[Path]:
         if "location" in entries:
             end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
             needed[entries["location"]] = max(needed.get(entries["location"], 0), end)
+    files = []
     for location, end in needed.items():
         data = contained(model_file.parent / location, model_file.parent.resolve())
+        files.append(data)
         if not data.is_file():
             raise FoxEdgeError(
                 f"{data} is missing (the weights of {model_file.name}); copy the whole folder, or re-run `fox-edge convert --to onnx`"
@@ -322,7 +324,7 @@ def check_external_data(model_file: Path) -> list[Path]:
             raise FoxEdgeError(
                 f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
             )
-    return [contained(model_file.parent / location, model_file.parent.resolve()) for location in needed]
+    return files
 
 
 MADV_DONTNEED = 4  # Linux
