@@ -139,7 +139,7 @@ def quantize_blockwise(
     else:
         low = w.min(-1)
         scales = (w.max(-1) - low) / top
-        zero = np.clip(np.rint(-low * np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)), 0, top)
+        zero = _zero_point(low, scales, top)
     codes = _codes(w, scales, zero, top)
     if symmetric:
         return _pack(codes, bits), scales.astype(np.float32), None
@@ -165,6 +165,11 @@ def _ordered_map(function: Callable, items: Iterator, workers: int | None = None
 def _codes(w: np.ndarray, scales: np.ndarray, zero: np.ndarray, top: int) -> np.ndarray:
     inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     return np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
+
+
+def _zero_point(offset: np.ndarray, scale: np.ndarray, top: int) -> np.ndarray:
+    """The integer code at which `offset + scale * code` is zero (w = scale * (code - zero point)), within 0..top."""
+    return np.clip(np.rint(-offset * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)), 0, top)
 
 
 def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> np.ndarray:
@@ -213,8 +218,7 @@ def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric
     low, high = w.min(-1), w.max(-1)
     span = high - low
     plain = span / top
-    plain_zero = -low * np.divide(1.0, plain, out=np.zeros_like(plain), where=plain != 0)
-    consider(plain, np.clip(np.rint(plain_zero), 0, top))
+    consider(plain, _zero_point(low, plain, top))
     for offset in SCALE_OFFSETS:
         scale = span / (top + offset)
         start_zero = -low * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
@@ -227,7 +231,7 @@ def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric
         a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
         b = np.divide(sqq * sx - sq * sxq, determinant, out=low.copy(), where=ok)
         a = np.where(a > 0, a, scale)
-        zero = np.clip(np.rint(-b * np.divide(1.0, a, out=np.zeros_like(a), where=a != 0)), 0, top)
+        zero = _zero_point(b, a, top)
         consider(a, zero)
         # The scale that fits the codes best around that integer zero point: sum(iw q) / sum(i q^2), q = codes - zero.
         q = _codes(w, a, zero, top).astype(np.float32) - zero[..., None]
