@@ -12,10 +12,11 @@ tokenizers run), so no PyTorch is needed to chat.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -146,13 +147,17 @@ class OnnxRunner(Runner):
                 ) from None
 
         # Creating the session is ONNX Runtime prepacking the weights on one thread (seconds for Fox-1), without the
-        # GIL: the tokenizer loads meanwhile.
-        with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-load") as loader:
-            session = loader.submit(create_session)
-            self._load_tokenizer(genai)
+        # GIL: the tokenizer loads meanwhile, and this thread drops the weights file's pages as fast as ONNX Runtime
+        # reads them (GB/s), which keeps the load's peak at the packed copy rather than packed copy plus file.
+        with ThreadPoolExecutor(2, thread_name_prefix="fox-edge-load") as loader:
+            session, tokenizer = loader.submit(create_session), loader.submit(self._load_tokenizer, genai)
+            self.released_bytes = 0
+            while not session.done():
+                self.released_bytes += drop_mapped_pages(data_files)
+                wait([session], timeout=0.005)
             self._session = session.result()
-
-        self.released_bytes = drop_mapped_pages(data_files)
+            tokenizer.result()
+        self.released_bytes += drop_mapped_pages(data_files)
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
@@ -328,41 +333,44 @@ def check_external_data(model_file: Path) -> list[Path]:
 
 
 MADV_DONTNEED = 4  # Linux
+PAGEMAP_PRESENT, PAGEMAP_FILE = 1 << 63, 1 << 61  # /proc/PID/pagemap entry bits: resident; file page (not copied on write)
 
 
 def drop_mapped_pages(files: Sequence[Path]) -> int:
-    """Drops this process's resident pages of its read-only use of `files`' mappings; returns the bytes dropped.
+    """Drops this process's resident pages of its mappings of `files`; returns the bytes dropped.
 
     ONNX Runtime maps external weights, prepacks the matrix weights into memory of its own and unmaps those, but keeps
     the mappings of what other nodes still use: the embedding (which the tied lm_head's prepacking read whole) and the
     block scales, ~450 MB resident of full-size Fox-1 int4 that a chat never reads again but for a few embedding rows.
-    Dropping clean pages of a private file mapping is lossless (a later read faults them back from the file); a mapping
-    with any page written (anonymous, copy-on-write) is left alone. Linux only; elsewhere a no-op.
+    Dropping the file pages of a private mapping is lossless (a later read faults them back from the page cache); a
+    mapping with any page copied on write is left alone. Cheap enough (/proc/self/maps and the mappings' pagemap
+    entries, not smaps' walk of every mapping) to call every few milliseconds while ONNX Runtime loads. Linux only;
+    elsewhere a no-op.
     """
     import ctypes
 
-    smaps = Path("/proc/self/smaps")
+    maps, pagemap = Path("/proc/self/maps"), Path("/proc/self/pagemap")
     targets = {str(f.resolve()) for f in files}
-    if not targets or not smaps.is_file():
+    if not targets or not pagemap.exists():
         return 0
+    mappings = []
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in targets:
+            mappings.append(tuple(int(x, 16) for x in fields[0].split("-")))
+    if not mappings:
+        return 0
+    page = os.sysconf("SC_PAGE_SIZE")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    mappings: list[list] = []  # [start, end, resident kB, written kB] of mappings of `files`
-    current = None
-    for line in smaps.read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
-            current = None
-            if len(fields) >= 6 and " ".join(fields[5:]) in targets:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                current = [start, end, 0, 0]
-                mappings.append(current)
-        elif current is not None and fields[0] == "Rss:":
-            current[2] = int(fields[1])
-        elif current is not None and fields[0] == "Anonymous:":  # copied on write (dirty alone may be the page cache's)
-            current[3] = int(fields[1])
     dropped = 0
-    for start, end, resident_kb, written_kb in mappings:
-        if resident_kb and not written_kb and libc.madvise(start, end - start, MADV_DONTNEED) == 0:
-            dropped += resident_kb * 1024
+    with open(pagemap, "rb", buffering=0) as entries_file:
+        for start, end in mappings:
+            entries_file.seek(start // page * 8)
+            entries = np.frombuffer(entries_file.read((end - start) // page * 8), np.uint64)
+            present = (entries & np.uint64(PAGEMAP_PRESENT)) != 0
+            resident = int(present.sum())
+            copied = bool((present & ((entries & np.uint64(PAGEMAP_FILE)) == 0)).any())
+            if resident and not copied and libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+                dropped += resident * page
     return dropped
