@@ -63,6 +63,13 @@ ONNX_VARIANTS = {
         )
         for symmetric in (True, False) for bits in (4, 8) for calibrated in (False, True)
     },
+    # Larger blocks: fewer scales to read per token (MLAS packs an f32 scale and block sum per block), less accuracy.
+    **{
+        f"ONNX int4 asymmetric, {bits}-bit embedding, calibrated, block {block}": (
+            OnnxOptions(precision="int4", symmetric=False, embedding_bits=bits, block_size=block), GraphBuilder, True,
+        )
+        for bits in (4, 8) for block in (64, 128)
+    },
 }  # fmt: skip
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
 

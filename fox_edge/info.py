@@ -158,12 +158,12 @@ def describe_onnx(path: Path) -> list[Fact]:
              {"name": meta.get("fox_edge.precision"), "weights": meta.get("fox_edge.weights")}),
     ]  # fmt: skip
     if meta.get("fox_edge.block_size"):
-        symmetric = meta.get("fox_edge.symmetric") == "true"
+        symmetric, offsets = meta.get("fox_edge.symmetric") == "true", meta.get("fox_edge.block_offsets") == "true"
         facts.append(
             fact("blocks", "  blocks",
-                 f"{meta['fox_edge.block_size']} weights, {'symmetric' if symmetric else 'asymmetric'}, "
+                 f"{meta['fox_edge.block_size']} weights, {'symmetric' if symmetric else 'asymmetric'}{' with block offsets' if offsets else ''}, "
                  f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit",
-                 {"block_size": int(meta["fox_edge.block_size"]), "symmetric": symmetric,
+                 {"block_size": int(meta["fox_edge.block_size"]), "symmetric": symmetric, "block_offsets": offsets,
                   "accuracy_level": _int_or_none(meta.get("fox_edge.accuracy_level")), "embedding_bits": _int_or_none(meta.get("fox_edge.embedding_bits"))})
         )  # fmt: skip
     facts += [

@@ -33,7 +33,9 @@ def tiny_onnx(tmp_path_factory, tiny_fox1):
     }
 
 
-def dequantized_reference(tiny_fox1, bits: int, symmetric: bool = True, embedding_bits: int | None = None):
+def dequantized_reference(
+    tiny_fox1, bits: int, symmetric: bool = True, embedding_bits: int | None = None, integer_zero_points: bool = True
+):
     """The PyTorch model with every matrix replaced by its block-quantized values (what MatMulNBits must compute)."""
     from transformers import AutoModelForCausalLM
 
@@ -43,7 +45,10 @@ def dequantized_reference(tiny_fox1, bits: int, symmetric: bool = True, embeddin
             if parameter.ndim == 2:
                 is_embedding = "embed_tokens" in name
                 b = (embedding_bits or bits) if is_embedding else bits
-                packed, scales, zeros = quantize_blockwise(parameter.numpy(), b, 32, symmetric or (is_embedding and b != 8))
+                integer = integer_zero_points or is_embedding
+                packed, scales, zeros = quantize_blockwise(
+                    parameter.numpy(), b, 32, symmetric or (is_embedding and b != 8), integer_zero_points=integer
+                )
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, b, parameter.shape[1], zeros)))
     return model
 
@@ -111,12 +116,26 @@ def test_block_quantized_graph_computes_the_dequantized_model(tiny_fox1, tmp_pat
         folder = convert_to_onnx(
             tiny_fox1,
             tmp_path / f"{precision}-{symmetric}",
-            OnnxOptions(precision=precision, accuracy_level=0, symmetric=symmetric, embedding_bits=bits),
+            OnnxOptions(precision=precision, accuracy_level=0, symmetric=symmetric, embedding_bits=bits, block_offsets=False),
         ).output
         with torch.no_grad():
             expected = dequantized_reference(tiny_fox1, bits, symmetric)(torch.tensor([PROMPT])).logits[0].numpy()
         got = OnnxRunner(folder).logits(PROMPT)
         assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max(), (precision, symmetric)
+
+
+def test_block_offsets_compute_the_float_zero_point_model(tiny_fox1, tmp_path):
+    """Asymmetric int4 blocks keep their fractional zero points through the block offsets: ONNX Runtime computes the
+    model whose blocks dequantize with float zero points (what integer zero points alone round away), up to the
+    offsets' own 4-bit rounding."""
+    with torch.no_grad():
+        expected = dequantized_reference(tiny_fox1, 4, False, 8, integer_zero_points=False)(torch.tensor([PROMPT])).logits[0].numpy()
+    errors = {}
+    for block_offsets in (True, False):
+        options = OnnxOptions(precision="int4", accuracy_level=0, symmetric=False, embedding_bits=8, block_offsets=block_offsets)
+        folder = convert_to_onnx(tiny_fox1, tmp_path / str(block_offsets), options).output
+        errors[block_offsets] = np.abs(OnnxRunner(folder).logits(PROMPT) - expected).max() / np.abs(expected).max()
+    assert errors[True] < 0.1 * errors[False], errors
 
 
 def test_symmetric_int4_blocks_agree_with_gguf_q4_0():
@@ -161,7 +180,7 @@ def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
 
     importance = checkpoint_importance(tiny_fox1, "builtin")  # what convert computes: the same text and chunks
     folder = convert(
-        tiny_fox1, tmp_path / "calibrated", to="onnx", onnx=OnnxOptions(precision="int4", accuracy_level=0),  # asymmetric, 8-bit embedding
+        tiny_fox1, tmp_path / "calibrated", to="onnx", onnx=OnnxOptions(precision="int4", accuracy_level=0, block_offsets=False),  # asymmetric, 8-bit embedding
         calibration="builtin", check=CheckSettings(enabled=False),
     ).output  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(tiny_fox1, dtype=torch.float32).eval()

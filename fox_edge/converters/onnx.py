@@ -91,6 +91,9 @@ class OnnxOptions:
     # (benchmarks/README.md, "Calibrated block scales"): asymmetric blocks and the tied embedding / lm_head at 8 bits.
     embedding_bits: int | None = 8  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
     symmetric: bool = False  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
+    # Asymmetric int4: each block's fractional zero point, which integer zero points round away, carried by extra
+    # input columns (the input's block sums) in the same MatMulNBits: see GraphBuilder.linear.
+    block_offsets: bool = True
 
 
 @dataclass
@@ -109,7 +112,12 @@ class OnnxResult:
 
 
 def quantize_blockwise(
-    weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True, importance: np.ndarray | None = None
+    weight: np.ndarray,
+    bits: int,
+    block_size: int,
+    symmetric: bool = True,
+    importance: np.ndarray | None = None,
+    integer_zero_points: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Rows of `weight` (N, K) -> (packed uint8 (N, blocks, block_size*bits/8), scales (N, blocks), zero points or None).
 
@@ -118,6 +126,8 @@ def quantize_blockwise(
     Q4_1: each block's min..max spans the codes, with an integer zero point per block (uint8, unpacked here).
     MatMulNBits also accepts float zero points, but ONNX Runtime's CPU kernels cannot prepack them and fall back
     to dequantizing every call: 100x slower, 0.5 tokens/s for full-size Fox-1 (benchmarks/README.md).
+    `integer_zero_points=False` returns the float zero points (float32) for a caller that carries their fractions
+    some other way (GraphBuilder's block offsets).
 
     `importance` (K,), the mean squared activation of each input column on calibration text (an importance
     matrix): each block's scale (and zero point) is then searched to minimise the importance-weighted squared
@@ -131,7 +141,8 @@ def quantize_blockwise(
     w = weight.reshape(n, blocks, block_size).astype(np.float32, copy=False)
     top = (1 << bits) - 1
     if importance is not None:
-        scales, zero = _searched_scales(w, _block_importance(importance, blocks * block_size, block_size), bits, symmetric)
+        block_importance = _block_importance(importance, blocks * block_size, block_size)
+        scales, zero = _searched_scales(w, block_importance, bits, symmetric, integer_zero_points)
     elif symmetric:
         peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
         scales = peak / -(1 << (bits - 1))
@@ -139,11 +150,11 @@ def quantize_blockwise(
     else:
         low = w.min(-1)
         scales = (w.max(-1) - low) / top
-        zero = _zero_point(low, scales, top)
+        zero = _zero_point(low, scales, top, integer_zero_points)
     codes = _codes(w, scales, zero, top)
     if symmetric:
         return _pack(codes, bits), scales.astype(np.float32), None
-    return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8)
+    return _pack(codes, bits), scales.astype(np.float32), zero.astype(np.uint8 if integer_zero_points else np.float32)
 
 
 def _ordered_map(function: Callable, items: Iterator, workers: int | None = None) -> Iterator:
@@ -167,9 +178,10 @@ def _codes(w: np.ndarray, scales: np.ndarray, zero: np.ndarray, top: int) -> np.
     return np.clip(np.rint(w * inverse[..., None] + zero[..., None]), 0, top).astype(np.uint8)
 
 
-def _zero_point(offset: np.ndarray, scale: np.ndarray, top: int) -> np.ndarray:
-    """The integer code at which `offset + scale * code` is zero (w = scale * (code - zero point)), within 0..top."""
-    return np.clip(np.rint(-offset * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)), 0, top)
+def _zero_point(offset: np.ndarray, scale: np.ndarray, top: int, integer: bool = True) -> np.ndarray:
+    """The code at which `offset + scale * code` is zero (w = scale * (code - zero point)); integer: rounded, within 0..top."""
+    zero = -offset * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    return np.clip(np.rint(zero), 0, top) if integer else zero
 
 
 def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> np.ndarray:
@@ -185,11 +197,13 @@ def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> n
 SCALE_OFFSETS = tuple(0.1 * i for i in range(-9, 10))
 
 
-def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def _searched_scales(
+    w: np.ndarray, importance: np.ndarray, bits: int, symmetric: bool, integer_zero: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Per block, the (scale, zero point) with the least importance-weighted squared error among candidates: each
-    candidate rounds the block to codes, then the scale (and, asymmetric, the offset, rounded to an integer zero point
-    and the scale refit to it) is refit to those codes by weighted least squares. The plain round-to-nearest choice is
-    a candidate too, so the search never does worse."""
+    candidate rounds the block to codes, then the scale (and, asymmetric, the offset; `integer_zero`: rounded to an
+    integer zero point and the scale refit to it) is refit to those codes by weighted least squares. The plain
+    round-to-nearest choice is a candidate too, so the search never does worse."""
     top = (1 << bits) - 1
     half = 1 << (bits - 1)
     weights = np.broadcast_to(importance, w.shape)
@@ -218,7 +232,7 @@ def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric
     low, high = w.min(-1), w.max(-1)
     span = high - low
     plain = span / top
-    consider(plain, _zero_point(low, plain, top))
+    consider(plain, _zero_point(low, plain, top, integer_zero))
     for offset in SCALE_OFFSETS:
         scale = span / (top + offset)
         start_zero = -low * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
@@ -231,8 +245,10 @@ def _searched_scales(w: np.ndarray, importance: np.ndarray, bits: int, symmetric
         a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
         b = np.divide(sqq * sx - sq * sxq, determinant, out=low.copy(), where=ok)
         a = np.where(a > 0, a, scale)
-        zero = _zero_point(b, a, top)
+        zero = _zero_point(b, a, top, integer_zero)
         consider(a, zero)
+        if not integer_zero:
+            continue
         # The scale that fits the codes best around that integer zero point: sum(iw q) / sum(i q^2), q = codes - zero.
         q = _codes(w, a, zero, top).astype(np.float32) - zero[..., None]
         numerator, denominator = (weights * w * q).sum(-1), (weights * q * q).sum(-1)
@@ -319,6 +335,7 @@ class GraphBuilder:
     importance: Mapping[str, np.ndarray] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inline: list[TensorProto] = field(default_factory=list)
+    _block_sums: dict[str, str] = field(default_factory=dict)  # input -> input with its block sums (with_block_sums)
 
     @classmethod
     def precision_for(cls, options: OnnxOptions) -> Precision:
@@ -331,7 +348,8 @@ class GraphBuilder:
         return outputs
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        self.inline.append(onnx.numpy_helper.from_array(array, name))
+        if not any(t.name == name for t in self.inline):  # shared by the nodes that name it
+            self.inline.append(onnx.numpy_helper.from_array(array, name))
         return name
 
     def float_tensor(self, name: str, rows: Iterator[np.ndarray], shape: tuple[int, ...]) -> str:
@@ -353,8 +371,31 @@ class GraphBuilder:
             # FusedMatMul with transB reads the checkpoint's (out, in) layout as is: no transpose to hold in memory.
             w = self.float_tensor(f"{name}.weight", self.source_rows(sources), (n, k))
             return self.node("FusedMatMul", [x, w], f"{node_name}/MatMul", domain="com.microsoft", transB=1)[0]
-        bits = self.precision.bits
-        return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, self.options.symmetric)], node_name, n, k, bits)
+        bits, symmetric = self.precision.bits, self.options.symmetric
+        if self.uses_block_offsets(k):
+            tensors = self.nbits_tensors(name, sources, n, k, bits, symmetric, block_offsets=True)
+            return self.matmul_nbits([self.with_block_sums(x, k), *tensors], node_name, n, k + k // self.options.block_size, bits)
+        return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, symmetric)], node_name, n, k, bits)
+
+    def uses_block_offsets(self, k: int) -> bool:
+        """Integer zero points cost accuracy where a block's best offset falls between codes (SmolLM2's weights lie on
+        a Q4_1 grid, whose offsets are floats). Float zero points would keep it, but ONNX Runtime's CPU kernels run
+        them 100x slower. So each block's fractional part, offset = scale * (integer zero point - float zero point),
+        rides in the same MatMulNBits: the input gains K / block_size columns, its block sums, and each output row
+        gains the matching offsets, themselves 4-bit blocks: sum over a block of x * offset = offset * sum(x)."""
+        return self.options.block_offsets and not self.options.symmetric and self.precision.bits == 4 and k % self.options.block_size == 0
+
+    def with_block_sums(self, x: str, k: int) -> str:
+        """x (..., K) -> (..., K + K / block_size): x and the means of its blocks (computed once per input; the offsets
+        are stored times the block size). One AveragePool over the last axis, which reads (batch, positions, K) as
+        (batch, channels, length): a decode step is short enough for ONNX Runtime's per-node cost to show, and
+        Reshape + ReduceSum is two nodes."""
+        name = f"{x}/with_block_sums"
+        if name not in self._block_sums:
+            block = self.options.block_size
+            means = self.node("AveragePool", [x], f"{name}/AveragePool", kernel_shape=[block], strides=[block])[0]
+            self._block_sums[name] = self.node("Concat", [x, means], f"{name}/Concat", axis=-1)[0]
+        return self._block_sums[name]
 
     def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
         return self.node(
@@ -362,14 +403,32 @@ class GraphBuilder:
             K=k, N=n, bits=bits, block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
         )[0]  # fmt: skip
 
-    def nbits_tensors(self, name: str, sources: list[str], n: int, k: int, bits: int, symmetric: bool = True) -> list[str]:
-        """Packed weights, scales (and integer zero points when asymmetric, packed as the weights) as MatMulNBits takes them."""
+    def nbits_tensors(
+        self, name: str, sources: list[str], n: int, k: int, bits: int, symmetric: bool = True, block_offsets: bool = False
+    ) -> list[str]:
+        """Packed weights, scales (and integer zero points when asymmetric, packed as the weights) as MatMulNBits takes
+        them; `block_offsets`: each row followed by its blocks' fractional offsets (see uses_block_offsets)."""
         block, blocks, dtype = self.options.block_size, -(-k // self.options.block_size), self.precision.numpy_activation
+        if block_offsets:
+            blocks += -(-blocks // block)
         scales, zeros = [], []
+
+        def quantize_rows(rows: np.ndarray, importance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            if not block_offsets:
+                return quantize_blockwise(rows, bits, block, symmetric, importance)
+            packed, row_scales, float_zeros = quantize_blockwise(rows, bits, block, False, importance, integer_zero_points=False)
+            row_zeros = np.clip(np.rint(float_zeros), 0, (1 << bits) - 1)
+            offsets = row_scales * (row_zeros - float_zeros) * block  # with_block_sums gives the blocks' means
+            offset_packed, offset_scales, offset_zeros = quantize_blockwise(offsets, bits, block, False)
+            return (
+                np.concatenate([packed, offset_packed], 1),
+                np.concatenate([row_scales, offset_scales], 1),
+                np.concatenate([row_zeros.astype(np.uint8), offset_zeros], 1),
+            )
 
         def packed_rows() -> Iterator[np.ndarray]:
             importance = self.importance.get(sources[0])  # fused q/k/v or gate/up share their input
-            work = partial(quantize_blockwise, bits=bits, block_size=block, symmetric=symmetric, importance=importance)
+            work = partial(quantize_rows, importance=importance)
             # The search is worth the cores; round to nearest is quick and stays one chunk in memory at a time.
             for packed, row_scales, row_zeros in _ordered_map(work, self.source_rows(sources), None if importance is not None else 1):
                 scales.append(row_scales)
@@ -545,10 +604,16 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
         weights = sum(n * k * act for n, k in per_layer * s.n_layers + embeddings)
     else:
 
-        def blockwise(matrices: list[tuple[int, int]], bits: int) -> int:
-            return sum(n * -(-k // block) * (block * bits // 8 + act) for n, k in matrices)
+        def blockwise(matrices: list[tuple[int, int]], bits: int, offsets: bool = False) -> int:
+            blocks = [-(-k // block) for _, k in matrices]
+            if offsets:  # GraphBuilder.uses_block_offsets: a row's offsets are blocks of their own
+                blocks = [b + -(-b // block) for b in blocks]
+            return sum(n * b * (block * bits // 8 + act) for (n, _), b in zip(matrices, blocks, strict=True))
 
-        weights = blockwise(per_layer * s.n_layers, precision.bits) + blockwise(embeddings, options.embedding_bits or precision.bits)
+        offsets = options.block_offsets and not options.symmetric and precision.bits == 4
+        weights = blockwise(per_layer * s.n_layers, precision.bits, offsets) + blockwise(
+            embeddings, options.embedding_bits or precision.bits
+        )
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
 
@@ -650,6 +715,9 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
         "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
         "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
+        "fox_edge.block_offsets": str(options.block_offsets and not options.symmetric and precision.bits == 4).lower()
+        if precision.weight == "nbits"
+        else "",
         "fox_edge.block_scales": ("searched against an importance matrix" if calibrated else "round to nearest")
         if precision.weight == "nbits"
         else "",
