@@ -92,6 +92,12 @@ def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]
             work / "onnx-int4-e4",
         ),
         Conversion(
+            "fox-edge convert --to onnx --precision int4 --no-block-offsets --calibration none",
+            [fox_edge, "convert", str(checkpoint), "--to", "onnx", "--precision", "int4", "--no-block-offsets", "--calibration",
+             "none", "--no-check", "-o", str(work / "onnx-int4-integer")],
+            work / "onnx-int4-integer",
+        ),
+        Conversion(
             "onnxruntime-genai model builder -p int4 -e cpu",
             [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(work / "builder-int4"),
              "-p", "int4", "-e", "cpu", "-c", str(work / "builder-cache")],
@@ -197,13 +203,14 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--no-repack", {"repack": False}),
         Entry("ONNX int4", "fox-edge", work / "onnx-int4-prepacked", PREPACKED),
         Entry("ONNX int4", "fox-edge", work / "onnx-int4-e4", EMBEDDING_4),
-        Entry("ONNX int4", "fox-edge", int4, "--batch-size 128", {"n_batch": 128}),
+        Entry("ONNX int4", "fox-edge", work / "onnx-int4-integer", INTEGER_ZERO_POINTS),
     ]
 
 
 MAPPED = "--mmap (the default before issue 15)"
 PREPACKED = "prepacked weights saved in the file"
 EMBEDDING_4 = "--embedding-bits 4 (the phone's choice)"
+INTEGER_ZERO_POINTS = "--no-block-offsets (integer zero points alone, the default before)"
 
 # The bars of issues 5 and 15, measured again head to head: the two engines run back to back, in alternating order,
 # --pairs times after the rounds, and compared pair by pair (a noisy host moves both alike).
@@ -215,6 +222,7 @@ HEAD_TO_HEAD = (
     # the same engine on both graphs: whether a difference above comes from the graph or from the loop
     (("ONNX int4 (fox-edge graph), onnxruntime-genai", ""), ("ONNX int4 (builder graph), onnxruntime-genai", "")),
     (("ONNX int4", EMBEDDING_4), ("ONNX int4 (builder graph), onnxruntime-genai", "")),
+    (("ONNX int4", INTEGER_ZERO_POINTS), ("ONNX int4 (builder graph), onnxruntime-genai", "")),
     # issue 15: today's defaults against the previous ones
     (("GGUF Q4_K_M", ""), ("GGUF Q4_K_M", MAPPED)),
 )

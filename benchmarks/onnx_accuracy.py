@@ -59,16 +59,16 @@ ONNX_VARIANTS = {
     "ONNX int8 symmetric, calibrated": (OnnxOptions(precision="int8", symmetric=True), GraphBuilder, True),
     **{
         f"ONNX int4 {'symmetric' if symmetric else 'asymmetric'}, {bits}-bit embedding{', calibrated' if calibrated else ''}": (
-            OnnxOptions(precision="int4", symmetric=symmetric, embedding_bits=bits), GraphBuilder, calibrated,
+            OnnxOptions(precision="int4", symmetric=symmetric, embedding_bits=bits, block_offsets=False), GraphBuilder, calibrated,
         )
         for symmetric in (True, False) for bits in (4, 8) for calibrated in (False, True)
     },
-    # Larger blocks: fewer scales to read per token (MLAS packs an f32 scale and block sum per block), less accuracy.
+    # Block offsets: the fractional zero points integer ones round away, as extra columns (GraphBuilder.uses_block_offsets).
     **{
-        f"ONNX int4 asymmetric, {bits}-bit embedding, calibrated, block {block}": (
-            OnnxOptions(precision="int4", symmetric=False, embedding_bits=bits, block_size=block), GraphBuilder, True,
+        f"ONNX int4 asymmetric with block offsets, {bits}-bit embedding{', calibrated' if calibrated else ''}{f', block {block}' if block != 32 else ''}": (
+            OnnxOptions(precision="int4", symmetric=False, embedding_bits=bits, block_offsets=True, block_size=block), GraphBuilder, calibrated,
         )
-        for bits in (4, 8) for block in (64, 128)
+        for bits in (4, 8) for calibrated in (False, True) for block in (32, 64, 128) if calibrated or block == 32
     },
 }  # fmt: skip
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
