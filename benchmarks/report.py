@@ -45,6 +45,7 @@ def write_report(
     results: list[BenchResult],
     bandwidth: list[float],
     pairs: dict[tuple[tuple[str, str], tuple[str, str]], list[tuple[dict, dict]]],
+    filled: dict[tuple[str, str], dict],
 ) -> None:
     """`aliases` shortens paths in the commands shown (the scratch folder to WORK, and so on)."""
     by_key = {(e.label, e.tuning): r for e, r in zip(rotation, results, strict=True)}
@@ -86,8 +87,19 @@ def write_report(
             entry.label, entry.tuning or "defaults", f"{result.file_mb:.0f}", f"{kv:.0f}", f"{1.15 * (result.file_mb + kv):.0f}",
             f"{peak:.0f}", f"{peak / (result.file_mb + kv):.2f}", f"{estimate:.0f}", f"{estimate / peak - 1:+.1%}",
         ])  # fmt: skip
+    filled_rows = []
+    for (label, tuning), measured in filled.items():
+        file_mb = by_key[(label, tuning)].file_mb
+        peak, kv = measured["peak_rss_mb"], measured["kv_cache_mb"]
+        filled_rows.append([
+            label, tuning or "defaults", f"{file_mb:.0f}", f"{kv:.0f}", f"{1.15 * (file_mb + kv):.0f}", f"{peak:.0f}",
+            f"{measured.get('peak_anon_mb', 0):.0f}", f"{measured.get('peak_file_mb', 0):.0f}", f"{peak / (file_mb + kv):.2f}",
+            f"{measured['estimate_mb']:.0f}", f"{measured['estimate_mb'] / peak - 1:+.1%}",
+        ])  # fmt: skip
     memory_header = ["model", "setting", "file MB", "KV cache MB", "bar: 1.15 x (file + KV) MB", "peak RSS MB", "peak / (file + KV)",
                      "bundle estimate MB", "estimate vs peak"]  # fmt: skip
+    filled_header = [*memory_header[:5], *PEAK_HEADER, *memory_header[6:]]
+    filled_length = next(int(k.split("_")[1]) for k in next(iter(filled.values())) if k.startswith("prompt_"))
 
     first_pair = next(iter(pairs.values()))
     n_pairs = len(first_pair)
@@ -160,6 +172,12 @@ cache as the runtime keeps it (llama.cpp f16, ONNX Runtime the graph's type); "b
 `fox-edge bundle` writes into the manifest for the same model and context (fox_edge.backends.base.estimate_memory).
 
 {table(memory_header, memory_rows)}
+
+The same chat with its context filled: one {filled_length}-token prompt, then {settings.generate_tokens} generated tokens
+(one run each, after the head-to-head pairs). llama.cpp clears its whole KV cache at load; ONNX Runtime's pages
+become resident as positions fill.
+
+{table(filled_header, filled_rows)}
 
 ## Tuning: one setting changed from the defaults
 

@@ -88,7 +88,13 @@ def measure_once(model: str, settings: BenchSettings) -> dict[str, float | str |
     result: dict[str, float | str | int] = {"load_s": load, "backend": runner.backend}
     if shape := getattr(runner, "shape", None):  # what a bundle's manifest would say this model needs (bundle.py)
         weights = weights_bytes(runner.path)
-        estimate = estimate_memory(weights_bytes=weights, shape=shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)
+        estimate = estimate_memory(
+            weights_bytes=weights,
+            shape=shape,
+            n_vocab=runner.n_vocab,
+            n_ctx=runner.n_ctx,
+            resident_weights_bytes=runner.resident_weights_bytes(),
+        )
         result["estimate_mb"], result["kv_cache_mb"] = estimate["total_bytes"] / 1e6, estimate["kv_cache_bytes"] / 1e6
     result |= measure_protocol(
         settings,

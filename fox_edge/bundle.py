@@ -179,7 +179,10 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
         eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
         if problem := template_problem(runner.chat_template, bos, eos):
             raise FoxEdgeError(f"{problem} (bundling {source})")
-        memory = estimate_memory(weights_bytes=weights_bytes(model), shape=runner.shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx)
+        memory = estimate_memory(
+            weights_bytes=weights_bytes(model), shape=runner.shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx,
+            resident_weights_bytes=runner.resident_weights_bytes(),
+        )  # fmt: skip
         memory["budget_bytes"] = settings.memory_budget
         if memory["total_bytes"] > settings.memory_budget:
             warn(

@@ -35,22 +35,27 @@ def weights_bytes(model: Path) -> int:
     return sum(p.stat().st_size for p in model.iterdir() if p.suffix in (".gguf", ".onnx", ".data", ".safetensors"))
 
 
-def estimate_memory(*, weights_bytes: int, shape: ModelShape, n_vocab: int, n_ctx: int, n_batch: int = 512) -> dict:
-    """What a chat at `n_ctx` needs: the weights (memory-mapped, all of them resident once read), the KV cache, and the
+def estimate_memory(
+    *, weights_bytes: int, shape: ModelShape, n_vocab: int, n_ctx: int, n_batch: int = 512, resident_weights_bytes: int | None = None
+) -> dict:
+    """What a chat at `n_ctx` needs: the weights as the runtime holds them (`resident_weights_bytes`, when it packs
+    them into a layout of its own; else the files, mapped or read, all resident once read), the KV cache, and the
     compute buffers of a batch of prompt tokens."""
     kv = int(2 * shape.n_layers * shape.n_kv_heads * shape.head_size * n_ctx * shape.kv_bytes_per_element)
     compute = n_batch * 16 * shape.hidden_size * 4 + 2 * n_vocab * 4
+    resident = weights_bytes if resident_weights_bytes is None else resident_weights_bytes
     return {
-        "total_bytes": weights_bytes + kv + compute,
+        "total_bytes": resident + kv + compute,
         "weights_bytes": weights_bytes,
+        "resident_weights_bytes": resident,
         "kv_cache_bytes": kv,
         "compute_bytes": compute,
         "at_context": n_ctx,
         "method": (
-            "weights: the model's weight files (resident once read, mapped or read into memory); KV cache: 2 (K and V) x layers x kv heads x "
-            "head size x context x bytes per element (f16: 2); compute: a 512-token prompt batch's activations "
-            "(512 x 16 x hidden size x 4 bytes) plus two rows of logits. An estimate: runtimes add their own extras, "
-            "such as ONNX Runtime's prepacked copy of int4 weights"
+            "weights: as the runtime holds them (ONNX Runtime: its packed copy of the block-quantized matrices, an f32 scale "
+            "and block sum per block; llama.cpp: the weight files, resident once read, mapped or read into memory); KV cache: "
+            "2 (K and V) x layers x kv heads x head size x context x bytes per element (f16: 2); compute: a 512-token prompt "
+            "batch's activations (512 x 16 x hidden size x 4 bytes) plus two rows of logits"
         ),
     }
 
@@ -72,6 +77,10 @@ class Runner:
     chat_template: str | None
     metadata: dict[str, str]
     n_evaluated: int = 0  # tokens the last prefill() actually computed (the rest came from the KV cache)
+
+    def resident_weights_bytes(self) -> int | None:
+        """The weights' bytes as the runtime holds them, where that differs from the files (None: the files)."""
+        return None
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         raise NotImplementedError

@@ -181,6 +181,27 @@ class OnnxRunner(Runner):
         self._cached: list[int] = []
         self.n_evaluated = 0
 
+    def resident_weights_bytes(self) -> int | None:
+        """ONNX Runtime's packed copy of the MatMulNBits weights (MLAS's int8-compute layout: the codes plus an f32
+        scale and an f32 block sum per block, 1.3x a 4-bit file's blocks) and every other initializer but those only
+        gathered from (their pages are dropped: drop_mapped_pages). None for a folder with only an ORT-format file."""
+        import onnx
+
+        if not (self.path / ONNX_MODEL).is_file():
+            return None
+        graph = onnx.load(str(self.path / ONNX_MODEL), load_external_data=False).graph
+        sizes = {t.name: _stored_bytes(t) for t in graph.initializer}
+        packed, consumers = 0, {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, set()).add(node.op_type)
+            if node.op_type == "MatMulNBits":
+                attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                n, k, bits, block = attributes["N"], attributes["K"], attributes["bits"], attributes["block_size"]
+                packed += n * -(-k // block) * (block * bits // 8 + 8)
+        others = sum(size for name, size in sizes.items() if not consumers.get(name, set()) <= {"MatMulNBits", "GatherBlockQuantized"})
+        return packed + others
+
     def _load_tokenizer(self, genai: dict) -> None:
         import tokenizers
 
@@ -288,6 +309,14 @@ class OnnxRunner(Runner):
 
 
 GENAI_INTEGERS = ("context_length", "vocab_size", "decoder.num_hidden_layers", "decoder.num_key_value_heads", "decoder.head_size")
+
+
+def _stored_bytes(tensor) -> int:
+    """An initializer's bytes, inline or in the external data file."""
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            return int(entry.value)
+    return len(tensor.raw_data)
 
 
 def read_genai_config(folder: Path) -> dict:
