@@ -92,7 +92,7 @@ class OnnxOptions:
     embedding_bits: int | None = 8  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
     symmetric: bool = False  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
     # Asymmetric int4: each block's fractional zero point, which integer zero points round away, carried by extra
-    # input columns (the input's block sums) in the same MatMulNBits: see GraphBuilder.linear.
+    # input columns (the input's block means) in the same MatMulNBits: see GraphBuilder.uses_block_offsets.
     block_offsets: bool = True
 
 
@@ -335,7 +335,7 @@ class GraphBuilder:
     importance: Mapping[str, np.ndarray] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inline: list[TensorProto] = field(default_factory=list)
-    _block_sums: dict[str, str] = field(default_factory=dict)  # input -> input with its block sums (with_block_sums)
+    _block_means: dict[str, str] = field(default_factory=dict)  # input -> input with its block means (with_block_means)
 
     @classmethod
     def precision_for(cls, options: OnnxOptions) -> Precision:
@@ -374,28 +374,29 @@ class GraphBuilder:
         bits, symmetric = self.precision.bits, self.options.symmetric
         if self.uses_block_offsets(k):
             tensors = self.nbits_tensors(name, sources, n, k, bits, symmetric, block_offsets=True)
-            return self.matmul_nbits([self.with_block_sums(x, k), *tensors], node_name, n, k + k // self.options.block_size, bits)
+            return self.matmul_nbits([self.with_block_means(x, k), *tensors], node_name, n, k + k // self.options.block_size, bits)
         return self.matmul_nbits([x, *self.nbits_tensors(name, sources, n, k, bits, symmetric)], node_name, n, k, bits)
 
     def uses_block_offsets(self, k: int) -> bool:
         """Integer zero points cost accuracy where a block's best offset falls between codes (SmolLM2's weights lie on
         a Q4_1 grid, whose offsets are floats). Float zero points would keep it, but ONNX Runtime's CPU kernels run
         them 100x slower. So each block's fractional part, offset = scale * (integer zero point - float zero point),
-        rides in the same MatMulNBits: the input gains K / block_size columns, its block sums, and each output row
-        gains the matching offsets, themselves 4-bit blocks: sum over a block of x * offset = offset * sum(x)."""
+        rides in the same MatMulNBits: the input gains K / block_size columns, its block means, and each output row
+        gains the matching offsets times the block size, themselves 4-bit blocks: sum over a block of x * offset =
+        offset * block size * mean(x)."""
         return self.options.block_offsets and not self.options.symmetric and self.precision.bits == 4 and k % self.options.block_size == 0
 
-    def with_block_sums(self, x: str, k: int) -> str:
+    def with_block_means(self, x: str, k: int) -> str:
         """x (..., K) -> (..., K + K / block_size): x and the means of its blocks (computed once per input; the offsets
         are stored times the block size). One AveragePool over the last axis, which reads (batch, positions, K) as
         (batch, channels, length): a decode step is short enough for ONNX Runtime's per-node cost to show, and
         Reshape + ReduceSum is two nodes."""
-        name = f"{x}/with_block_sums"
-        if name not in self._block_sums:
+        name = f"{x}/with_block_means"
+        if name not in self._block_means:
             block = self.options.block_size
             means = self.node("AveragePool", [x], f"{name}/AveragePool", kernel_shape=[block], strides=[block])[0]
-            self._block_sums[name] = self.node("Concat", [x, means], f"{name}/Concat", axis=-1)[0]
-        return self._block_sums[name]
+            self._block_means[name] = self.node("Concat", [x, means], f"{name}/Concat", axis=-1)[0]
+        return self._block_means[name]
 
     def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
         return self.node(
@@ -418,7 +419,7 @@ class GraphBuilder:
                 return quantize_blockwise(rows, bits, block, symmetric, importance)
             packed, row_scales, float_zeros = quantize_blockwise(rows, bits, block, False, importance, integer_zero_points=False)
             row_zeros = np.clip(np.rint(float_zeros), 0, (1 << bits) - 1)
-            offsets = row_scales * (row_zeros - float_zeros) * block  # with_block_sums gives the blocks' means
+            offsets = row_scales * (row_zeros - float_zeros) * block  # with_block_means feeds the blocks' means
             offset_packed, offset_scales, offset_zeros = quantize_blockwise(offsets, bits, block, False)
             return (
                 np.concatenate([packed, offset_packed], 1),
