@@ -96,6 +96,11 @@ class OnnxOptions:
     block_offsets: bool = True
 
 
+def writes_block_offsets(options: OnnxOptions, precision: Precision) -> bool:
+    """Whether the conversion carries asymmetric int4 blocks' fractional zero points (GraphBuilder.uses_block_offsets)."""
+    return options.block_offsets and not options.symmetric and precision.bits == 4
+
+
 @dataclass
 class OnnxResult:
     output: Path
@@ -384,7 +389,7 @@ class GraphBuilder:
         rides in the same MatMulNBits: the input gains K / block_size columns, its block means, and each output row
         gains the matching offsets times the block size, themselves 4-bit blocks: sum over a block of x * offset =
         offset * block size * mean(x)."""
-        return self.options.block_offsets and not self.options.symmetric and self.precision.bits == 4 and k % self.options.block_size == 0
+        return writes_block_offsets(self.options, self.precision) and k % self.options.block_size == 0
 
     def with_block_means(self, x: str, k: int) -> str:
         """x (..., K) -> (..., K + K / block_size): x and the means of its blocks (computed once per input; the offsets
@@ -611,7 +616,7 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
                 blocks = [b + -(-b // block) for b in blocks]
             return sum(n * b * (block * bits // 8 + act) for (n, _), b in zip(matrices, blocks, strict=True))
 
-        offsets = options.block_offsets and not options.symmetric and precision.bits == 4
+        offsets = writes_block_offsets(options, precision)
         weights = blockwise(per_layer * s.n_layers, precision.bits, offsets) + blockwise(
             embeddings, options.embedding_bits or precision.bits
         )
@@ -716,9 +721,7 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
         "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
         "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
-        "fox_edge.block_offsets": str(options.block_offsets and not options.symmetric and precision.bits == 4).lower()
-        if precision.weight == "nbits"
-        else "",
+        "fox_edge.block_offsets": str(writes_block_offsets(options, precision)).lower() if precision.weight == "nbits" else "",
         "fox_edge.block_scales": ("searched against an importance matrix" if calibrated else "round to nearest")
         if precision.weight == "nbits"
         else "",
