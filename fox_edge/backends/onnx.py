@@ -313,10 +313,7 @@ GENAI_INTEGERS = ("context_length", "vocab_size", "decoder.num_hidden_layers", "
 
 def _stored_bytes(tensor) -> int:
     """An initializer's bytes, inline or in the external data file."""
-    for entry in tensor.external_data:
-        if entry.key == "length":
-            return int(entry.value)
-    return len(tensor.raw_data)
+    return int({e.key: e.value for e in tensor.external_data}.get("length", len(tensor.raw_data)))
 
 
 def read_genai_config(folder: Path) -> dict:

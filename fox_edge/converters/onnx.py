@@ -186,7 +186,16 @@ def _codes(w: np.ndarray, scales: np.ndarray, zero: np.ndarray, top: int) -> np.
 def _zero_point(offset: np.ndarray, scale: np.ndarray, top: int, integer: bool = True) -> np.ndarray:
     """The code at which `offset + scale * code` is zero (w = scale * (code - zero point)); integer: rounded, within 0..top."""
     zero = -offset * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    return np.clip(np.rint(zero), 0, top) if integer else zero
+    return _integer_zero_point(zero, top) if integer else zero
+
+
+def _integer_zero_point(zero: np.ndarray, top: int) -> np.ndarray:
+    return np.clip(np.rint(zero), 0, top)
+
+
+def _with_offset_blocks(blocks: int, block_size: int) -> int:
+    """A row's blocks plus those its block offsets take (one offset per block, block_size to a block)."""
+    return blocks + -(-blocks // block_size)
 
 
 def _block_importance(importance: np.ndarray, padded: int, block_size: int) -> np.ndarray:
@@ -240,7 +249,7 @@ def _searched_scales(
     consider(plain, _zero_point(low, plain, top, integer_zero))
     for offset in SCALE_OFFSETS:
         scale = span / (top + offset)
-        start_zero = -low * np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        start_zero = _zero_point(low, scale, top, integer=False)
         q = _codes(w, scale, start_zero, top).astype(np.float32)
         # w ~ a q + b by weighted least squares; then scale a and zero point -b / a.
         sw, sq, sqq = weights.sum(-1), (weights * q).sum(-1), (weights * q * q).sum(-1)
@@ -416,14 +425,14 @@ class GraphBuilder:
         them; `block_offsets`: each row followed by its blocks' fractional offsets (see uses_block_offsets)."""
         block, blocks, dtype = self.options.block_size, -(-k // self.options.block_size), self.precision.numpy_activation
         if block_offsets:
-            blocks += -(-blocks // block)
+            blocks = _with_offset_blocks(blocks, block)
         scales, zeros = [], []
 
         def quantize_rows(rows: np.ndarray, importance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
             if not block_offsets:
                 return quantize_blockwise(rows, bits, block, symmetric, importance)
             packed, row_scales, float_zeros = quantize_blockwise(rows, bits, block, False, importance, integer_zero_points=False)
-            row_zeros = np.clip(np.rint(float_zeros), 0, (1 << bits) - 1)
+            row_zeros = _integer_zero_point(float_zeros, (1 << bits) - 1)
             offsets = row_scales * (row_zeros - float_zeros) * block  # with_block_means feeds the blocks' means
             offset_packed, offset_scales, offset_zeros = quantize_blockwise(offsets, bits, block, False)
             return (
@@ -613,7 +622,7 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
         def blockwise(matrices: list[tuple[int, int]], bits: int, offsets: bool = False) -> int:
             blocks = [-(-k // block) for _, k in matrices]
             if offsets:  # GraphBuilder.uses_block_offsets: a row's offsets are blocks of their own
-                blocks = [b + -(-b // block) for b in blocks]
+                blocks = [_with_offset_blocks(b, block) for b in blocks]
             return sum(n * b * (block * bits // 8 + act) for (n, _), b in zip(matrices, blocks, strict=True))
 
         offsets = writes_block_offsets(options, precision)
