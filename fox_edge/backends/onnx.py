@@ -12,11 +12,12 @@ tokenizers run), so no PyTorch is needed to chat.
 
 from __future__ import annotations
 
-import os
+import mmap
 import platform
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,12 @@ class OnnxRunner(Runner):
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         model_file = model_file or next(self.path / f for f in (ONNX_MODEL, ORT_MODEL) if (self.path / f).is_file())
-        data_files = check_external_data(model_file) if model_file.suffix == ".onnx" else []
+        # The runner maps the weight files itself, read-only, and ONNX Runtime uses the mapping in place: the runner can
+        # then drop the mapping's resident pages whenever it likes (a later read faults them back from the page cache),
+        # which it could not safely do to ONNX Runtime's own mappings, unmapped and reused while it packs.
+        self._weights = WeightFiles.map(model_file) if model_file.suffix == ".onnx" else WeightFiles()
+        self._weights.hand_to(options)
+        options.add_session_config_entry("session.prepack.enable_parallel", "1")  # packs on the intra-op threads
 
         def create_session() -> ort.InferenceSession:
             try:
@@ -146,18 +152,17 @@ class OnnxRunner(Runner):
                     f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder"
                 ) from None
 
-        # Creating the session is ONNX Runtime prepacking the weights on one thread (seconds for Fox-1), without the
-        # GIL: the tokenizer loads meanwhile, and this thread drops the weights file's pages as fast as ONNX Runtime
-        # reads them (GB/s), which keeps the load's peak at the packed copy rather than packed copy plus file.
+        # Creating the session is ONNX Runtime prepacking the weights (seconds for Fox-1) without the GIL: the tokenizer
+        # loads meanwhile, and this thread drops the weight files' pages as fast as ONNX Runtime reads them (GB/s),
+        # which keeps the load's peak at the packed copy rather than packed copy plus file.
         with ThreadPoolExecutor(2, thread_name_prefix="fox-edge-load") as loader:
             session, tokenizer = loader.submit(create_session), loader.submit(self._load_tokenizer, genai)
-            self.released_bytes = 0
             while not session.done():
-                self.released_bytes += drop_mapped_pages(data_files)
+                self._weights.drop_pages()
                 wait([session], timeout=0.005)
             self._session = session.result()
             tokenizer.result()
-        self.released_bytes += drop_mapped_pages(data_files)
+        self._weights.drop_pages()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
@@ -184,7 +189,7 @@ class OnnxRunner(Runner):
     def resident_weights_bytes(self) -> int | None:
         """ONNX Runtime's packed copy of the MatMulNBits weights (MLAS's int8-compute layout: the codes plus an f32
         scale and an f32 block sum per block, 1.3x a 4-bit file's blocks) and every other initializer but those only
-        gathered from (their pages are dropped: drop_mapped_pages). None for a folder with only an ORT-format file."""
+        gathered from (their pages are dropped: WeightFiles.drop_pages). None for a folder with only an ORT-format file."""
         import onnx
 
         if not (self.path / ONNX_MODEL).is_file():
@@ -214,11 +219,10 @@ class OnnxRunner(Runner):
                 f"cannot read {self.path / 'tokenizer.json'} ({exc}); copy the tokenizer files from the original model"
             ) from None
         self._plain_tokenizer = None  # built on first use: copying a 256K vocabulary costs a second at start-up
-        byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
-        special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
-        size = max(self.n_vocab, self._tokenizer.get_vocab_size())
-        self._pieces = [self._tokenizer.id_to_token(i) or "" for i in range(size)]
-        self._bytes = [b"" if i in special else piece_bytes(p, byte_level) for i, p in enumerate(self._pieces)]
+        # Pieces are spelled out as tokens are generated: tables of all 256K (strings and bytes) would cost 58 MB and
+        # half a second of every load.
+        self._byte_level = "ByteLevel" in repr(self._tokenizer.decoder)
+        self._special = special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
         self.bos_id = genai.get("bos_token_id")
         eos = genai.get("eos_token_id")
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
@@ -239,11 +243,13 @@ class OnnxRunner(Runner):
         return self._plain_tokenizer.encode(text, add_special_tokens=False).ids
 
     def token_bytes(self, token: int) -> bytes:
-        return self._bytes[token] if 0 <= token < len(self._bytes) else b""
+        if token < 0 or token in self._special:
+            return b""
+        return piece_bytes(self._tokenizer.id_to_token(token) or "", self._byte_level)
 
     def token_text(self, token: int) -> str:
-        if 0 <= token < len(self._bytes) and self._bytes[token] == b"":
-            return self._pieces[token]
+        if token in self._special:
+            return self._tokenizer.id_to_token(token) or ""
         return self.token_bytes(token).decode("utf-8", errors="replace")
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
@@ -281,6 +287,9 @@ class OnnxRunner(Runner):
             logits = ort.OrtValue.ortvalue_from_shape_and_type([1, rows, self.n_vocab], np.float32)
             self._binding.bind_ortvalue_output("logits", logits)
             self._session.run_with_iobinding(self._binding)
+            # Each embedding row read maps the 64 KB of file around it (the kernel's fault-around): 300 MB over a
+            # long chat, unless dropped.
+            self._weights.drop_pages(gathered_only=True)
             if all_logits or last:
                 outputs.append(logits.numpy()[0])
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
@@ -306,6 +315,7 @@ class OnnxRunner(Runner):
         self._binding = None
         self._cache = []
         self._session = None
+        self._weights.close()  # after the session, which reads them in place
 
 
 GENAI_INTEGERS = ("context_length", "vocab_size", "decoder.num_hidden_layers", "decoder.num_key_value_heads", "decoder.head_size")
@@ -328,75 +338,74 @@ def read_genai_config(folder: Path) -> dict:
     return genai
 
 
-def check_external_data(model_file: Path) -> list[Path]:
-    """The external weight files of `model_file`; fails with the file's name, not ONNX Runtime's internals, when one is
-    missing or cut short."""
-    import onnx
+@dataclass
+class WeightFiles:
+    """A model's external weight files, mapped read-only for ONNX Runtime to use in place (keyed by the location the
+    graph names them by), and the byte ranges of the tables read a row at a time (Gather's embedding)."""
 
-    try:
-        model = onnx.load(model_file, load_external_data=False)
-    except Exception:  # protobuf's DecodeError, OSError
-        raise FoxEdgeError(f"{model_file} is truncated or corrupt; re-run `fox-edge convert --to onnx` or copy the folder again") from None
-    needed: dict[str, int] = {}
-    for tensor in model.graph.initializer:
-        entries = {e.key: e.value for e in tensor.external_data}
-        if "location" in entries:
-            end = int(entries.get("offset", 0)) + int(entries.get("length", 0))
-            needed[entries["location"]] = max(needed.get(entries["location"], 0), end)
-    files = []
-    for location, end in needed.items():
-        data = contained(model_file.parent / location, model_file.parent.resolve())
-        files.append(data)
-        if not data.is_file():
+    maps: dict[str, mmap.mmap] = field(default_factory=dict)
+    gathered: list[tuple[mmap.mmap, int, int]] = field(default_factory=list)  # (map, page-aligned start, length)
+
+    @classmethod
+    def map(cls, model_file: Path) -> WeightFiles:
+        """Maps the external weight files of `model_file`; fails with the file's name, not ONNX Runtime's internals,
+        when one is missing or cut short."""
+        import onnx
+
+        try:
+            graph = onnx.load(model_file, load_external_data=False).graph
+        except Exception:  # protobuf's DecodeError, OSError
             raise FoxEdgeError(
-                f"{data} is missing (the weights of {model_file.name}); copy the whole folder, or re-run `fox-edge convert --to onnx`"
-            )
-        if data.stat().st_size < end:
-            raise FoxEdgeError(
-                f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
-            )
-    return files
+                f"{model_file} is truncated or corrupt; re-run `fox-edge convert --to onnx` or copy the folder again"
+            ) from None
+        gathered_names = {node.input[0] for node in graph.node if node.op_type in ("Gather", "GatherBlockQuantized")}
+        gathered_names |= {n for node in graph.node if node.op_type == "GatherBlockQuantized" for n in node.input[2:]}
+        ends: dict[str, int] = {}
+        rows: list[tuple[str, int, int]] = []
+        for tensor in graph.initializer:
+            entries = {e.key: e.value for e in tensor.external_data}
+            if "location" in entries:
+                offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
+                ends[entries["location"]] = max(ends.get(entries["location"], 0), offset + length)
+                if tensor.name in gathered_names:
+                    rows.append((entries["location"], offset, length))
+        weights = cls()
+        for location, end in ends.items():
+            data = contained(model_file.parent / location, model_file.parent.resolve())
+            if not data.is_file():
+                raise FoxEdgeError(
+                    f"{data} is missing (the weights of {model_file.name}); copy the whole folder, or re-run `fox-edge convert --to onnx`"
+                )
+            if data.stat().st_size < end:
+                raise FoxEdgeError(
+                    f"{data} is truncated ({data.stat().st_size:,} of {end:,} bytes); copy it again or re-run `fox-edge convert --to onnx`"
+                )
+            with open(data, "rb") as file:
+                weights.maps[location] = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        for location, offset, length in rows:
+            start = offset - offset % mmap.PAGESIZE
+            weights.gathered.append((weights.maps[location], start, offset + length - start))
+        return weights
 
+    def hand_to(self, options) -> None:
+        """Has a session created with `options` read the weights from these mappings, without a copy."""
+        if self.maps:
+            buffers = [np.frombuffer(m, np.uint8) for m in self.maps.values()]
+            options.add_external_initializers_from_files_in_memory(list(self.maps), buffers, [b.nbytes for b in buffers])
+            options.add_session_config_entry("session.use_external_initializer_file_buffers_directly", "1")
 
-MADV_DONTNEED = 4  # Linux
-PAGEMAP_PRESENT, PAGEMAP_FILE = 1 << 63, 1 << 61  # /proc/PID/pagemap entry bits: resident; file page (not copied on write)
+    def drop_pages(self, gathered_only: bool = False) -> None:
+        """Drops this process's resident pages of the mappings (or of the gathered tables only): lossless, since they
+        are read-only views of files, and a few microseconds when little is resident. ONNX Runtime reads the matrix
+        weights once, to pack them into memory of its own; what a run still reads (a few embedding rows, the norms)
+        faults back from the page cache. Where madvise is missing (Windows), nothing is dropped."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        ranges = self.gathered if gathered_only else [(m, 0, len(m)) for m in self.maps.values()]
+        for mapping, start, length in ranges:
+            mapping.madvise(mmap.MADV_DONTNEED, start, length)
 
-
-def drop_mapped_pages(files: Sequence[Path]) -> int:
-    """Drops this process's resident pages of its mappings of `files`; returns the bytes dropped.
-
-    ONNX Runtime maps external weights, prepacks the matrix weights into memory of its own and unmaps those, but keeps
-    the mappings of what other nodes still use: the embedding (which the tied lm_head's prepacking read whole) and the
-    block scales, ~450 MB resident of full-size Fox-1 int4 that a chat never reads again but for a few embedding rows.
-    Dropping the file pages of a private mapping is lossless (a later read faults them back from the page cache); a
-    mapping with any page copied on write is left alone. Cheap enough (/proc/self/maps and the mappings' pagemap
-    entries, not smaps' walk of every mapping) to call every few milliseconds while ONNX Runtime loads. Linux only;
-    elsewhere a no-op.
-    """
-    import ctypes
-
-    maps, pagemap = Path("/proc/self/maps"), Path("/proc/self/pagemap")
-    targets = {str(f.resolve()) for f in files}
-    if not targets or not pagemap.exists():
-        return 0
-    mappings = []
-    for line in maps.read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] in targets:
-            mappings.append(tuple(int(x, 16) for x in fields[0].split("-")))
-    if not mappings:
-        return 0
-    page = os.sysconf("SC_PAGE_SIZE")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    dropped = 0
-    with open(pagemap, "rb", buffering=0) as entries_file:
-        for start, end in mappings:
-            entries_file.seek(start // page * 8)
-            entries = np.frombuffer(entries_file.read((end - start) // page * 8), np.uint64)
-            present = (entries & np.uint64(PAGEMAP_PRESENT)) != 0
-            resident = int(present.sum())
-            copied = bool((present & ((entries & np.uint64(PAGEMAP_FILE)) == 0)).any())
-            if resident and not copied and libc.madvise(start, end - start, MADV_DONTNEED) == 0:
-                dropped += resident * page
-    return dropped
+    def close(self) -> None:
+        for mapping in self.maps.values():
+            mapping.close()
+        self.maps, self.gathered = {}, []
