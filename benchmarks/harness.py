@@ -115,12 +115,6 @@ def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]
              f"{str(work / 'whole-tensors.Q4_K_M.gguf')!r}, 'Q4_K_M', slab_bytes=0)"],
             work / "whole-tensors.Q4_K_M.gguf", keep=False,
         ),
-        # ONNX Runtime's prepacked int4 weights written into the weights file, mapped at load instead of packed again.
-        Conversion(
-            "ONNX int4 with ONNX Runtime's prepacked weights saved (session.save_external_prepacked_constant_initializers)",
-            [sys.executable, str(HERE / "onnx_prepacked.py"), str(work / "onnx-int4"), str(work / "onnx-int4-prepacked")],
-            work / "onnx-int4-prepacked",
-        ),
     ]  # fmt: skip
     if optimum:
         steps.append(
@@ -201,14 +195,12 @@ def entries(checkpoint: Path, work: Path) -> list[Entry]:
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--kv-type q8_0", {"kv_type": "q8_0"}),
         Entry("GGUF Q4_K_M", "fox-edge", q4km, MAPPED, {"use_mmap": True}),
         Entry("GGUF Q4_K_M", "fox-edge", q4km, "--no-repack", {"repack": False}),
-        Entry("ONNX int4", "fox-edge", work / "onnx-int4-prepacked", PREPACKED),
         Entry("ONNX int4", "fox-edge", work / "onnx-int4-e4", EMBEDDING_4),
         Entry("ONNX int4", "fox-edge", work / "onnx-int4-integer", INTEGER_ZERO_POINTS),
     ]
 
 
 MAPPED = "--mmap (the default before issue 15)"
-PREPACKED = "prepacked weights saved in the file"
 EMBEDDING_4 = "--embedding-bits 4 (the phone's choice)"
 INTEGER_ZERO_POINTS = "--no-block-offsets (integer zero points alone, the default before)"
 

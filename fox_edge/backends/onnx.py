@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids
+from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids, trim_heap
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.formats import (
@@ -42,6 +42,7 @@ from fox_edge.formats import (
 from fox_edge.source import contained, read_json
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+COPYABLE_TYPES = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32}  # onnx.TensorProto data types
 
 
 def default_providers() -> list[str]:
@@ -152,17 +153,19 @@ class OnnxRunner(Runner):
                     f"ONNX Runtime cannot load {model_file}: {reason}; re-run `fox-edge convert` to rewrite the folder"
                 ) from None
 
-        # Creating the session is ONNX Runtime prepacking the weights (seconds for Fox-1) without the GIL: the tokenizer
-        # loads meanwhile, and this thread drops the weight files' pages as fast as ONNX Runtime reads them (GB/s),
-        # which keeps the load's peak at the packed copy rather than packed copy plus file.
-        with ThreadPoolExecutor(2, thread_name_prefix="fox-edge-load") as loader:
-            session, tokenizer = loader.submit(create_session), loader.submit(self._load_tokenizer, genai)
+        # Creating the session is ONNX Runtime prepacking the weights on the intra-op threads, without the GIL: this
+        # thread drops the weight files' pages as fast as ONNX Runtime reads them (GB/s), which keeps the load's peak at
+        # the packed copy rather than packed copy plus file. The tokenizer loads first: it holds the GIL for most of a
+        # second, and the packing already keeps both cores busy.
+        self._load_tokenizer(genai)
+        with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-load") as loader:
+            session = loader.submit(create_session)
             while not session.done():
                 self._weights.drop_pages()
                 wait([session], timeout=0.005)
             self._session = session.result()
-            tokenizer.result()
         self._weights.drop_pages()
+        trim_heap()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
@@ -286,9 +289,18 @@ class OnnxRunner(Runner):
             rows = chunk.shape[1] if all_logits else 1
             logits = ort.OrtValue.ortvalue_from_shape_and_type([1, rows, self.n_vocab], np.float32)
             self._binding.bind_ortvalue_output("logits", logits)
-            self._session.run_with_iobinding(self._binding)
-            # Each embedding row read maps the 64 KB of file around it (the kernel's fault-around): 300 MB over a
-            # long chat, unless dropped.
+            # Each embedding row read maps the file around it (64 KB of fault-around, or a whole large folio of up to
+            # 2 MB): 300 MB over a long chat unless dropped after each run, and 100 MB more during a long prompt's run
+            # (its rows are gathered first, then the run takes seconds) unless dropped while it runs.
+            if chunk.shape[1] > 1:
+                with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-run") as runner:
+                    run = runner.submit(self._session.run_with_iobinding, self._binding)
+                    while not run.done():
+                        wait([run], timeout=0.005)
+                        self._weights.drop_pages(gathered_only=True)
+                    run.result()
+            else:
+                self._session.run_with_iobinding(self._binding)
             self._weights.drop_pages(gathered_only=True)
             if all_logits or last:
                 outputs.append(logits.numpy()[0])
@@ -341,10 +353,15 @@ def read_genai_config(folder: Path) -> dict:
 @dataclass
 class WeightFiles:
     """A model's external weight files, mapped read-only for ONNX Runtime to use in place (keyed by the location the
-    graph names them by), and the byte ranges of the tables read a row at a time (Gather's embedding)."""
+    graph names them by), the byte ranges of the tables read a row at a time (Gather's embedding), and copies of the
+    small initializers every run reads whole (norm weights, rotary caches).
+
+    Those copies keep runs off the mapping: a page cache of large folios (ext4 on Linux 6.x) maps a whole folio, up
+    to 2 MB of the neighbouring matrices, for each 8 KB norm a run reads, 100 MB in all for full-size Fox-1."""
 
     maps: dict[str, mmap.mmap] = field(default_factory=dict)
     gathered: list[tuple[mmap.mmap, int, int]] = field(default_factory=list)  # (map, page-aligned start, length)
+    copied: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def map(cls, model_file: Path) -> WeightFiles:
@@ -360,8 +377,10 @@ class WeightFiles:
             ) from None
         gathered_names = {node.input[0] for node in graph.node if node.op_type in ("Gather", "GatherBlockQuantized")}
         gathered_names |= {n for node in graph.node if node.op_type == "GatherBlockQuantized" for n in node.input[2:]}
+        packed_or_gathered = gathered_names | {n for node in graph.node if node.op_type == "MatMulNBits" for n in node.input[1:]}
         ends: dict[str, int] = {}
         rows: list[tuple[str, int, int]] = []
+        to_copy: list[tuple[str, str, int, np.dtype, tuple[int, ...]]] = []
         for tensor in graph.initializer:
             entries = {e.key: e.value for e in tensor.external_data}
             if "location" in entries:
@@ -369,6 +388,9 @@ class WeightFiles:
                 ends[entries["location"]] = max(ends.get(entries["location"], 0), offset + length)
                 if tensor.name in gathered_names:
                     rows.append((entries["location"], offset, length))
+                elif tensor.name not in packed_or_gathered and tensor.data_type in COPYABLE_TYPES:
+                    dtype = np.dtype(COPYABLE_TYPES[tensor.data_type])
+                    to_copy.append((tensor.name, entries["location"], offset, dtype, tuple(tensor.dims)))
         weights = cls()
         for location, end in ends.items():
             data = contained(model_file.parent / location, model_file.parent.resolve())
@@ -385,14 +407,21 @@ class WeightFiles:
         for location, offset, length in rows:
             start = offset - offset % mmap.PAGESIZE
             weights.gathered.append((weights.maps[location], start, offset + length - start))
+        for name, location, offset, dtype, shape in to_copy:
+            count = int(np.prod(shape, dtype=np.int64))
+            weights.copied[name] = np.frombuffer(weights.maps[location], dtype, count, offset).reshape(shape).copy()
         return weights
 
     def hand_to(self, options) -> None:
         """Has a session created with `options` read the weights from these mappings, without a copy."""
+        import onnxruntime as ort
+
         if self.maps:
             buffers = [np.frombuffer(m, np.uint8) for m in self.maps.values()]
             options.add_external_initializers_from_files_in_memory(list(self.maps), buffers, [b.nbytes for b in buffers])
             options.add_session_config_entry("session.use_external_initializer_file_buffers_directly", "1")
+        if self.copied:  # ONNX Runtime reads these in place too: they live as long as this object
+            options.add_external_initializers(list(self.copied), [ort.OrtValue.ortvalue_from_numpy(a) for a in self.copied.values()])
 
     def drop_pages(self, gathered_only: bool = False) -> None:
         """Drops this process's resident pages of the mappings (or of the gathered tables only): lossless, since they
@@ -408,4 +437,4 @@ class WeightFiles:
     def close(self) -> None:
         for mapping in self.maps.values():
             mapping.close()
-        self.maps, self.gathered = {}, []
+        self.maps, self.gathered, self.copied = {}, [], {}
