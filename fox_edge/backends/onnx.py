@@ -15,10 +15,11 @@ from __future__ import annotations
 import mmap
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from fox_edge.formats import (
 from fox_edge.source import contained, read_json
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+T = TypeVar("T")
 COPYABLE_TYPES = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32}  # onnx.TensorProto data types
 
 
@@ -158,12 +160,7 @@ class OnnxRunner(Runner):
         # the packed copy rather than packed copy plus file. The tokenizer loads first: it holds the GIL for most of a
         # second, and the packing already keeps both cores busy.
         self._load_tokenizer(genai)
-        with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-load") as loader:
-            session = loader.submit(create_session)
-            while not session.done():
-                self._weights.drop_pages()
-                wait([session], timeout=0.005)
-            self._session = session.result()
+        self._session = self._weights.dropping_pages_while(create_session)
         self._weights.drop_pages()
         trim_heap()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -293,12 +290,7 @@ class OnnxRunner(Runner):
             # 2 MB): 300 MB over a long chat unless dropped after each run, and 100 MB more during a long prompt's run
             # (its rows are gathered first, then the run takes seconds) unless dropped while it runs.
             if chunk.shape[1] > 1:
-                with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-run") as runner:
-                    run = runner.submit(self._session.run_with_iobinding, self._binding)
-                    while not run.done():
-                        wait([run], timeout=0.005)
-                        self._weights.drop_pages(gathered_only=True)
-                    run.result()
+                self._weights.dropping_pages_while(lambda: self._session.run_with_iobinding(self._binding), gathered_only=True)
             else:
                 self._session.run_with_iobinding(self._binding)
             self._weights.drop_pages(gathered_only=True)
@@ -433,6 +425,15 @@ class WeightFiles:
         ranges = self.gathered if gathered_only else [(m, 0, len(m)) for m in self.maps.values()]
         for mapping, start, length in ranges:
             mapping.madvise(mmap.MADV_DONTNEED, start, length)
+
+    def dropping_pages_while(self, work: Callable[[], T], gathered_only: bool = False) -> T:
+        """`work()`, run on a thread of its own (ONNX Runtime releases the GIL) while this one drops pages every 5 ms."""
+        with ThreadPoolExecutor(1, thread_name_prefix="fox-edge-work") as worker:
+            result = worker.submit(work)
+            while not result.done():
+                self.drop_pages(gathered_only)
+                wait([result], timeout=0.005)
+            return result.result()
 
     def close(self) -> None:
         for mapping in self.maps.values():
