@@ -44,7 +44,7 @@ from fox_edge.source import contained, read_json
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 T = TypeVar("T")
-COPYABLE_TYPES = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32}  # onnx.TensorProto data types
+GATHERS = {"Gather", "GatherBlockQuantized"}  # ops that read a table a row at a time
 
 
 def default_providers() -> list[str]:
@@ -196,10 +196,8 @@ class OnnxRunner(Runner):
             return None
         graph = onnx.load(str(self.path / ONNX_MODEL), load_external_data=False).graph
         sizes = {t.name: _stored_bytes(t) for t in graph.initializer}
-        packed, consumers = 0, {}
+        packed, consumers = 0, _consumers(graph)
         for node in graph.node:
-            for name in node.input:
-                consumers.setdefault(name, set()).add(node.op_type)
             if node.op_type == "MatMulNBits":
                 attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
                 n, k, bits, block = attributes["N"], attributes["K"], attributes["bits"], attributes["block_size"]
@@ -342,6 +340,15 @@ def read_genai_config(folder: Path) -> dict:
     return genai
 
 
+def _consumers(graph) -> dict[str, set[str]]:
+    """Each tensor name in `graph` -> the op types of the nodes that read it."""
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    return consumers
+
+
 @dataclass
 class WeightFiles:
     """A model's external weight files, mapped read-only for ONNX Runtime to use in place (keyed by the location the
@@ -367,9 +374,7 @@ class WeightFiles:
             raise FoxEdgeError(
                 f"{model_file} is truncated or corrupt; re-run `fox-edge convert --to onnx` or copy the folder again"
             ) from None
-        gathered_names = {node.input[0] for node in graph.node if node.op_type in ("Gather", "GatherBlockQuantized")}
-        gathered_names |= {n for node in graph.node if node.op_type == "GatherBlockQuantized" for n in node.input[2:]}
-        packed_or_gathered = gathered_names | {n for node in graph.node if node.op_type == "MatMulNBits" for n in node.input[1:]}
+        consumers = _consumers(graph)
         ends: dict[str, int] = {}
         rows: list[tuple[str, int, int]] = []
         to_copy: list[tuple[str, str, int, np.dtype, tuple[int, ...]]] = []
@@ -378,10 +383,11 @@ class WeightFiles:
             if "location" in entries:
                 offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
                 ends[entries["location"]] = max(ends.get(entries["location"], 0), offset + length)
-                if tensor.name in gathered_names:
+                read_by = consumers.get(tensor.name, set())
+                if read_by & GATHERS:
                     rows.append((entries["location"], offset, length))
-                elif tensor.name not in packed_or_gathered and tensor.data_type in COPYABLE_TYPES:
-                    dtype = np.dtype(COPYABLE_TYPES[tensor.data_type])
+                elif not read_by <= {"MatMulNBits"}:  # MatMulNBits' weights, scales and zero points are packed
+                    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
                     to_copy.append((tensor.name, entries["location"], offset, dtype, tuple(tensor.dims)))
         weights = cls()
         for location, end in ends.items():
