@@ -70,6 +70,13 @@ ONNX_VARIANTS = {
         )
         for bits in (4, 8) for calibrated in (False, True) for block in (32, 64, 128) if calibrated or block == 32
     },
+    # The 8-bit embedding / lm_head in larger blocks (fewer scales and block sums for every token's lm_head to read).
+    **{
+        f"ONNX int4 asymmetric with block offsets, 8-bit embedding in blocks of {block}, calibrated": (
+            OnnxOptions(precision="int4", symmetric=False, embedding_bits=8, embedding_block_size=block), GraphBuilder, True,
+        )
+        for block in (32, 64, 128, 256)
+    },
 }  # fmt: skip
 GGUF_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
 

@@ -162,9 +162,11 @@ def describe_onnx(path: Path) -> list[Fact]:
         facts.append(
             fact("blocks", "  blocks",
                  f"{meta['fox_edge.block_size']} weights, {'symmetric' if symmetric else 'asymmetric'}{' with block offsets' if offsets else ''}, "
-                 f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit",
+                 f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit"
+                 f"{f' in blocks of {embedding_block}' if (embedding_block := meta.get('fox_edge.embedding_block_size')) else ''}",
                  {"block_size": int(meta["fox_edge.block_size"]), "symmetric": symmetric, "block_offsets": offsets,
-                  "accuracy_level": _int_or_none(meta.get("fox_edge.accuracy_level")), "embedding_bits": _int_or_none(meta.get("fox_edge.embedding_bits"))})
+                  "accuracy_level": _int_or_none(meta.get("fox_edge.accuracy_level")), "embedding_bits": _int_or_none(meta.get("fox_edge.embedding_bits")),
+                  "embedding_block_size": _int_or_none(meta.get("fox_edge.embedding_block_size"))})
         )  # fmt: skip
     facts += [
         fact("shape", "layers / heads / kv heads",

@@ -16,7 +16,7 @@ import torch
 
 from fox_edge.backends.onnx import OnnxRunner
 from fox_edge.check import CheckSettings, check_model
-from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx, dequantize_blockwise, quantize_blockwise
+from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx, dequantize_blockwise, embedding_block_size, quantize_blockwise
 from fox_edge.runner import generate_tokens, open_runner
 from fox_edge.sampling import SamplingParams
 
@@ -46,8 +46,9 @@ def dequantized_reference(
                 is_embedding = "embed_tokens" in name
                 b = (embedding_bits or bits) if is_embedding else bits
                 integer = integer_zero_points or is_embedding
+                block = embedding_block_size(OnnxOptions(), b) if is_embedding else 32
                 packed, scales, zeros = quantize_blockwise(
-                    parameter.numpy(), b, 32, symmetric or (is_embedding and b != 8), integer_zero_points=integer
+                    parameter.numpy(), b, block, symmetric or (is_embedding and b != 8), integer_zero_points=integer
                 )
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, b, parameter.shape[1], zeros)))
     return model
@@ -187,8 +188,9 @@ def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.ndim == 2:
-                bits = 8 if "embed_tokens" in name else 4  # the tied embedding / lm_head at 8 bits, by default
-                packed, scales, zeros = quantize_blockwise(parameter.numpy(), bits, 32, False, importance[name])
+                # the tied embedding / lm_head at 8 bits in blocks of 128, by default
+                bits, block = (8, embedding_block_size(OnnxOptions(), 8)) if "embed_tokens" in name else (4, 32)
+                packed, scales, zeros = quantize_blockwise(parameter.numpy(), bits, block, False, importance[name])
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, bits, parameter.shape[1], zeros)))
         expected = model(torch.tensor([PROMPT])).logits[0].numpy()
     runner = OnnxRunner(folder)
@@ -241,10 +243,10 @@ def test_ort_format_keeps_weight_sharing(tiny_onnx):
     folder = tiny_onnx["int4"]
     graph = InferenceSession.GetRootAs((folder / "model.ort").read_bytes(), 0).Model().Graph()
     initializers = [graph.Initializers(i) for i in range(graph.InitializersLength())]
-    embedding_shape = [512, 256 // 32, 32]  # vocab, blocks, bytes per block (the embedding's default 8 bits)
+    block = embedding_block_size(OnnxOptions(), 8)
+    embedding_shape = [512, 256 // block, block]  # vocab, blocks, bytes per block (the embedding's default 8 bits)
     same_shape = [t.Name().decode() for t in initializers if t.DimsAsNumpy().tolist() == embedding_shape]
-    # (the tiny model's gate and up matrices happen to have the embedding's shape too)
-    assert [name for name in same_shape if ".mlp." not in name] == ["model.embed_tokens.qweight"]
+    assert same_shape == ["model.embed_tokens.qweight"]
     # Only the embedding's scales exist twice (the two ops want them in different ranks): a second embedding would not fit.
     assert sum(t.RawDataLength() for t in initializers) < (folder / "model.onnx.data").stat().st_size + np.prod(embedding_shape) // 2
     operators = (folder / "model.required_operators.config").read_text()

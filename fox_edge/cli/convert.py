@@ -38,6 +38,13 @@ def convert(
     embedding_bits: Annotated[
         int, typer.Option("--embedding-bits", help="ONNX int4: the tied embedding / lm_head's bits, 8 (accurate) or 4 (smaller, faster)")
     ] = 8,
+    embedding_block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--embedding-block-size",
+            help="ONNX int4: the tied embedding / lm_head's weights per block [default: 128 at 8 bits, --block-size at 4]",
+        ),
+    ] = None,
     exporter: Annotated[
         str, typer.Option("--exporter", help="ONNX: fox-edge (fused ONNX Runtime ops) or optimum (standard ops, its own environment)")
     ] = "fox-edge",
@@ -60,7 +67,7 @@ def convert(
         if to == "onnx":
             onnx = OnnxOptions(
                 precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=threads or 0,
-                embedding_bits=embedding_bits, symmetric=symmetric, block_offsets=block_offsets,
+                embedding_bits=embedding_bits, embedding_block_size=embedding_block_size, symmetric=symmetric, block_offsets=block_offsets,
             )  # fmt: skip
         result = convert_model(
             source, output, to=to, dtype=dtype, vocab_only=vocab_only, quant=quant, calibration=calibration, onnx=onnx,

@@ -90,10 +90,19 @@ class OnnxOptions:
     # The defaults are what passed on SmolLM2 and the trained tiny Fox-1 with a mean KLD at most GGUF Q4_K_M's
     # (benchmarks/README.md, "Calibrated block scales"): asymmetric blocks and the tied embedding / lm_head at 8 bits.
     embedding_bits: int | None = 8  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
+    # The tied embedding / lm_head's block. None: 128 at 8 bits (a quarter of block 32's scales and block sums for every
+    # token's lm_head to read, ~8 % of a decode step, for 2 % more KLD on the trained tiny Fox-1: benchmarks/README.md),
+    # the weights' block_size at 4 bits.
+    embedding_block_size: int | None = None
     symmetric: bool = False  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
     # Asymmetric int4: each block's fractional zero point, which integer zero points round away, carried by extra
     # input columns (the input's block means) in the same MatMulNBits: see GraphBuilder.uses_block_offsets.
     block_offsets: bool = True
+
+
+def embedding_block_size(options: OnnxOptions, bits: int) -> int:
+    """The block of the tied embedding / lm_head stored at `bits`."""
+    return options.embedding_block_size or (128 if bits == 8 else options.block_size)
 
 
 def writes_block_offsets(options: OnnxOptions, precision: Precision) -> bool:
@@ -412,18 +421,28 @@ class GraphBuilder:
             self._block_means[name] = self.node("Concat", [x, means], f"{name}/Concat", axis=-1)[0]
         return self._block_means[name]
 
-    def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int) -> str:
+    def matmul_nbits(self, inputs: list[str], name: str, n: int, k: int, bits: int, block: int | None = None) -> str:
         return self.node(
             "MatMulNBits", inputs, f"{name}/MatMulNBits", domain="com.microsoft",
-            K=k, N=n, bits=bits, block_size=self.options.block_size, accuracy_level=self.options.accuracy_level,
+            K=k, N=n, bits=bits, block_size=block or self.options.block_size, accuracy_level=self.options.accuracy_level,
         )[0]  # fmt: skip
 
     def nbits_tensors(
-        self, name: str, sources: list[str], n: int, k: int, bits: int, symmetric: bool = True, block_offsets: bool = False
+        self,
+        name: str,
+        sources: list[str],
+        n: int,
+        k: int,
+        bits: int,
+        symmetric: bool = True,
+        block_offsets: bool = False,
+        block: int | None = None,
     ) -> list[str]:
         """Packed weights, scales (and integer zero points when asymmetric, packed as the weights) as MatMulNBits takes
-        them; `block_offsets`: each row followed by its blocks' fractional offsets (see uses_block_offsets)."""
-        block, blocks, dtype = self.options.block_size, -(-k // self.options.block_size), self.precision.numpy_activation
+        them, in blocks of `block` (default: the options'); `block_offsets`: each row followed by its blocks' fractional
+        offsets (see uses_block_offsets)."""
+        block = block or self.options.block_size
+        blocks, dtype = -(-k // block), self.precision.numpy_activation
         if block_offsets:
             blocks = _with_offset_blocks(blocks, block)
         scales, zeros = [], []
@@ -468,21 +487,22 @@ class GraphBuilder:
             # Asymmetric only at 8 bits, where both ops take the same (unpacked) zero points; at 4 bits they would
             # need GatherBlockQuantized to read MatMulNBits' packed layout.
             symmetric = self.options.symmetric or bits != 8
-            tensors = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits, symmetric)
+            block = embedding_block_size(self.options, bits)
+            tensors = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits, symmetric, block=block)
             # GatherBlockQuantized wants scales (and zero points) of the data's rank: second views of the same bytes.
-            blocks = -(-s.hidden_size // self.options.block_size)
+            blocks = -(-s.hidden_size // block)
             stored = self.data.initializers[-len(tensors) + 1 :]
             views = [self.data.alias(f"{t.name}_3d", t.data_type, (s.vocab_size, blocks, 1), *_external_span(t)).name for t in stored]
             gathered = self.node(
                 "GatherBlockQuantized", [tensors[0], ids, *views], "/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
-                gather_axis=0, quantize_axis=2, block_size=self.options.block_size, bits=bits,
+                gather_axis=0, quantize_axis=2, block_size=block, bits=bits,
             )[0]  # fmt: skip
             hidden_shape = self.constant("/model/embed_tokens/shape", np.array([0, 0, -1], np.int64))
             embedded = self.node("Reshape", [gathered, hidden_shape], "/model/embed_tokens/Reshape")[0]
-            if s.hidden_size % self.options.block_size:
+            if s.hidden_size % block:
                 embedded = self.node("Slice", [embedded, *self._slice_last(s.hidden_size)], "/model/embed_tokens/Slice")[0]
             if tied:
-                return embedded, lambda x: self.matmul_nbits([x, *tensors], "/model/lm_head", s.vocab_size, s.hidden_size, bits)
+                return embedded, lambda x: self.matmul_nbits([x, *tensors], "/model/lm_head", s.vocab_size, s.hidden_size, bits, block)
         else:
             table = self.float_tensor(source, self.weights.float32_rows(source), (s.vocab_size, s.hidden_size))
             embedded = self.node("Gather", [table, ids], "/model/embed_tokens/Gather")[0]
@@ -619,7 +639,7 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
         weights = sum(n * k * act for n, k in per_layer * s.n_layers + embeddings)
     else:
 
-        def blockwise(matrices: list[tuple[int, int]], bits: int, offsets: bool = False) -> int:
+        def blockwise(matrices: list[tuple[int, int]], bits: int, offsets: bool = False, block: int = block) -> int:
             blocks = [-(-k // block) for _, k in matrices]
             if offsets:  # GraphBuilder.uses_block_offsets: a row's offsets are blocks of their own
                 blocks = [_with_offset_blocks(b, block) for b in blocks]
@@ -627,7 +647,9 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
 
         offsets = writes_block_offsets(options, precision)
         weights = blockwise(per_layer * s.n_layers, precision.bits, offsets) + blockwise(
-            embeddings, options.embedding_bits or precision.bits
+            embeddings,
+            options.embedding_bits or precision.bits,
+            block=embedding_block_size(options, options.embedding_bits or precision.bits),
         )
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
@@ -711,6 +733,12 @@ def _precision(options: OnnxOptions) -> Precision:
         raise FoxEdgeError(f"unknown --precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if options.block_size < 16 or options.block_size & (options.block_size - 1):
         raise FoxEdgeError(f"--block-size {options.block_size} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128")
+    if options.embedding_block_size is not None and (
+        options.embedding_block_size < 16 or options.embedding_block_size & (options.embedding_block_size - 1)
+    ):
+        raise FoxEdgeError(
+            f"--embedding-block-size {options.embedding_block_size} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128"
+        )
     if options.accuracy_level not in ACCURACY_LEVELS:
         raise FoxEdgeError(
             f"--accuracy-level {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice"
@@ -730,6 +758,9 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
         "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
         "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
+        "fox_edge.embedding_block_size": str(embedding_block_size(options, options.embedding_bits or precision.bits))
+        if precision.weight == "nbits"
+        else "",
         "fox_edge.block_offsets": str(writes_block_offsets(options, precision)).lower() if precision.weight == "nbits" else "",
         "fox_edge.block_scales": ("searched against an importance matrix" if calibrated else "round to nearest")
         if precision.weight == "nbits"
