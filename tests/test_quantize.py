@@ -269,3 +269,10 @@ def test_a_failed_check_advises_and_fails_only_when_a_bar_was_asked_for(tiny_f16
     for asked in (["--strict"], ["--max-kld", "0.5"]):
         code, stderr = run_cli(*base, *asked)
         assert code == 1 and stderr.splitlines()[-1].startswith("error: ") and "--calibration builtin" in stderr, (asked, stderr)
+
+
+def test_check_against_a_checkpoint_prints_only_fox_edges_output(tiny_gguf, tiny_fox1):
+    """The PyTorch reference loads without transformers' progress bars landing in the middle of fox-edge's output."""
+    code, stderr = run_cli("check", str(tiny_gguf["f16"]), "--reference", str(tiny_fox1), "--tokens", "64")
+    assert code == 0, stderr
+    assert "Loading weights" not in stderr and "it/s]" not in stderr, stderr

@@ -6,13 +6,28 @@ converted and quantized models are measured against, not a way to chat.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, stop_ids
 from fox_edge.errors import FoxEdgeError
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars off (the library prints only through fox-edge's hooks), as they were after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 class TorchRunner(Runner):
@@ -33,8 +48,9 @@ class TorchRunner(Runner):
         self._torch = torch
         if n_threads:
             torch.set_num_threads(n_threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype)).eval()
+        with _quiet_transformers():  # its "Loading weights" bar would land in the middle of fox-edge's own output
+            self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+            self.model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype)).eval()
         self.n_ctx_train = checkpoint.shape.context_length
         self.n_ctx = min(n_ctx, self.n_ctx_train) if n_ctx > 0 else self.n_ctx_train
         shape = checkpoint.shape
