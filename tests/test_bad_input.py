@@ -209,3 +209,40 @@ def test_onnx_prompt_longer_than_context(tiny_onnx_int8):
 def test_onnx_gguf_only_options(tiny_onnx_int8):
     code, stderr = run_cli("bench", str(tiny_onnx_int8), "--kv-type", "q8_0", "-r", "1")
     assert code != 0 and "kv_type" in stderr and "GGUF" in stderr
+
+
+def _files_limited_to(limit: int):
+    """For a child process: writing a file past `limit` bytes fails (EFBIG), as it would on a full disk (ENOSPC); the
+    signal Linux sends first is ignored, so the write returns the error instead of killing the process."""
+    import resource
+    import signal
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_files
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["convert", "{ckpt}", "-o", "{out}/model.gguf"],
+        ["convert", "{ckpt}", "--to", "onnx", "--calibration", "none", "--no-check", "-o", "{out}/onnx"],
+        ["quantize", "{f16}", "--type", "Q4_0", "--no-check", "-o", "{out}/model.Q4_0.gguf"],
+    ],
+    ids=["convert gguf", "convert onnx", "quantize"],
+)
+def test_output_that_cannot_be_written_whole_fails_cleanly(args, tiny_fox1, tiny_gguf, tmp_path):
+    """A write cut short mid-file (a full disk, a quota): one line naming the output and the fix, no partial file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [a.format(ckpt=tiny_fox1, f16=tiny_gguf["f16"], out=out) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "fox_edge.cli", *command], capture_output=True, text=True, timeout=300,
+        preexec_fn=_files_limited_to(64 * 1024),
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:") and line.strip()]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: ") and str(out) in errors[0] and ("disk" in errors[0] or "space" in errors[0]), errors[0]
+    assert list(out.iterdir()) == [], list(out.iterdir())

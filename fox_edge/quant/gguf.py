@@ -194,8 +194,13 @@ def quantize_gguf(
             child.wait()
             raise
         if status != 0 or not temporary.is_file():
-            if shutil.disk_usage(temporary.parent).free < DISK_FULL:  # llama.cpp says "basic_ios::clear: iostream error"
-                raise FoxEdgeError(f"the disk is full: quantizing {input_path} to {type_name} ran out of space in {temporary.parent}")
+            # llama.cpp reports any failed write of its output stream as "basic_ios::clear: iostream error".
+            disk_full = shutil.disk_usage(temporary.parent).free < DISK_FULL
+            if disk_full or "iostream error" in error:
+                reason = "the disk is full" if disk_full else "llama.cpp's write failed (a quota or a file size limit?)"
+                raise FoxEdgeError(
+                    f"cannot write {output} (quantizing {input_path} to {type_name}): {reason}; free disk space or choose another output path"
+                )
             raise FoxEdgeError(f"llama.cpp could not quantize {input_path} to {type_name}{': ' + error if error else ''}")
         size = temporary.stat().st_size
         result_embedding = weight_types(temporary)["token_embd.weight"].name
