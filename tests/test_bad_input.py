@@ -149,6 +149,7 @@ def assert_no_folder(tmp_path, name):
     [
         (["--precision", "int3"], ["int3", "fp32, fp16, int8, int4"]),
         (["--block-size", "48"], ["48", "power of two"]),
+        (["--embedding-block-size", "100"], ["--embedding-block-size 100", "power of two"]),
         (["--accuracy-level", "7"], ["7", "accuracy"]),
         (["--embedding-bits", "6"], ["6", "4 or 8"]),
         (["--quant", "Q4_0"], ["--quant", "--precision"]),

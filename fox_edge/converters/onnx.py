@@ -91,7 +91,7 @@ class OnnxOptions:
     # (benchmarks/README.md, "Calibrated block scales"): asymmetric blocks and the tied embedding / lm_head at 8 bits.
     embedding_bits: int | None = 8  # the tied embedding / lm_head's bits (4 or 8); None: the precision's
     # The tied embedding / lm_head's block. None: 128 at 8 bits (a quarter of block 32's scales and block sums for every
-    # token's lm_head to read, ~8 % of a decode step, for 2 % more KLD on the trained tiny Fox-1: benchmarks/README.md),
+    # token's lm_head to read, ~7 % of a decode step, for 2 % more KLD on the trained tiny Fox-1: benchmarks/README.md),
     # the weights' block_size at 4 bits.
     embedding_block_size: int | None = None
     symmetric: bool = False  # int8/int4 blocks (a 4-bit embedding stays symmetric: see GraphBuilder.embedding)
@@ -645,11 +645,9 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
                 blocks = [_with_offset_blocks(b, block) for b in blocks]
             return sum(n * b * (block * bits // 8 + act) for (n, _), b in zip(matrices, blocks, strict=True))
 
-        offsets = writes_block_offsets(options, precision)
+        offsets, embedding_bits = writes_block_offsets(options, precision), options.embedding_bits or precision.bits
         weights = blockwise(per_layer * s.n_layers, precision.bits, offsets) + blockwise(
-            embeddings,
-            options.embedding_bits or precision.bits,
-            block=embedding_block_size(options, options.embedding_bits or precision.bits),
+            embeddings, embedding_bits, block=embedding_block_size(options, embedding_bits)
         )
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
@@ -731,14 +729,9 @@ def convert_to_onnx(
 def _precision(options: OnnxOptions) -> Precision:
     if options.precision not in PRECISIONS:
         raise FoxEdgeError(f"unknown --precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if options.block_size < 16 or options.block_size & (options.block_size - 1):
-        raise FoxEdgeError(f"--block-size {options.block_size} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128")
-    if options.embedding_block_size is not None and (
-        options.embedding_block_size < 16 or options.embedding_block_size & (options.embedding_block_size - 1)
-    ):
-        raise FoxEdgeError(
-            f"--embedding-block-size {options.embedding_block_size} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128"
-        )
+    for flag, block in (("--block-size", options.block_size), ("--embedding-block-size", options.embedding_block_size)):
+        if block is not None and (block < 16 or block & (block - 1)):
+            raise FoxEdgeError(f"{flag} {block} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128")
     if options.accuracy_level not in ACCURACY_LEVELS:
         raise FoxEdgeError(
             f"--accuracy-level {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice"
