@@ -16,7 +16,7 @@ import torch
 
 from fox_edge.backends.onnx import OnnxRunner
 from fox_edge.check import CheckSettings, check_model
-from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx, dequantize_blockwise, embedding_block_size, quantize_blockwise
+from fox_edge.converters.onnx import PRECISIONS, OnnxOptions, convert_to_onnx, dequantize_blockwise, embedding_layout, quantize_blockwise
 from fox_edge.runner import generate_tokens, open_runner
 from fox_edge.sampling import SamplingParams
 
@@ -46,7 +46,7 @@ def dequantized_reference(
                 is_embedding = "embed_tokens" in name
                 b = (embedding_bits or bits) if is_embedding else bits
                 integer = integer_zero_points or is_embedding
-                block = embedding_block_size(OnnxOptions(), b) if is_embedding else 32
+                block = embedding_layout(OnnxOptions(embedding_bits=b), PRECISIONS["int4"])[1] if is_embedding else 32
                 packed, scales, zeros = quantize_blockwise(
                     parameter.numpy(), b, block, symmetric or (is_embedding and b != 8), integer_zero_points=integer
                 )
@@ -189,7 +189,7 @@ def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
         for name, parameter in model.named_parameters():
             if parameter.ndim == 2:
                 # the tied embedding / lm_head at 8 bits in blocks of 128, by default
-                bits, block = (8, embedding_block_size(OnnxOptions(), 8)) if "embed_tokens" in name else (4, 32)
+                bits, block = embedding_layout(OnnxOptions(), PRECISIONS["int4"]) if "embed_tokens" in name else (4, 32)
                 packed, scales, zeros = quantize_blockwise(parameter.numpy(), bits, block, False, importance[name])
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, bits, parameter.shape[1], zeros)))
         expected = model(torch.tensor([PROMPT])).logits[0].numpy()
@@ -243,7 +243,7 @@ def test_ort_format_keeps_weight_sharing(tiny_onnx):
     folder = tiny_onnx["int4"]
     graph = InferenceSession.GetRootAs((folder / "model.ort").read_bytes(), 0).Model().Graph()
     initializers = [graph.Initializers(i) for i in range(graph.InitializersLength())]
-    block = embedding_block_size(OnnxOptions(), 8)
+    _, block = embedding_layout(OnnxOptions(), PRECISIONS["int4"])
     embedding_shape = [512, 256 // block, block]  # vocab, blocks, bytes per block (the embedding's default 8 bits)
     same_shape = [t.Name().decode() for t in initializers if t.DimsAsNumpy().tolist() == embedding_shape]
     assert same_shape == ["model.embed_tokens.qweight"]

@@ -100,9 +100,10 @@ class OnnxOptions:
     block_offsets: bool = True
 
 
-def embedding_block_size(options: OnnxOptions, bits: int) -> int:
-    """The block of the tied embedding / lm_head stored at `bits`."""
-    return options.embedding_block_size or (128 if bits == 8 else options.block_size)
+def embedding_layout(options: OnnxOptions, precision: Precision) -> tuple[int, int]:
+    """The tied embedding / lm_head's (bits, block) in a block-wise conversion."""
+    bits = options.embedding_bits or precision.bits
+    return bits, options.embedding_block_size or (128 if bits == 8 else options.block_size)
 
 
 def writes_block_offsets(options: OnnxOptions, precision: Precision) -> bool:
@@ -483,11 +484,10 @@ class GraphBuilder:
         tied = s.tie_word_embeddings or "lm_head.weight" not in self.weights
         source = "model.embed_tokens.weight"
         if kind != "float":  # block-wise weights
-            bits = self.options.embedding_bits or self.precision.bits
+            bits, block = embedding_layout(self.options, self.precision)
             # Asymmetric only at 8 bits, where both ops take the same (unpacked) zero points; at 4 bits they would
             # need GatherBlockQuantized to read MatMulNBits' packed layout.
             symmetric = self.options.symmetric or bits != 8
-            block = embedding_block_size(self.options, bits)
             tensors = self.nbits_tensors("model.embed_tokens", [source], s.vocab_size, s.hidden_size, bits, symmetric, block=block)
             # GatherBlockQuantized wants scales (and zero points) of the data's rank: second views of the same bytes.
             blocks = -(-s.hidden_size // block)
@@ -645,9 +645,9 @@ def estimate_bytes(shape: LlamaShape, precision: Precision, options: OnnxOptions
                 blocks = [_with_offset_blocks(b, block) for b in blocks]
             return sum(n * b * (block * bits // 8 + act) for (n, _), b in zip(matrices, blocks, strict=True))
 
-        offsets, embedding_bits = writes_block_offsets(options, precision), options.embedding_bits or precision.bits
-        weights = blockwise(per_layer * s.n_layers, precision.bits, offsets) + blockwise(
-            embeddings, embedding_bits, block=embedding_block_size(options, embedding_bits)
+        embedding_bits, embedding_block = embedding_layout(options, precision)
+        weights = blockwise(per_layer * s.n_layers, precision.bits, writes_block_offsets(options, precision)) + blockwise(
+            embeddings, embedding_bits, block=embedding_block
         )
     return weights + (2 * s.n_layers + 1) * s.hidden_size * act + s.context_length * s.head_size * act
 
@@ -751,9 +751,7 @@ def _set_metadata(model: onnx.ModelProto, checkpoint: Checkpoint, options: OnnxO
         "fox_edge.accuracy_level": str(options.accuracy_level) if precision.weight == "nbits" else "",
         "fox_edge.symmetric": str(options.symmetric).lower() if precision.weight == "nbits" else "",
         "fox_edge.embedding_bits": str(options.embedding_bits or precision.bits) if precision.weight != "float" else "",
-        "fox_edge.embedding_block_size": str(embedding_block_size(options, options.embedding_bits or precision.bits))
-        if precision.weight == "nbits"
-        else "",
+        "fox_edge.embedding_block_size": str(embedding_layout(options, precision)[1]) if precision.weight == "nbits" else "",
         "fox_edge.block_offsets": str(writes_block_offsets(options, precision)).lower() if precision.weight == "nbits" else "",
         "fox_edge.block_scales": ("searched against an importance matrix" if calibrated else "round to nearest")
         if precision.weight == "nbits"
