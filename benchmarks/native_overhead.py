@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=HERE / "NATIVE_OVERHEAD.md")
     args = parser.parse_args()
 
-    build = build_core()
+    build = build_core(own_llama=True)  # llama-completion is compiled in the same folder, from the same llama.cpp
     completion = llama_completion(build)
     models = args.model or [fox1_q4_k_m(), cache_dir() / "demo" / "SmolLM2-135M-Instruct.f16.gguf"]
     rows = []

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -100,13 +101,47 @@ def adopt_build_folder(build: Path, source: Path) -> None:
         shutil.rmtree(build / "CMakeFiles", ignore_errors=True)
 
 
-def build_core() -> Path:
-    """The build folder holding libfox_edge.so, fox_edge_tests and libfox_edge_jni.so (with a JDK) for this machine. The build folder persists, so a
-    change to native/ recompiles only the core; llama.cpp is compiled once per llama-cpp-python version."""
+def llama_cpp_python_build() -> Path | None:
+    """bin/ of the build folder that compiled the installed llama-cpp-python (./dev keeps it: scikit-build-core's
+    build-dir), when its libllama is byte for byte the installed one and it made libllama-common; else None (pip
+    took a cached wheel, or llama-cpp-python was installed some other way)."""
+    import llama_cpp
+
+    built = cache_dir() / "native" / "llama-cpp-python-build" / "bin"
+    installed = Path(llama_cpp.__file__).parent / "lib" / "libllama.so"
+    if (built / "libllama-common.so").is_file() and (built / "libllama.so").is_file() and installed.is_file():
+        if gnu_build_id(built / "libllama.so") == gnu_build_id(installed) is not None:  # the installed copy is stripped
+            return built
+    return None
+
+
+def gnu_build_id(library: Path) -> bytes | None:
+    """The NT_GNU_BUILD_ID note of a 64-bit little-endian ELF file (stripping keeps it), or None."""
+    data = library.read_bytes()
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    size, count = struct.unpack_from("<HH", data, 0x36)
+    for kind, _, offset, _, _, length, _, _ in (struct.unpack_from("<IIQQQQQQ", data, phoff + i * size) for i in range(count)):
+        end, at = offset + length, offset
+        while kind == 4 and at + 12 <= end:  # PT_NOTE: (namesz, descsz, type), name and desc padded to 4 bytes
+            namesz, descsz, note = struct.unpack_from("<III", data, at)
+            name_at, desc_at = at + 12, at + 12 + (namesz + 3) // 4 * 4
+            if note == 3 and data[name_at : name_at + namesz] == b"GNU\0":
+                return data[desc_at : desc_at + descsz]
+            at = desc_at + (descsz + 3) // 4 * 4
+    return None
+
+
+def build_core(own_llama: bool = False) -> Path:
+    """The build folder holding libfox_edge.so, fox_edge_tests and libfox_edge_jni.so (with a JDK) for this machine.
+    The core links the llama.cpp that llama-cpp-python compiled when its build folder is at hand (about 1 minute on 2
+    cores), else compiles llama.cpp itself (about 10); `own_llama` always does (benchmarks/native_overhead.py builds
+    llama.cpp's own tools in the same folder). The build folder persists, so a change to native/ recompiles only the
+    core."""
     from fox_edge.testing.assets import llama_cpp_source
 
     release = importlib.metadata.version("llama-cpp-python")
-    build = cache_dir() / "native" / f"{platform.machine()}-llama-cpp-python-{release}"
+    linked = None if own_llama else llama_cpp_python_build()
+    build = cache_dir() / "native" / f"{platform.machine()}-llama-cpp-python-{release}{'-linked' if linked else ''}"
     stamp = build / ".fox-edge-sources"
     wanted = ["fox_edge_tests", "fox_edge_chat"] + (["libfox_edge_jni.so"] if shutil.which("javac") else [])
     if stamp.is_file() and stamp.read_text() == sources_hash() and all((build / name).is_file() for name in wanted):
@@ -118,9 +153,10 @@ def build_core() -> Path:
     if shutil.which("javac") and "JAVA_HOME" not in env:  # CMake's FindJNI looks there for jni.h
         env["JAVA_HOME"] = str(Path(shutil.which("javac")).resolve().parents[1])
     for command in (
-        ["cmake", "-S", str(ANDROID_CPP), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "-S", str(ANDROID_CPP), "-B", str(build), f"-DFOX_EDGE_LLAMA_SOURCE={source}", "-DCMAKE_BUILD_TYPE=Release",
+         f"-DFOX_EDGE_LLAMA_BUILD={linked or ''}"],
         ["cmake", "--build", str(build), "-j", jobs],
-    ):
+    ):  # fmt: skip
         run_build_step(command, env)
     stamp.write_text(sources_hash())
     return build
