@@ -6,12 +6,78 @@ Assets come from the package registries through fox_edge.testing.assets and are 
 
 from __future__ import annotations
 
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fox_edge.assets import smollm2_checkpoint
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.testing import assets
+from fox_edge.testing.prepare import PREPARATIONS
+from fox_edge.testing.stages import STAGE_LOG, read_log
+
+# The long preparations (fox_edge/testing/prepare.py) start in one background process at the beginning of the run, in
+# this order, and the tests that wait on them run last, each after the others it does not wait on. A test names what
+# it waits on with @pytest.mark.prepared(...); asking for the trained_tiny_fox1 fixture counts as waiting on it.
+ARM64_STAGES = {"ARM64 Python stage", "ARM64 native core"}  # emulated on x86-64, as root
+
+
+def needed_preparations(item: pytest.Item) -> set[str]:
+    marker = item.get_closest_marker("prepared")
+    names = set(marker.args if marker else ()) | ({"trained tiny Fox-1"} if "trained_tiny_fox1" in item.fixturenames else set())
+    if platform.machine() != "x86_64" or os.geteuid() != 0:
+        names -= ARM64_STAGES
+    return names
+
+
+def pytest_configure(config):
+    if STAGE_LOG not in os.environ:
+        handle, path = tempfile.mkstemp(prefix="fox-edge-stages-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[STAGE_LOG] = path
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected
+def pytest_collection_modifyitems(session, config, items):
+    order = list(PREPARATIONS)
+    needs = {item.nodeid: needed_preparations(item) for item in items}
+    last = {nodeid: max((order.index(n) for n in names), default=-1) for nodeid, names in needs.items()}
+    items.sort(key=lambda item: last[item.nodeid])  # stable: the others keep their order, first
+    wanted = [name for name in order if any(name in names for names in needs.values())]
+    if wanted and not config.getoption("collectonly"):
+        log = open(Path(os.environ[STAGE_LOG]).with_suffix(".out"), "w")  # noqa: SIM115 (closed with the process)
+        config._fox_edge_preparing = subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, "-m", "fox_edge.testing.prepare", *wanted],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def pytest_unconfigure(config):
+    preparing = getattr(config, "_fox_edge_preparing", None)
+    if preparing is not None and preparing.poll() is None:  # an interrupted or partial run: stop what it no longer needs
+        os.killpg(preparing.pid, signal.SIGTERM)
+        preparing.wait()
+
+
+def pytest_terminal_summary(terminalreporter):
+    entries = read_log(Path(os.environ[STAGE_LOG]))
+    if not entries:
+        return
+    terminalreporter.section("preparations (fox_edge/testing/stages.py; cached ones take about 0 s)")
+    background = getattr(terminalreporter.config, "_fox_edge_preparing", None)
+    for name in dict.fromkeys(e["stage"] for e in entries):
+        runs = [e for e in entries if e["stage"] == name]
+        built = max(runs, key=lambda e: e["seconds"])
+        where = "background" if background is not None and built["pid"] == background.pid else "in the tests"
+        waited = sum(e["waited"] for e in runs if background is None or e["pid"] != background.pid)
+        terminalreporter.write_line(f"{built['seconds']:8.1f} s  {name} ({where}; the tests waited {waited:.0f} s for it)")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ def properties(values: dict[str, str]) -> str:
     return "".join(f"{key}={value.translate(escape)}\n" for key, value in values.items())
 
 
+@pytest.mark.prepared("x86-64 native core")
 def test_kotlin_api_on_the_host_jvm(tiny_bundle, scripted_bundle, tmp_path):
     from fox_edge.testing.android import run_tests
 

@@ -17,6 +17,7 @@ from fox_edge.quantize import quantize
 @pytest.mark.skipif(
     platform.machine() != "x86_64" or os.geteuid() != 0, reason="the stage emulates ARM64 on x86-64 and needs root (mounts, chroot)"
 )
+@pytest.mark.prepared("ARM64 Python stage")
 def test_arm64_runs_the_same_tokens_on_both_cpus(trained_tiny_fox1, tmp_path):
     """The trained tiny Fox-1: the random-weight one has near-ties that ARM's and x86's different float summation
     orders resolve differently (its Q8_0 greedy tokens diverge after a few tokens); a trained model has none here."""

@@ -48,6 +48,7 @@ def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(core / "fox_edge_tests"), str(path)], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.prepared("x86-64 native core")
 def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
     bundle = tiny_bundle
     flipped = shutil.copytree(bundle, tmp_path / "flipped")
@@ -88,6 +89,7 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.prepared("x86-64 native core")
 def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
     """SmolLM2's ChatML template (Jinja with loops and conditionals) and its greedy replies, as the Python side makes them."""
     bundle = make_bundle(smollm2_gguf, tmp_path / "smollm2").folder
@@ -97,6 +99,7 @@ def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or os.geteuid() != 0, reason="emulates ARM64 on x86-64 and needs root (mounts, chroot)")
+@pytest.mark.prepared("ARM64 native core")
 def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp_path):
     """The core cross-compiled for ARM64 with every CPU variant, on an emulated cortex-a53 (plain NEON), cortex-a76
     (dotprod) and qemu's max CPU (i8mm, SVE): each loads its own variant and gives the x86-64 Python runner's greedy
@@ -159,6 +162,7 @@ def load_alignments(library: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.prepared("macOS native core")
 def test_native_core_cross_compiles_for_macos():
     """The core and llama.cpp's CPU backend cross-compiled for Apple Silicon macOS with zig (compile only: nothing Apple
     runs here): a Mach-O arm64 dylib exporting the C API, and its test program."""

@@ -39,7 +39,7 @@ def test_smollm2_int8_meets_the_bars_llama_cpp_q8_0_meets(smollm2, tmp_path):
     assert report.top1_agreement >= 0.93, report.top1_agreement
 
 
-@pytest.mark.parametrize("model", ["smollm2", "trained_tiny_fox1"])
+@pytest.mark.parametrize("model", ["smollm2", pytest.param("trained_tiny_fox1", marks=pytest.mark.prepared("trained tiny Fox-1"))])
 def test_default_int4_passes_and_matches_gguf_q4_k_m(model, request, tmp_path):
     """`convert --to onnx` at its defaults (int4: asymmetric with block offsets, 8-bit embedding, calibrated on the
     built-in text) passes the default int4 bars, with a mean KLD at most llama.cpp's Q4_K_M's on the same text."""

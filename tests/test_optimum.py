@@ -13,7 +13,7 @@ import pytest
 
 from fox_edge.testing import assets
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prepared("optimum environment")]
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = [2, 17, 95, 301, 44, 12, 260, 77, 5, 410, 33, 129]
 

@@ -20,6 +20,7 @@ def model_f16(request, tmp_path_factory):
     return request.param, convert_to_gguf(source, folder / "f16.gguf", "f16").output
 
 
+@pytest.mark.prepared("trained tiny Fox-1")  # through model_f16
 def test_kld_ordering_and_q8_0_agreement(model_f16):
     name, f16 = model_f16
     checks = {t: quantize(f16, f16.with_name(f"{t}.gguf"), t, check=MEASURE).check for t in ("Q8_0", "Q6_K", "Q4_K_M")}

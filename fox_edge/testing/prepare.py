@@ -1,0 +1,37 @@
+"""The suite's long preparations by name, for the background process that tests/conftest.py starts (each one is a
+cached, locked and timed stage: fox_edge/testing/stages.py).
+
+    python -m fox_edge.testing.prepare NAME [NAME ...]      # prepares those, in order
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from fox_edge.testing import arm64, assets, native
+
+# In the order the background process prepares them; tests/conftest.py says which tests wait on which.
+PREPARATIONS: dict[str, Callable[[], object]] = {
+    "x86-64 native core": native.build_core,
+    "trained tiny Fox-1": assets.trained_tiny_fox1,
+    "ARM64 Python stage": arm64.prepare_python_stage,
+    "ARM64 native core": lambda: arm64.build_native_core(arm64.prepared_root()[0]),
+    "macOS native core": native.build_core_macos,
+    "optimum environment": lambda: assets.side_environment("optimum"),
+}
+
+
+def main(names: list[str]) -> int:
+    failed = 0
+    for name in names:
+        try:
+            PREPARATIONS[name]()
+        except Exception as exc:  # the test that needs it prepares it again in the foreground and reports the error there
+            print(f"[prepare] {name} failed: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
