@@ -70,14 +70,19 @@ def pytest_terminal_summary(terminalreporter):
     entries = read_log(Path(os.environ[STAGE_LOG]))
     if not entries:
         return
-    terminalreporter.section("preparations (fox_edge/testing/stages.py; cached ones take about 0 s)")
     background = getattr(terminalreporter.config, "_fox_edge_preparing", None)
+    in_background = {background.pid} if background is not None else set()
+    terminalreporter.section("preparations (fox_edge/testing/stages.py), longest first")
+    rows = []
     for name in dict.fromkeys(e["stage"] for e in entries):
         runs = [e for e in entries if e["stage"] == name]
         built = max(runs, key=lambda e: e["seconds"])
-        where = "background" if background is not None and built["pid"] == background.pid else "in the tests"
-        waited = sum(e["waited"] for e in runs if background is None or e["pid"] != background.pid)
-        terminalreporter.write_line(f"{built['seconds']:8.1f} s  {name} ({where}; the tests waited {waited:.0f} s for it)")
+        waited = sum(e["waited"] for e in runs if e["pid"] not in in_background)
+        where = "in the background" if built["pid"] in in_background else "in the tests"
+        done = f"{built['seconds']:.0f} s {where}" if built["seconds"] >= 1 else "cached"
+        rows.append((built["seconds"], f"{name}: {done}; the tests waited {waited:.0f} s for it"))
+    for _, line in sorted(rows, reverse=True):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

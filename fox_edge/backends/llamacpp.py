@@ -49,6 +49,19 @@ C.llama_log_set(_log, ctypes.c_void_p(0))
 C.llama_backend_init()
 
 
+def _load_backend_modules() -> None:
+    """A llama.cpp built with GGML_BACKEND_DL (ggml's CPU backend as one module per CPU feature level, as Android
+    ships it; the ARM64 stage's build) registers no backend by itself: load the modules beside its libraries, the best
+    one for this CPU first, as llama.cpp's own tools do. A usual build has its CPU backend registered already."""
+    library = C.llama_cpp._lib  # libllama; dlsym finds ggml's functions through its dependencies
+    library.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if library.ggml_backend_reg_count() == 0:
+        library.ggml_backend_load_all_from_path(str(C.llama_cpp._base_path).encode())
+
+
+_load_backend_modules()
+
+
 def _may_repack(path: Path) -> bool:
     return any(tensor.type.name in REPACKED_TYPES for tensor in gguf_tensors(path).values())
 

@@ -7,11 +7,12 @@ FOX_EDGE_CACHE/arm64 (the first run takes about 8 minutes on 2 cores, later ones
 - an ARM64 Debian root made by mmdebstrap (no emulation needed to make it), with Debian's Python 3.11;
 - fox-edge's dependencies as aarch64 wheels fetched by the host's pip and unpacked into the root, so no pip
   runs under emulation; onnxruntime is its aarch64 wheel;
-- llama.cpp's shared libraries cross-compiled for plain armv8-a (no dotprod, no i8mm: what every ARM64 phone
-  runs) from the llama.cpp that the installed llama-cpp-python vendors, its Python bindings copied beside them.
+- llama.cpp's shared libraries from the native core's ARM64 build (clang, every CPU variant of ggml from armv8.0
+  to armv9.2 as modules, the best one chosen at run time, as Android ships it), from the llama.cpp that the
+  installed llama-cpp-python vendors, its Python bindings copied beside them.
 Each model then runs inside the root (chroot; qemu-user through binfmt_misc) under each emulated CPU
-(QEMU_CPU): cortex-a76 has dotprod, cortex-a53 has plain NEON only, so a build that executed anything
-beyond the baseline would die there with SIGILL. Needs root (mounts, chroot) and Debian's
+(QEMU_CPU): cortex-a76 has dotprod, cortex-a53 has plain NEON only, so a variant chosen wrongly, or one that
+executed anything beyond the baseline on the a53, would die there with SIGILL. Needs root (mounts, chroot) and Debian's
 qemu-user-static, binfmt-support, g++-aarch64-linux-gnu and mmdebstrap (installed when missing).
 Every mount is undone on the way out, on failure too.
 """
@@ -141,28 +142,18 @@ def install_wheels(cache: Path, root: Path) -> Path:
     return site
 
 
-# Compilers for ARM64 Linux: gcc for llama-cpp-python's libraries; clang (as the Android NDK has) for the native core,
-# whose armv9.2+sme CPU variant Debian 12's gcc 12 cannot compile. Both link against the aarch64 gcc's libraries.
-COMPILERS = {
-    "gcc": "set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)\nset(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)\n",
-    "clang": "set(CMAKE_C_COMPILER clang-14)\nset(CMAKE_CXX_COMPILER clang++-14)\n"
-    "set(CMAKE_C_COMPILER_TARGET aarch64-linux-gnu)\nset(CMAKE_CXX_COMPILER_TARGET aarch64-linux-gnu)\n",
-}
-
-
-def toolchain_file(cache: Path, compiler: str = "gcc") -> Path:
-    toolchain = cache / f"aarch64-{compiler}.cmake"
+def toolchain_file(cache: Path) -> Path:
+    """CMake's toolchain for ARM64 Linux: clang (as the Android NDK has; Debian 12's gcc 12 cannot compile ggml's
+    armv9.2+sme CPU variant), linking against the aarch64 gcc's libraries."""
+    toolchain = cache / "aarch64-clang.cmake"
     toolchain.write_text(
         "set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\n"
-        + COMPILERS[compiler]
-        + "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
+        "set(CMAKE_C_COMPILER clang-14)\nset(CMAKE_CXX_COMPILER clang++-14)\n"
+        "set(CMAKE_C_COMPILER_TARGET aarch64-linux-gnu)\nset(CMAKE_CXX_COMPILER_TARGET aarch64-linux-gnu)\n"
+        "set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)\nset(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n"
         "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\nset(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n"
     )
     return toolchain
-
-
-# The flags of every ARM64 build: no -march=native, and the armv8-a baseline (no dotprod, no i8mm).
-ARM_BASELINE = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ARM_ARCH=armv8-a", "-DGGML_OPENMP=OFF"]
 
 
 @stage("ARM64 native core")
@@ -178,7 +169,7 @@ def build_native_core(cache: Path) -> Path:
     adopt_build_folder(build, NATIVE)
     started = time.monotonic()
     for command in (
-        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache, 'clang')}", "-DCMAKE_BUILD_TYPE=Release",
+        ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache)}", "-DCMAKE_BUILD_TYPE=Release",
          f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DFOX_EDGE_CPU_VARIANTS=ON", "-DFOX_EDGE_16K_PAGES=ON", "-DGGML_OPENMP=OFF"],
         ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", str(os.cpu_count() or 2)],
     ):  # fmt: skip
@@ -195,8 +186,7 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
     target = root / "opt" / "native"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    # the core; libllama, libggml* and the CPU variants (llama.cpp's CMake writes them to bin/)
-    for path in [build / "fox_edge_tests", *build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")]:
+    for path in [build / "fox_edge_tests", *native_libraries(build)]:
         shutil.copy2(path, target / path.name, follow_symlinks=False)
     copy_in(root, files)
     results = {}
@@ -209,43 +199,16 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
     return results
 
 
-def build_llama_cpp(cache: Path) -> Path:
-    """libllama and libggml for armv8-a, from the llama.cpp the installed llama-cpp-python vendors."""
-    from fox_edge.testing.assets import llama_cpp_source
-
-    release = importlib.metadata.version("llama-cpp-python")
-    libraries = cache / f"llama-cpp-{release}-armv8-a"
-    if (libraries / "libllama.so").is_file():
-        return libraries
-    source = llama_cpp_source()
-    build = cache / "llama-build"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    toolchain = toolchain_file(cache)
-    log(f"cross-compiling llama.cpp (llama-cpp-python {release}) for armv8-a: about 5 minutes on 2 cores, once")
-    started = time.monotonic()
-    run(["cmake", "-S", str(source), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain}", "-DCMAKE_BUILD_TYPE=Release",
-         "-DBUILD_SHARED_LIBS=ON", *ARM_BASELINE, "-DLLAMA_CURL=OFF",
-         "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
-         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF"])  # fmt: skip
-    run(["cmake", "--build", str(build), "--target", "llama", "-j", str(os.cpu_count() or 2)])
-    partial = cache / "llama-lib.part"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    for library in build.rglob("*.so*"):
-        if library.is_file() and not library.is_symlink():
-            shutil.copy2(library, partial / library.name)
-    for library in build.rglob("*.so*"):  # the soname links (libllama.so -> libllama.so.0 -> ...)
-        if library.is_symlink() and not (partial / library.name).exists():
-            (partial / library.name).symlink_to(os.readlink(library))
-    partial.replace(libraries)
-    log(f"llama.cpp built in {time.monotonic() - started:.0f} s")
-    shutil.rmtree(build, ignore_errors=True)
-    return libraries
+def native_libraries(build: Path) -> list[Path]:
+    """The shared libraries of the native core's ARM64 build: libfox_edge, libllama, libggml* and the CPU variants
+    (llama.cpp's CMake writes its own to bin/), soname links included."""
+    return [*build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")]
 
 
-def install_fox_edge(root: Path, libraries: Path) -> None:
-    """This checkout's fox_edge and llama-cpp-python's bindings (with the aarch64 libraries) into the root."""
+def install_fox_edge(root: Path, build: Path) -> None:
+    """This checkout's fox_edge and llama-cpp-python's bindings into the root, over the libllama and libggml of the
+    native core's ARM64 build (`build`): llama.cpp compiled once for ARM64, with every CPU variant, as Android ships
+    it. fox-edge's llama.cpp backend loads the variant for the emulated CPU (GGML_BACKEND_DL)."""
     import llama_cpp
 
     target = root / "opt" / "fox-edge"
@@ -254,7 +217,9 @@ def install_fox_edge(root: Path, libraries: Path) -> None:
     shutil.copytree(Path(__file__).resolve().parents[1], target / "fox_edge", ignore=shutil.ignore_patterns("__pycache__"))
     bindings = Path(llama_cpp.__file__).parent
     shutil.copytree(bindings, target / "llama_cpp", ignore=shutil.ignore_patterns("__pycache__", "lib"))
-    shutil.copytree(libraries, target / "llama_cpp" / "lib", symlinks=True)
+    (target / "llama_cpp" / "lib").mkdir()
+    for path in native_libraries(build):
+        shutil.copy2(path, target / "llama_cpp" / "lib" / path.name, follow_symlinks=False)
 
 
 # --- running inside the root ------------------------------------------------------------------------
@@ -308,10 +273,10 @@ def prepared_root() -> tuple[Path, Path]:
 
 @stage("ARM64 Python stage")
 def prepare_python_stage() -> Path:
-    """The root with fox-edge's dependencies and llama.cpp's libraries for armv8-a (cached); returns the root."""
+    """The root with fox-edge's dependencies and the native core's ARM64 build of llama.cpp (cached); returns it."""
     cache, root = prepared_root()
     install_wheels(cache, root)
-    install_fox_edge(root, build_llama_cpp(cache))
+    install_fox_edge(root, build_native_core(cache))
     return root
 
 

@@ -11,12 +11,13 @@ from collections.abc import Callable
 
 from fox_edge.testing import arm64, assets, native
 
-# In the order the background process prepares them; tests/conftest.py says which tests wait on which.
+# In the order the background process prepares them, the longest chain first (the ARM64 build, then the tests under
+# qemu); tests/conftest.py says which tests wait on which.
 PREPARATIONS: dict[str, Callable[[], object]] = {
     "x86-64 native core": native.build_core,
+    "ARM64 native core": lambda: arm64.build_native_core(arm64.prepared_root()[0]),
     "trained tiny Fox-1": assets.trained_tiny_fox1,
     "ARM64 Python stage": arm64.prepare_python_stage,
-    "ARM64 native core": lambda: arm64.build_native_core(arm64.prepared_root()[0]),
     "macOS native core": native.build_core_macos,
     "optimum environment": lambda: assets.side_environment("optimum"),
 }
