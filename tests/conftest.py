@@ -6,6 +6,7 @@ Assets come from the package registries through fox_edge.testing.assets and are 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import signal
@@ -21,11 +22,13 @@ from fox_edge.assets import smollm2_checkpoint
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.testing import assets
 from fox_edge.testing.prepare import PREPARATIONS
-from fox_edge.testing.stages import STAGE_LOG, read_log
+from fox_edge.testing.stages import BACKGROUND, STAGE_LOG, read_log, stage
 
 # The long preparations (fox_edge/testing/prepare.py) start in one background process at the beginning of the run, in
 # this order, and the tests that wait on them run last, each after the others it does not wait on. A test names what
 # it waits on with @pytest.mark.prepared(...); asking for the trained_tiny_fox1 fixture counts as waiting on it.
+# Under pytest-xdist (pyproject.toml: two workers) each worker collects and sorts the same way, and the first to get
+# there starts the background process.
 ARM64_STAGES = {"ARM64 Python stage", "ARM64 native core"}  # emulated on x86-64, as root
 
 
@@ -38,7 +41,7 @@ def needed_preparations(item: pytest.Item) -> set[str]:
 
 
 def pytest_configure(config):
-    if STAGE_LOG not in os.environ:
+    if STAGE_LOG not in os.environ:  # the xdist workers inherit the controller's
         handle, path = tempfile.mkstemp(prefix="fox-edge-stages-", suffix=".jsonl")
         os.close(handle)
         os.environ[STAGE_LOG] = path
@@ -50,35 +53,52 @@ def pytest_collection_modifyitems(session, config, items):
     needs = {item.nodeid: needed_preparations(item) for item in items}
     last = {nodeid: max((order.index(n) for n in names), default=-1) for nodeid, names in needs.items()}
     items.sort(key=lambda item: last[item.nodeid])  # stable: the others keep their order, first
+    for item in items:  # tests sharing a module-scoped fixture run on one xdist worker, which builds it once
+        shared = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
     wanted = [name for name in order if any(name in names for names in needs.values())]
     if wanted and not config.getoption("collectonly"):
-        log = open(Path(os.environ[STAGE_LOG]).with_suffix(".out"), "w")  # noqa: SIM115 (closed with the process)
-        config._fox_edge_preparing = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "fox_edge.testing.prepare", *wanted],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        start_preparations(config, wanted)
 
 
-def pytest_unconfigure(config):
-    preparing = getattr(config, "_fox_edge_preparing", None)
-    if preparing is not None and preparing.poll() is None:  # an interrupted or partial run: stop what it no longer needs
+def start_preparations(config, wanted: list[str]) -> None:
+    owner = open(Path(os.environ[STAGE_LOG]).with_suffix(".owner"), "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another xdist worker started them
+        owner.close()
+        return
+    log = open(Path(os.environ[STAGE_LOG]).with_suffix(".out"), "w")  # noqa: SIM115 (closed with the process)
+    config._fox_edge_preparing = (owner, subprocess.Popen(
+        ["nice", "-n", "10", sys.executable, "-m", "fox_edge.testing.prepare", *wanted],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ | {BACKGROUND: "1"},
+    ))  # fmt: skip
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The worker that started the preparations waits for them (the other may still need them), unless the run was
+    interrupted: then they stop, with every build they started."""
+    owner, preparing = getattr(session.config, "_fox_edge_preparing", (None, None))
+    if preparing is None:
+        return
+    if exitstatus == pytest.ExitCode.INTERRUPTED and preparing.poll() is None:
         os.killpg(preparing.pid, signal.SIGTERM)
-        preparing.wait()
+    preparing.wait()
+    owner.close()
 
 
 def pytest_terminal_summary(terminalreporter):
     entries = read_log(Path(os.environ[STAGE_LOG]))
     if not entries:
         return
-    background = getattr(terminalreporter.config, "_fox_edge_preparing", None)
-    in_background = {background.pid} if background is not None else set()
     terminalreporter.section("preparations (fox_edge/testing/stages.py), longest first")
     rows = []
     for name in dict.fromkeys(e["stage"] for e in entries):
         runs = [e for e in entries if e["stage"] == name]
         built = max(runs, key=lambda e: e["seconds"])
-        waited = sum(e["waited"] for e in runs if e["pid"] not in in_background)
-        where = "in the background" if built["pid"] in in_background else "in the tests"
+        waited = sum(e["waited"] for e in runs if not e["background"])
+        where = "in the background" if built["background"] else "in the tests"
         done = f"{built['seconds']:.0f} s {where}" if built["seconds"] >= 1 else "cached"
         rows.append((built["seconds"], f"{name}: {done}; the tests waited {waited:.0f} s for it"))
     for _, line in sorted(rows, reverse=True):
@@ -131,7 +151,8 @@ def tiny_reference(tiny_fox1):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    return smollm2_checkpoint()
+    with stage("SmolLM2 checkpoint"):  # one xdist worker converts it, the other waits
+        return smollm2_checkpoint()
 
 
 @pytest.fixture(scope="session")

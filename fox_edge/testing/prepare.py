@@ -6,6 +6,8 @@ cached, locked and timed stage: fox_edge/testing/stages.py).
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -24,6 +26,8 @@ PREPARATIONS: dict[str, Callable[[], object]] = {
 
 
 def main(names: list[str]) -> int:
+    # Stopped (an interrupted test run): the builds it started stop too; they are in its process group.
+    signal.signal(signal.SIGTERM, lambda *_: (signal.signal(signal.SIGTERM, signal.SIG_DFL), os.killpg(0, signal.SIGTERM)))
     failed = 0
     for name in names:
         try:

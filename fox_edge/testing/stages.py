@@ -20,6 +20,7 @@ from pathlib import Path
 from fox_edge.assets import cache_dir
 
 STAGE_LOG = "FOX_EDGE_STAGE_LOG"
+BACKGROUND = "FOX_EDGE_PREPARING_IN_BACKGROUND"  # set in the background process tests/conftest.py starts
 
 
 @contextlib.contextmanager
@@ -51,7 +52,7 @@ def stage(name: str) -> Iterator[None]:
 def record(name: str, seconds: float, waited: float) -> None:
     path = os.environ.get(STAGE_LOG)
     if path:
-        entry = {"stage": name, "seconds": round(seconds, 1), "waited": round(waited, 1), "pid": os.getpid()}
+        entry = {"stage": name, "seconds": round(seconds, 1), "waited": round(waited, 1), "background": BACKGROUND in os.environ}
         with open(path, "a", encoding="utf-8") as log:
             log.write(json.dumps(entry) + "\n")
 

@@ -179,6 +179,10 @@ def train_tiny_fox1(folder: Path, text: str, steps: int = 600, seq_len: int = 12
     tokenizer.save_pretrained(work / "hf")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
 
+    # One thread: the same weights on every machine whatever its cores, and no spinning of a second thread while the
+    # suite trains this beside other work (tests/conftest.py prepares it in the background).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(seed)
     config = LlamaConfig(**{k: v for k, v in llama_config(TRAINED_TINY_FOX1).items() if k not in ("architectures", "torch_dtype")})
     model = LlamaForCausalLM(config)
@@ -199,6 +203,7 @@ def train_tiny_fox1(folder: Path, text: str, steps: int = 600, seq_len: int = 12
         if log and (step % 100 == 0 or step == steps - 1):
             log(f"step {step}: loss {loss.item():.3f}")
     model.eval()
+    torch.set_num_threads(threads)
 
     weights_dir = work / "weights"
     model.to(torch.bfloat16).save_pretrained(weights_dir)
