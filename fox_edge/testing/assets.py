@@ -163,7 +163,7 @@ def side_environment(name: str, on_message: OnMessage = ignore_message) -> Path:
 @stage("trained tiny Fox-1")
 def trained_tiny_fox1() -> Path:
     """A Fox-1-structured model trained for a few CPU minutes on public-domain text; cached between runs."""
-    folder = cache_dir() / "trained-tiny-fox1-v1"
+    folder = cache_dir() / "trained-tiny-fox1-v2"  # v2: trained on one thread
     if not (folder / "config.json").is_file():
         from fox_edge.testing.synthetic import train_tiny_fox1
 
