@@ -29,13 +29,16 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from fox_edge.assets import cache_dir
-from fox_edge.testing.stages import stage
+from fox_edge.testing.stages import exclusive, stage
 
 CPUS = ("cortex-a76", "cortex-a53")
+T = TypeVar("T")
 PROMPT = "The castle stood on the hill, and"
 N_TOKENS = 16
 DEBIAN_PACKAGES = ("qemu-user-static", "binfmt-support", "g++-aarch64-linux-gnu", "mmdebstrap", "clang-14")
@@ -188,15 +191,26 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
     target.mkdir(parents=True)
     for path in [build / "fox_edge_tests", *native_libraries(build)]:
         shutil.copy2(path, target / path.name, follow_symlinks=False)
-    copy_in(root, files)
-    results = {}
+
+    def run_on(cpu: str) -> subprocess.CompletedProcess:
+        result = chrooted(root, cpu, ["/opt/native/fox_edge_tests", f"/work/spec-{cpu}.json"], {"LD_LIBRARY_PATH": "/opt/native"})
+        log(f"native core tests on an emulated {cpu}: exit {result.returncode}")
+        return result
+
     with mounted(root):
+        copy_in(root, files)
         for cpu, spec in specs.items():
             (root / "work" / f"spec-{cpu}.json").write_text(json.dumps(spec, ensure_ascii=False))
-            results[cpu] = chrooted(root, cpu, ["/opt/native/fox_edge_tests", f"/work/spec-{cpu}.json"], {"LD_LIBRARY_PATH": "/opt/native"})
-            log(f"native core tests on an emulated {cpu}: exit {results[cpu].returncode}")
-    shutil.rmtree(root / "work", ignore_errors=True)
+        results = each_cpu(run_on, list(specs))
+        shutil.rmtree(root / "work", ignore_errors=True)
     return results
+
+
+def each_cpu(run_on: Callable[[str], T], cpus: list[str]) -> dict[str, T]:
+    """`run_on(cpu)` for every emulated CPU at once: qemu-user runs the test programs here on about one core each,
+    and the CPUs' runs share nothing but the root's read-only files."""
+    with ThreadPoolExecutor(len(cpus)) as pool:
+        return dict(zip(cpus, pool.map(run_on, cpus), strict=True))
 
 
 def native_libraries(build: Path) -> list[Path]:
@@ -227,20 +241,22 @@ def install_fox_edge(root: Path, build: Path) -> None:
 
 @contextlib.contextmanager
 def mounted(root: Path) -> Iterator[None]:
-    """/proc with an ARM /proc/cpuinfo over it, undone whatever happens."""
+    """/proc with an ARM /proc/cpuinfo over it, undone whatever happens; the root's /work is the caller's meanwhile
+    (one test at a time: the suite's xdist workers both use the root)."""
     done: list[Path] = []
     fake = root / "opt" / "cpuinfo"
-    fake.write_text(FAKE_CPUINFO)
-    try:
-        run(["mount", "-t", "proc", "proc", str(root / "proc")])
-        done.append(root / "proc")
-        run(["mount", "--bind", str(fake), str(root / "proc" / "cpuinfo")])
-        done.append(root / "proc" / "cpuinfo")
-        yield
-    finally:
-        for point in reversed(done):
-            if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(point)], capture_output=True)
+    with exclusive("ARM64 root in use"):
+        fake.write_text(FAKE_CPUINFO)
+        try:
+            run(["mount", "-t", "proc", "proc", str(root / "proc")])
+            done.append(root / "proc")
+            run(["mount", "--bind", str(fake), str(root / "proc" / "cpuinfo")])
+            done.append(root / "proc" / "cpuinfo")
+            yield
+        finally:
+            for point in reversed(done):
+                if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
+                    subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
 PYTHON_ENV = {
@@ -318,27 +334,31 @@ def run_stage(models: list[Path], bundle: Path) -> dict:
     Returns {"x86_64": tokens, cpu: {"features", "tokens", "verify"}} for the caller to compare."""
     started = time.monotonic()
     root = prepare_python_stage()
-    names = copy_in(root, [*models, bundle])
     log(f"prepared in {time.monotonic() - started:.0f} s")
-    results: dict = {"x86_64": dict(zip(names[:-1], greedy_tokens([str(m) for m in models]).values(), strict=True))}
+    on_x86 = list(greedy_tokens([str(m) for m in models]).values())
+    script = (
+        "import json, sys\nfrom fox_edge.testing.arm64 import cpu_features, greedy_tokens\n"
+        "print(json.dumps({'features': cpu_features(), 'tokens': greedy_tokens(sys.argv[1:])}))\n"
+    )
+
+    def run_on(cpu: str) -> dict:
+        started = time.monotonic()
+        ran = in_root(root, cpu, "-c", script, *names[:-1])
+        if ran.returncode != 0:
+            raise RuntimeError(f"the models failed on an emulated {cpu} (exit {ran.returncode}): {ran.stderr[-3000:]}")
+        measured = json.loads(ran.stdout.strip().splitlines()[-1])
+        verify = in_root(root, cpu, "-m", "fox_edge.cli", "bundle", "verify", names[-1])
+        measured["verify"] = {"exit": verify.returncode, "output": (verify.stdout + verify.stderr).strip()}
+        log(
+            f"emulated {cpu}: CPU features {measured['features']}; {len(names) - 1} models and `bundle verify` in {time.monotonic() - started:.0f} s"
+        )
+        return measured
+
     with mounted(root):
-        for cpu in CPUS:
-            started = time.monotonic()
-            script = (
-                "import json, sys\nfrom fox_edge.testing.arm64 import cpu_features, greedy_tokens\n"
-                "print(json.dumps({'features': cpu_features(), 'tokens': greedy_tokens(sys.argv[1:])}))\n"
-            )
-            ran = in_root(root, cpu, "-c", script, *names[:-1])
-            if ran.returncode != 0:
-                raise RuntimeError(f"the models failed on an emulated {cpu} (exit {ran.returncode}): {ran.stderr[-3000:]}")
-            measured = json.loads(ran.stdout.strip().splitlines()[-1])
-            verify = in_root(root, cpu, "-m", "fox_edge.cli", "bundle", "verify", names[-1])
-            measured["verify"] = {"exit": verify.returncode, "output": (verify.stdout + verify.stderr).strip()}
-            log(
-                f"emulated {cpu}: CPU features {measured['features']}; {len(names) - 1} models and `bundle verify` in {time.monotonic() - started:.0f} s"
-            )
-            results[cpu] = measured
-    shutil.rmtree(root / "work", ignore_errors=True)
+        names = copy_in(root, [*models, bundle])
+        results: dict = {"x86_64": dict(zip(names[:-1], on_x86, strict=True))}
+        results |= each_cpu(run_on, list(CPUS))
+        shutil.rmtree(root / "work", ignore_errors=True)
     return results
 
 
