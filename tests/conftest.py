@@ -7,6 +7,7 @@ Assets come from the package registries through fox_edge.testing.assets and are 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import signal
@@ -22,10 +23,10 @@ from fox_edge.assets import smollm2_checkpoint
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.testing import assets
 from fox_edge.testing.prepare import PREPARATIONS
-from fox_edge.testing.stages import BACKGROUND, STAGE_LOG, read_log, stage
+from fox_edge.testing.stages import BACKGROUND, STAGE_LOG, done_marker, read_log, stage
 
 # The long preparations (fox_edge/testing/prepare.py) start in one background process at the beginning of the run, in
-# this order, and the tests that wait on them run last, each after the others it does not wait on. A test names what
+# this order, and the tests that wait on one this cache never prepared run last. A test names what
 # it waits on with @pytest.mark.prepared(...); asking for the trained_tiny_fox1 fixture counts as waiting on it.
 # Under pytest-xdist (pyproject.toml: two workers) each worker collects and sorts the same way, and the first to get
 # there starts the background process.
@@ -40,19 +41,30 @@ def needed_preparations(item: pytest.Item) -> set[str]:
     return names
 
 
+PREPARED_BEFORE = "FOX_EDGE_PREPARED_BEFORE"  # what the cache held when the run began: both workers sort by it
+
+
 def pytest_configure(config):
     if STAGE_LOG not in os.environ:  # the xdist workers inherit the controller's
         handle, path = tempfile.mkstemp(prefix="fox-edge-stages-", suffix=".jsonl")
         os.close(handle)
         os.environ[STAGE_LOG] = path
+        os.environ[PREPARED_BEFORE] = json.dumps([name for name in PREPARATIONS if done_marker(name).exists()])
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselected
 def pytest_collection_modifyitems(session, config, items):
     order = list(PREPARATIONS)
     needs = {item.nodeid: needed_preparations(item) for item in items}
-    last = {nodeid: max((order.index(n) for n in names), default=-1) for nodeid, names in needs.items()}
-    items.sort(key=lambda item: last[item.nodeid])  # stable: the others keep their order, first
+    prepared_before = set(json.loads(os.environ[PREPARED_BEFORE]))
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        """The slow tests first (the longest tail on two workers is the shortest), then the fast ones, then those
+        waiting on what this cache has never prepared, in the order the background process prepares it."""
+        waiting = [order.index(n) for n in needs[item.nodeid] if n not in prepared_before]
+        return (2, max(waiting)) if waiting else (0 if item.get_closest_marker("slow") else 1, 0)
+
+    items.sort(key=place)  # stable: file order within each place
     for item in items:  # tests sharing a module-scoped fixture run on one xdist worker, which builds it once
         shared = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == "module")
         if shared:

@@ -47,6 +47,13 @@ def stage(name: str) -> Iterator[None]:
             yield
         finally:
             record(name, time.monotonic() - started, started - asked)
+        done_marker(name).touch()
+
+
+def done_marker(name: str) -> Path:
+    """Exists once NAME was prepared in this cache: the suite then runs the tests that wait on it first, among the
+    long ones, instead of last (a preparation whose inputs changed since prepares again, only later than hoped)."""
+    return cache_dir() / "locks" / f"{name}.done"
 
 
 def record(name: str, seconds: float, waited: float) -> None:
