@@ -135,8 +135,8 @@ def gnu_build_id(library: Path) -> bytes | None:
 @stage("x86-64 native core")
 def build_core(own_llama: bool = False) -> Path:
     """The build folder holding libfox_edge.so, fox_edge_tests and libfox_edge_jni.so (with a JDK) for this machine.
-    The core links the llama.cpp that llama-cpp-python compiled when its build folder is at hand (about 1 minute on 2
-    cores), else compiles llama.cpp itself (about 10); `own_llama` always does (benchmarks/native_overhead.py builds
+    The core links the llama.cpp that llama-cpp-python compiled when its build folder is at hand (17 s on 2 cores),
+    else compiles llama.cpp itself (4.6 minutes); `own_llama` always does (benchmarks/native_overhead.py builds
     llama.cpp's own tools in the same folder). The build folder persists, so a change to native/ recompiles only the
     core."""
     from fox_edge.testing.assets import llama_cpp_source

@@ -2,9 +2,9 @@
 one cached under FOX_EDGE_CACHE, built by one process at a time, and timed.
 
 tests/conftest.py starts the ones the selected tests need in one background process at the beginning of the run
-(fox_edge/testing/prepare.py; niced, so the fast tests keep their core) and runs the tests that wait on them last; a
-test that gets there first waits on the same lock instead of building a second time. Every stage appends its
-duration to the file named by FOX_EDGE_STAGE_LOG, which the suite's summary prints.
+(fox_edge/testing/prepare.py; niced, so the tests keep their cores) and runs the tests that wait on one this cache
+never prepared last; a test that gets there first waits on the same lock instead of building a second time. Every
+stage appends its duration to the file named by FOX_EDGE_STAGE_LOG, which the suite's summary prints.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def exclusive(name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """A preparation, as a decorator or a `with` block: run under `exclusive(name)`, its duration (and the time spent
-    waiting for another process preparing it) written to the stage log."""
+    waiting for another process preparing it) written to the stage log, its done marker left when it succeeded."""
     asked = time.monotonic()
     with exclusive(name):
         started = time.monotonic()
