@@ -3,7 +3,7 @@
     sudo .venv/bin/python -m fox_edge.testing.arm64        # alone: builds the tiny models, runs the stage, prints the log
 
 tests/test_arm64.py runs the same stage in the suite. What it builds, cached between runs under
-FOX_EDGE_CACHE/arm64 (the first run takes about 8 minutes on 2 cores, later ones about 1):
+FOX_EDGE_CACHE/arm64 (the first run about 11 minutes on 2 cores, nearly all of it the native build; later ones seconds):
 - an ARM64 Debian root made by mmdebstrap (no emulation needed to make it), with Debian's Python 3.11;
 - fox-edge's dependencies as aarch64 wheels fetched by the host's pip and unpacked into the root, so no pip
   runs under emulation; onnxruntime is its aarch64 wheel;
@@ -163,7 +163,7 @@ def toolchain_file(cache: Path) -> Path:
 def build_native_core(cache: Path) -> Path:
     """The native core (native/) and its test program cross-compiled for ARM64 as Android ships it: every CPU variant
     of ggml (armv8.0 to armv9.2) beside libfox_edge, the best chosen at run time. The build folder persists, so a
-    change to native/ recompiles only the core; the first build takes about 15 minutes on 2 cores."""
+    change to native/ recompiles only the core; the first build took 10 minutes on 2 cores beside the tests."""
     from fox_edge.testing.assets import llama_cpp_source
     from fox_edge.testing.native import NATIVE, adopt_build_folder
 
