@@ -90,7 +90,8 @@ def test_progress_reports_every_byte(tiny_fox1, tmp_path):
 
 def test_repack_and_ubatch_change_memory_not_results(tiny_gguf, botchan, tmp_path):
     """llama.cpp's weight repacking (Q4_0's interleaved layout) off and a small micro-batch are memory levers (issue 15):
-    the logits stay those of the defaults."""
+    the logits stay those of the defaults. (Where llama.cpp's AMX buffers would take the weights and crash, nothing
+    is repacked: fox_edge/backends/llamacpp.py.)"""
     from fox_edge.backends import llamacpp
     from fox_edge.quant.gguf import quantize_gguf
 
@@ -99,12 +100,12 @@ def test_repack_and_ubatch_change_memory_not_results(tiny_gguf, botchan, tmp_pat
 
     q4 = quantize_gguf(tiny_gguf["f16"], tmp_path / "tiny.Q4_0.gguf", "Q4_0").output
     with LlamaCppRunner(q4, n_ctx=256) as runner:
-        assert repacked()
+        assert repacked() != llamacpp.EXTRA_BUFFERS_CRASH
         tokens = runner.tokenize(botchan[:600])[:96]
         reference = runner.logits(tokens)
     for options in ({"repack": False}, {"n_ubatch": 16}):
         with LlamaCppRunner(q4, n_ctx=256, **options) as runner:
-            assert repacked() == options.get("repack", True), options
+            assert repacked() == (options.get("repack", True) and not llamacpp.EXTRA_BUFFERS_CRASH), options
             logits = runner.logits(tokens)
         assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max(), options
         assert (logits.argmax(-1) == reference.argmax(-1)).mean() > 0.95, options

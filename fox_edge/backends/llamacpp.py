@@ -62,6 +62,35 @@ def _load_backend_modules() -> None:
 _load_backend_modules()
 
 
+def _extra_buffer_types() -> list[str]:
+    """The CPU backend's extra weight buffer types (CPU_REPACK, AMX, ...): where use_extra_bufts lets llama.cpp put
+    weights. ggml's proc-address lookup is how its own tools find them."""
+    library = C.llama_cpp._lib
+    for name, restype, argtypes in (
+        ("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int]),
+        ("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p]),
+        ("ggml_backend_reg_get_proc_address", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+        ("ggml_backend_buft_name", ctypes.c_char_p, [ctypes.c_void_p]),
+    ):
+        getattr(library, name).restype, getattr(library, name).argtypes = restype, argtypes
+    device = library.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    address = device and library.ggml_backend_reg_get_proc_address(library.ggml_backend_dev_backend_reg(device), b"ggml_backend_dev_get_extra_bufts")
+    if not address:
+        return []
+    buffer_types = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)(device)
+    names = []
+    while buffer_types and buffer_types[len(names)]:
+        names.append(library.ggml_backend_buft_name(buffer_types[len(names)]).decode())
+    return names
+
+
+# llama.cpp's AMX kernels (a native build on an Intel CPU with AMX: Sapphire Rapids and later) crash the process in
+# the first matrix product of any type they take (Q4_0 to Q8_0, the k-quants, IQ4_XS), seen on this project's Xeon
+# CI machine with llama-cpp-python 0.3.36 and reported upstream (ggml-org/llama.cpp#20824, open). Where that buffer
+# type exists, no weight goes to an extra buffer type: the plain CPU kernels, a little slower, never crash.
+EXTRA_BUFFERS_CRASH = "AMX" in _extra_buffer_types()
+
+
 def _may_repack(path: Path) -> bool:
     return any(tensor.type.name in REPACKED_TYPES for tensor in gguf_tensors(path).values())
 
@@ -100,6 +129,7 @@ class LlamaCppRunner(Runner):
         model_params = C.llama_model_default_params()
         # repack: llama.cpp copies Q4_0/Q4_K/IQ4_NL weights into an interleaved layout for its faster CPU kernels
         # (anonymous memory; with mmap the file's pages stay resident beside the copy).
+        self.repack = repack = repack and not EXTRA_BUFFERS_CRASH
         model_params.use_extra_bufts = repack
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only

@@ -121,6 +121,18 @@ ggml_backend_dev_t cpu_backend() {
     return ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
 }
 
+// llama.cpp's AMX kernels (an x86 build for Sapphire Rapids or later) crash in the first matrix product of every type
+// they take (ggml-org/llama.cpp#20824, open; seen on this project's Xeon CI machine). Where the CPU backend offers
+// that buffer type, weights stay in plain CPU buffers, as fox_edge/backends/llamacpp.py does.
+bool extra_buffers_crash(ggml_backend_dev_t cpu) {
+    auto * get = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    for (ggml_backend_buffer_type_t * buft = get != nullptr ? get(cpu) : nullptr; buft != nullptr && *buft != nullptr; ++buft) {
+        if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) return true;
+    }
+    return false;
+}
+
 }  // namespace
 
 struct fox_model {
@@ -303,7 +315,7 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
         llama_model_params  model_params = llama_model_default_params();
         const json          bundle_mmap  = options.value("use_mmap", json());
         const bool          use_mmap     = params.use_mmap >= 0 ? params.use_mmap != 0 : !bundle_mmap.is_boolean() || bundle_mmap.get<bool>();
-        model_params.use_extra_bufts     = options.value("repack", true);
+        model_params.use_extra_bufts     = options.value("repack", true) && !extra_buffers_crash(cpu_backend());
         if (!use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // the default maps the file
         std::string path                = model->folder + "/" + m.at("format").at("model_path").get<std::string>();
         model->model                    = llama_model_load_from_file(path.c_str(), model_params);
