@@ -74,7 +74,9 @@ def _extra_buffer_types() -> list[str]:
     ):
         getattr(library, name).restype, getattr(library, name).argtypes = restype, argtypes
     device = library.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-    address = device and library.ggml_backend_reg_get_proc_address(library.ggml_backend_dev_backend_reg(device), b"ggml_backend_dev_get_extra_bufts")
+    address = device and library.ggml_backend_reg_get_proc_address(
+        library.ggml_backend_dev_backend_reg(device), b"ggml_backend_dev_get_extra_bufts"
+    )
     if not address:
         return []
     buffer_types = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)(device)
