@@ -75,6 +75,7 @@ class CheckReport:
     next_token_accuracy_candidate: float
     seconds: float
     failures: list[str] = field(default_factory=list)
+    stopped_early: bool = False  # over a bar beyond doubt before the end of the text (the budget search's rejections)
 
     @property
     def passed(self) -> bool:
@@ -110,8 +111,10 @@ def check_model(
     *,
     progress: Progress | None = None,
     n_threads: int | None = None,
+    stop_early: bool = False,
 ) -> CheckReport:
-    """Open both models (GGUF, ONNX folder or checkpoint folder) and score the candidate on the settings' text."""
+    """Open both models (GGUF, ONNX folder or checkpoint folder) and score the candidate on the settings' text
+    (stop_early: see check_accuracy)."""
     from fox_edge.runner import open_runner
     from fox_edge.texts import read_text
 
@@ -122,7 +125,9 @@ def check_model(
         open_runner(candidate, n_ctx=settings.context, n_threads=n_threads) as cand,
     ):
         bars = settings.bars_for(precision_of(cand))
-        return check_accuracy(cand, ref, text, n_tokens=settings.tokens, context=settings.context, bars=bars, progress=progress)
+        return check_accuracy(
+            cand, ref, text, n_tokens=settings.tokens, context=settings.context, bars=bars, stop_early=stop_early, progress=progress
+        )
 
 
 # `convert --to onnx --precision` -> precision class (float ONNX models are held to the f16 bars).
@@ -200,6 +205,12 @@ def score_chunk(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarra
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+# The budget search's early rejection: a candidate whose bound at this many standard errors is already past a bar
+# (99.9 %, two-sided) after at least EARLY_CHUNKS chunks fails the full text too, beyond reasonable doubt.
+EARLY_Z = 3.29
+EARLY_CHUNKS = 2
+
+
 def check_accuracy(
     candidate: Runner,
     reference: Runner,
@@ -208,8 +219,11 @@ def check_accuracy(
     n_tokens: int = 4096,
     context: int = 512,
     bars: Bars | None = None,
+    stop_early: bool = False,
     progress: Progress | None = None,
 ) -> CheckReport:
+    """Score `candidate` against `reference` on `text`. stop_early: stop at the first chunk after which the candidate
+    is over a bar beyond doubt (EARLY_Z standard errors past it); the report says so and covers the chunks scored."""
     started = time.monotonic()
     precision = precision_of(candidate)
     if bars is None:
@@ -225,15 +239,46 @@ def check_accuracy(
     scores: dict[str, list[np.ndarray]] = {}
     for done, chunk in enumerate(chunks, 1):
         targets = np.asarray(chunk[first + 1 :])
-        reference_logits = reference.logits(chunk)[first:-1]
-        candidate_logits = candidate.logits(chunk)[first:-1]
+        reference_logits = reference.logits(chunk, first)[:-1]
+        candidate_logits = candidate.logits(chunk, first)[:-1]
         for key, values in score_chunk(reference_logits, candidate_logits, targets).items():
             scores.setdefault(key, []).append(values)
+        scores.setdefault("targets", []).append(targets)
         if progress:
             progress(done, len(chunks), f"chunk {done}/{len(chunks)}")
+        if stop_early and EARLY_CHUNKS <= done < len(chunks) and over_beyond_doubt(scores, bars):
+            break
+    report = summarize(scores, bars, precision=precision, candidate=candidate, reference=reference, context=context)
+    report.stopped_early = report.chunks < len(chunks)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def over_beyond_doubt(scores: dict[str, list[np.ndarray]], bars: Bars) -> bool:
+    """Whether the chunks so far put the candidate past a bar by EARLY_Z standard errors, each measured both per
+    token and per chunk (the larger: neighbouring tokens' errors are correlated)."""
+
+    def bound(per_chunk: list[np.ndarray], sign: int) -> float:
+        values = np.concatenate(per_chunk)
+        chunk_means = np.array([c.mean() for c in per_chunk])
+        error = max(values.std() / math.sqrt(len(values)), chunk_means.std(ddof=1) / math.sqrt(len(chunk_means)))
+        return float(values.mean() - sign * EARLY_Z * error)
+
+    agree = [(r == c).astype(np.float64) for r, c in zip(scores["top_r"], scores["top_c"], strict=True)]
+    log_ratio = [c - r for r, c in zip(scores["nll_r"], scores["nll_c"], strict=True)]
+    return (
+        bound(scores["kld"], +1) > bars.max_kld
+        or math.exp(bound(log_ratio, +1)) > bars.max_ppl_ratio
+        or (bars.min_top1 > 0 and bound(agree, -1) < bars.min_top1)
+    )
+
+
+def summarize(
+    scores: dict[str, list[np.ndarray]], bars: Bars, *, precision: str, candidate: Runner, reference: Runner, context: int
+) -> CheckReport:
+    """The report of the scored chunks: statistics, confidence intervals and the verdict against `bars`."""
     s = {k: np.concatenate(v) for k, v in scores.items()}
     n = len(s["kld"])
-    targets_all = np.concatenate([np.asarray(c[first + 1 :]) for c in chunks])
     agree = (s["top_r"] == s["top_c"]).astype(np.float64)
     log_ratio = s["nll_c"] - s["nll_r"]
     ratio = float(np.exp(log_ratio.mean()))
@@ -243,7 +288,7 @@ def check_accuracy(
         precision=precision,
         bars=bars,
         context=context,
-        chunks=len(chunks),
+        chunks=len(scores["kld"]),
         tokens_scored=n,
         ppl_reference=float(np.exp(s["nll_r"].mean())),
         ppl_candidate=float(np.exp(s["nll_c"].mean())),
@@ -257,9 +302,9 @@ def check_accuracy(
         kld_max=float(s["kld"].max()),
         top1_agreement=float(agree.mean()),
         top1_agreement_ci95=float(1.96 * math.sqrt(agree.mean() * (1 - agree.mean()) / n)),
-        next_token_accuracy_reference=float((s["top_r"] == targets_all).mean()),
-        next_token_accuracy_candidate=float((s["top_c"] == targets_all).mean()),
-        seconds=time.monotonic() - started,
+        next_token_accuracy_reference=float((s["top_r"] == s["targets"]).mean()),
+        next_token_accuracy_candidate=float((s["top_c"] == s["targets"]).mean()),
+        seconds=0.0,
     )
     if report.kld_mean > bars.max_kld:
         report.failures.append(f"mean KLD {report.kld_mean:.4f} > {bars.max_kld}")
@@ -275,7 +320,11 @@ def format_report(report: CheckReport) -> str:
     rows = [
         ("candidate", report.candidate),
         ("reference", report.reference),
-        ("scored", f"{report.tokens_scored} tokens in {report.chunks} chunks of {report.context} (second half of each)"),
+        (
+            "scored",
+            f"{report.tokens_scored} tokens in {report.chunks} chunks of {report.context} (second half of each)"
+            + (", stopped early: over a bar beyond doubt" if report.stopped_early else ""),
+        ),
         ("perplexity", f"reference {report.ppl_reference:.4f}, candidate {report.ppl_candidate:.4f}"),
         ("perplexity ratio", f"{report.ppl_ratio:.4f} ± {report.ppl_ratio_ci95:.4f}   (bar ≤ {b.max_ppl_ratio})"),
         ("mean KLD", f"{report.kld_mean:.5f} ± {report.kld_mean_ci95:.5f}   (bar ≤ {b.max_kld})"),

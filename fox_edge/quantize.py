@@ -1,7 +1,8 @@
 """`fox-edge quantize`: a GGUF to int8/int4 with llama.cpp, calibrated if asked, and checked by default.
 
 With an accuracy budget instead of a type, it tries the candidate types (and token-embedding choices)
-from the smallest estimated file up and keeps the first that meets the budget.
+from the smallest estimated file up and keeps the first that meets the budget. A candidate over the budget
+beyond doubt after a few chunks is not scored on the rest of the text (check.check_accuracy's stop_early).
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def quantize_to_budget(
                     continue
                 bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
                 with phase(f"checking {type_name}") as bar:
-                    result_check = check_model(scratch, input_path, bars, progress=bar)
+                    result_check = check_model(scratch, input_path, bars, progress=bar, stop_early=True)
                 tried.append(
                     {
                         "type": type_name,
@@ -218,6 +219,8 @@ def quantize_to_budget(
                         "kld": result_check.kld_mean,
                         "top1": result_check.top1_agreement,
                         "ppl_ratio": result_check.ppl_ratio,
+                        "tokens": result_check.tokens_scored,
+                        "stopped_early": result_check.stopped_early,
                         "passed": result_check.passed,
                     }
                 )

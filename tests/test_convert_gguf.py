@@ -34,6 +34,19 @@ def test_logits_match_pytorch(tiny_fox1, tiny_gguf, tiny_reference, botchan, dty
     assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= min_top1
 
 
+def test_logits_from_a_position_are_the_reference_rows(tiny_fox1, tiny_gguf, tiny_reference, botchan):
+    """logits(tokens, first): only the rows the accuracy check scores, as the reference computes them."""
+    from fox_edge.backends.torch import TorchRunner
+
+    tokens = [2] + _reference_tokens(tiny_fox1, botchan[5000:6500])[:120]
+    expected = tiny_reference.logits(tokens)[70:]
+    for runner in (LlamaCppRunner(tiny_gguf["f32"], n_ctx=256, kv_type="f32", flash_attention=False), TorchRunner(tiny_fox1)):
+        with runner:
+            actual = runner.logits(tokens, 70)
+        assert actual.shape == expected.shape, runner.backend
+        assert np.abs(actual - expected).max() < 2e-3, runner.backend
+
+
 def test_greedy_continuation_matches_pytorch(tiny_fox1, tiny_gguf, tiny_reference):
     tokens = [2] + _reference_tokens(tiny_fox1, PROMPT)
     with open_runner(tiny_gguf["f32"], n_ctx=256) as runner:

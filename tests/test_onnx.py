@@ -61,6 +61,7 @@ def test_fp32_logits_and_greedy_match_pytorch(tiny_onnx, tiny_reference):
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
     assert (got.argmax(-1) == expected.argmax(-1)).all()
+    np.testing.assert_array_equal(runner.logits(PROMPT, 7), got[7:])  # the rows an accuracy check scores
     produced = list(generate_tokens(runner, PROMPT, SamplingParams.greedy(24), stop_ids=frozenset()))
     assert produced == tiny_reference.greedy(PROMPT, 24)
     assert runner.n_evaluated == 1  # each generated token reused the cache

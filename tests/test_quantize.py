@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_bad_input import assert_clean_failure, run_cli
 
-from fox_edge.check import check_accuracy, load_report, score_chunk
+from fox_edge.check import check_accuracy, check_model, load_report, score_chunk
 from fox_edge.quant.imatrix import ImportanceMatrix, calibration_chunks, compute_imatrix, load_imatrix, load_torch_model, save_imatrix
 from fox_edge.quantize import CheckSettings, quantize
 from fox_edge.runner import open_runner
@@ -276,3 +276,21 @@ def test_check_against_a_checkpoint_prints_only_fox_edges_output(tiny_gguf, tiny
     code, stderr = run_cli("check", str(tiny_gguf["f16"]), "--reference", str(tiny_fox1), "--tokens", "64")
     assert code == 0, stderr
     assert "Loading weights" not in stderr and "it/s]" not in stderr, stderr
+
+
+def test_budget_search_stops_scoring_a_candidate_over_the_budget_beyond_doubt(tiny_f16, tmp_path):
+    """The search's rejections stop after EARLY_CHUNKS chunks when the candidate is far over its bar, and the full
+    text gives the same verdict; a candidate within the bar is scored on all of it, with the figures of a plain check."""
+    from fox_edge.check import EARLY_CHUNKS
+    from fox_edge.quant.gguf import quantize_gguf
+
+    settings = CheckSettings(tokens=1024, context=256, max_kld=0.05)
+    q4 = quantize_gguf(tiny_f16, tmp_path / "q4.gguf", "Q4_0").output
+    early, full = check_model(q4, tiny_f16, settings, stop_early=True), check_model(q4, tiny_f16, settings)
+    assert early.stopped_early and early.chunks == EARLY_CHUNKS < full.chunks and not full.stopped_early, (early.chunks, full.chunks)
+    assert not early.passed and not full.passed and full.kld_mean > settings.max_kld
+    q8 = quantize_gguf(tiny_f16, tmp_path / "q8.gguf", "Q8_0").output
+    loose = CheckSettings(tokens=1024, context=256, max_kld=1.0)
+    kept, plain = check_model(q8, tiny_f16, loose, stop_early=True), check_model(q8, tiny_f16, loose)
+    assert kept.passed and not kept.stopped_early and kept.chunks == full.chunks
+    assert kept.kld_mean == plain.kld_mean and kept.ppl_ratio == plain.ppl_ratio

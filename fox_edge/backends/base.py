@@ -107,8 +107,9 @@ class Runner:
         """The token's own spelling, special tokens included (for templates and reports)."""
         raise NotImplementedError
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (len(tokens), n_vocab), float32, for a chunk evaluated from position 0 with a fresh cache."""
+    def logits(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits (len(tokens) - first, n_vocab), float32, of positions first.. of a chunk evaluated from position 0
+        with a fresh cache (the accuracy check scores a chunk's second half: the rest of the output layer is skipped)."""
         raise NotImplementedError
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:

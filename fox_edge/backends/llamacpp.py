@@ -260,8 +260,9 @@ class LlamaCppRunner(Runner):
         if self._ctx is None:
             raise FoxEdgeError(f"{self.path} was opened for its vocabulary only")
 
-    def _decode(self, tokens: Sequence[int], start: int, all_logits: bool) -> np.ndarray | None:
-        """Evaluate `tokens` at positions start.. in batches; return logits of every token or of the last."""
+    def _decode(self, tokens: Sequence[int], start: int, all_logits: bool, first: int = 0) -> np.ndarray | None:
+        """Evaluate `tokens` at positions start.. in batches; return logits of every token from tokens[first] on,
+        or of the last."""
         outputs = []
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
@@ -273,24 +274,24 @@ class LlamaCppRunner(Runner):
                 batch.pos[i] = start + offset + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
+                batch.logits[i] = (all_logits and offset + i >= first) or (last_chunk and i == len(chunk) - 1)
             status = C.llama_decode(self._ctx, batch)
             if status != 0:
                 raise FoxEdgeError(
                     f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size"
                 )
-            n_out = len(chunk) if all_logits else (1 if last_chunk else 0)
+            n_out = sum(bool(batch.logits[i]) for i in range(len(chunk)))
             if n_out:
                 pointer = C.llama_get_logits(self._ctx)
                 outputs.append(np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy())
         return np.concatenate(outputs) if outputs else None
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
         self._require_context()
         self.check_fits(len(tokens), "the chunk")
         C.llama_memory_clear(self._memory, True)
         self._cached = []
-        result = self._decode(list(tokens), 0, all_logits=True)
+        result = self._decode(list(tokens), 0, all_logits=True, first=first)
         self._cached = list(tokens)
         return result
 

@@ -296,10 +296,10 @@ class OnnxRunner(Runner):
                 outputs.append(logits.numpy()[0])
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
         self.check_fits(len(tokens), "the chunk")
         self._cached = []
-        result = self._run(tokens, 0, all_logits=True).astype(np.float32, copy=False)
+        result = self._run(tokens, 0, all_logits=True)[first:].astype(np.float32, copy=False)  # the graph computes every row
         self._cached = list(tokens)
         self.n_evaluated = len(tokens)
         return result

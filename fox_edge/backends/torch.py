@@ -83,10 +83,11 @@ class TorchRunner(Runner):
     def token_text(self, token: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(token)
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
         self.check_fits(len(tokens), "the chunk")
-        with self._torch.no_grad():
-            return self.model(self._torch.tensor([list(tokens)])).logits[0].float().numpy()
+        with self._torch.no_grad():  # logits_to_keep: the last n positions (0: all)
+            output = self.model(self._torch.tensor([list(tokens)]), logits_to_keep=len(tokens) - first if first else 0)
+            return output.logits[0].float().numpy()
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         self.check_fits(len(tokens))

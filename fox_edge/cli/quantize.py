@@ -86,5 +86,5 @@ def print_tried(rows: list[dict]) -> None:
             continue
         typer.echo(
             f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
-            f"{'meets the budget' if row['passed'] else 'over'}"
+            + ("meets the budget" if row["passed"] else f"over (after {row['tokens']} tokens)" if row["stopped_early"] else "over")
         )
