@@ -112,6 +112,13 @@ def test_imatrix_matches_an_independent_computation(tiny_f16, tiny_fox1, botchan
         np.testing.assert_allclose(matrix.sums[name], expected, rtol=1e-4)
     assert set(matrix.sums) >= {"token_embd.weight", "blk.1.ffn_down.weight", "blk.1.attn_output.weight", "blk.1.ffn_gate.weight"}
     assert matrix.sums["blk.0.ffn_down.weight"].shape == (512,)
+    # The tied output layer's input: the final hidden states of a plain forward pass, no hook involved.
+    import torch
+
+    with torch.no_grad():
+        model = load_torch_model(tiny_f16)
+        final = [model(torch.tensor([c]), output_hidden_states=True).hidden_states[-1][0].double() for c in chunks]
+    np.testing.assert_allclose(matrix.sums["token_embd.weight"], sum((h * h).sum(0) for h in final).numpy(), rtol=1e-4)
 
 
 def test_imatrix_file_round_trip(tmp_path):

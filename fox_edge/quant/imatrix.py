@@ -93,14 +93,15 @@ def compute_imatrix(
     for i, layer in enumerate(model.model.layers):
         for path, short in LINEAR_NAMES.items():
             hooks.append(layer.get_submodule(path).register_forward_pre_hook(collect(f"blk.{i}.{short}.weight")))
-    hooks.append(
-        model.lm_head.register_forward_pre_hook(collect("token_embd.weight" if model.config.tie_word_embeddings else "output.weight"))
-    )
+    # The output layer's input is the final norm's output: collected there, the vocabulary-wide logits of every position
+    # are never computed (logits_to_keep=1), a fifth of SmolLM2's forward pass and a third of Fox-1's.
+    head = collect("token_embd.weight" if model.config.tie_word_embeddings else "output.weight")
+    hooks.append(model.model.norm.register_forward_hook(lambda module, inputs, output: head(module, (output,))))
     count, started = 0, time.monotonic()
     try:
         with torch.no_grad():
             for done, chunk in enumerate(chunks, 1):
-                model(torch.tensor([list(chunk)]))
+                model(torch.tensor([list(chunk)]), logits_to_keep=1)
                 count += len(chunk)
                 if progress:
                     progress(done, len(chunks), f"{count / (time.monotonic() - started):.0f} tok/s")
