@@ -27,8 +27,20 @@ def llama_cpp_python(model: Path, settings: BenchSettings) -> dict:
     """`llama_cpp.Llama` with fox-edge's settings: context, threads, batch, and flash attention on (what
     fox-edge's default, llama.cpp's auto, chooses on CPU), so the difference is the runner's own overhead."""
     started = time.perf_counter()
+    import llama_cpp.llama_cpp as bindings
     from llama_cpp import Llama
 
+    from fox_edge.backends.llamacpp import EXTRA_BUFFERS_CRASH
+
+    if EXTRA_BUFFERS_CRASH:  # Llama has no option for it: on an AMX machine its weights load as fox-edge's do
+        defaults = bindings.llama_model_default_params
+
+        def without_extra_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        bindings.llama_model_default_params = without_extra_buffers
     threads = settings.threads or default_threads()
     llm = Llama(str(model), n_ctx=settings.n_ctx, n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False)
     load = time.perf_counter() - started
