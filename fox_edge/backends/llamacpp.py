@@ -131,7 +131,7 @@ class LlamaCppRunner(Runner):
         model_params = C.llama_model_default_params()
         # repack: llama.cpp copies Q4_0/Q4_K/IQ4_NL weights into an interleaved layout for its faster CPU kernels
         # (anonymous memory; with mmap the file's pages stay resident beside the copy).
-        self.repack = repack = repack and not EXTRA_BUFFERS_CRASH
+        repack = repack and not EXTRA_BUFFERS_CRASH
         model_params.use_extra_bufts = repack
         model_params.n_gpu_layers = default_gpu_layers() if gpu_layers is None else gpu_layers
         model_params.vocab_only = vocab_only
@@ -269,18 +269,19 @@ class LlamaCppRunner(Runner):
             last_chunk = offset + len(chunk) == len(tokens)
             batch = self._batch
             batch.n_tokens = len(chunk)
+            wanted = [(all_logits and offset + i >= first) or (last_chunk and i == len(chunk) - 1) for i in range(len(chunk))]
             for i, token in enumerate(chunk):
                 batch.token[i] = token
                 batch.pos[i] = start + offset + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = (all_logits and offset + i >= first) or (last_chunk and i == len(chunk) - 1)
+                batch.logits[i] = wanted[i]
             status = C.llama_decode(self._ctx, batch)
             if status != 0:
                 raise FoxEdgeError(
                     f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size"
                 )
-            n_out = sum(bool(batch.logits[i]) for i in range(len(chunk)))
+            n_out = sum(wanted)
             if n_out:
                 pointer = C.llama_get_logits(self._ctx)
                 outputs.append(np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab)).copy())
