@@ -16,6 +16,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+
+def pin_to_a_share_of_the_cpus() -> None:
+    """Each xdist worker runs on its own share of the CPUs, so the runners, converters and PyTorch it starts default to
+    that many threads (fox_edge.cpu.default_threads reads the affinity; PyTorch and OpenBLAS in the worker itself
+    read OMP_NUM_THREADS when they load, hence before any import here). Two workers each starting two-thread runners on two cores made the spinning
+    thread pools of llama.cpp and PyTorch wait on each other: see README, "Where a run's time goes"."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if worker.startswith("gw") and 1 < count <= len(cpus):
+        share = cpus[int(worker[2:]) % count :: count]
+        os.sched_setaffinity(0, share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(len(share)))  # PyTorch and OpenBLAS in this worker: their default ignores it
+
+
+pin_to_a_share_of_the_cpus()
+
 import numpy as np
 import pytest
 

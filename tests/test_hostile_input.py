@@ -302,21 +302,22 @@ SELF_SIGNAL = (
 )
 
 
-def children_named(text: str) -> list[str]:
-    return [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines() if text in line]
+def quantizer_children(folder: Path) -> list[str]:
+    """llama.cpp quantizer processes working in `folder` (the other xdist worker may be quantizing elsewhere)."""
+    lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in lines if "fox_edge.quant.gguf" in line and str(folder) in line]
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_signal_mid_convert_quant_leaves_nothing_and_no_child(originals, tmp_path, signal_name):
     """A signal while llama.cpp's quantizer child runs: the child is stopped, the f16 intermediate and the part file removed."""
     script = SELF_SIGNAL.format(module="fox_edge.quant.gguf", function="_follow", signal=signal_name)
-    before = children_named("fox_edge.quant.gguf")
     result = fox_edge("convert", str(originals[0]), "-o", str(tmp_path / "o.gguf"), "--quant", "Q8_0", cwd=tmp_path, script=script)
     stderr = result.stderr.decode().strip()
     assert result.returncode == (143 if signal_name == "SIGTERM" else 130), stderr
     assert stderr.splitlines()[-1] == "interrupted: nothing was written" and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
-    assert children_named("fox_edge.quant.gguf") == before
+    assert quantizer_children(tmp_path) == []
 
 
 def test_interrupted_check_says_the_model_is_written_but_unchecked(originals, tmp_path):

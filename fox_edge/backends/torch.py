@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, stop_ids
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 
 
@@ -46,8 +47,7 @@ class TorchRunner(Runner):
         checkpoint = open_checkpoint(source)
         self.path = checkpoint.path
         self._torch = torch
-        if n_threads:
-            torch.set_num_threads(n_threads)
+        torch.set_num_threads(n_threads or default_threads())  # PyTorch's own default ignores the CPU affinity
         with _quiet_transformers():  # its "Loading weights" bar would land in the middle of fox-edge's own output
             self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
             self.model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype)).eval()

@@ -227,20 +227,44 @@ def _searched_scales(
     """Per block, the (scale, zero point) with the least importance-weighted squared error among candidates: each
     candidate rounds the block to codes, then the scale (and, asymmetric, the offset; `integer_zero`: rounded to an
     integer zero point and the scale refit to it) is refit to those codes by weighted least squares. The plain
-    round-to-nearest choice is a candidate too, so the search never does worse."""
+    round-to-nearest choice is a candidate too, so the search never does worse.
+
+    The codes and residuals are computed in place: this search is most of a calibrated conversion's time."""
     top = (1 << bits) - 1
     half = 1 << (bits - 1)
-    weights = np.broadcast_to(importance, w.shape)
+    iw = importance * w
+    sum_i = np.broadcast_to(importance.sum(-1), w.shape[:2])
+    sum_iw = iw.sum(-1)
     best_error = np.full(w.shape[:2], np.inf, dtype=np.float64)
     best_scale = np.zeros(w.shape[:2], dtype=np.float32)
     best_zero = np.zeros(w.shape[:2], dtype=np.float32)
 
-    def consider(scale: np.ndarray, zero: np.ndarray) -> None:
+    def codes(scale: np.ndarray, zero: np.ndarray, centred: bool = True) -> np.ndarray:
+        """The codes _codes packs as float32, computed in place; `centred`: minus the zero point."""
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        q = w * inverse[..., None]
+        q += zero[..., None]
+        np.rint(q, out=q)
+        np.clip(q, 0, top, out=q)
+        if centred:
+            q -= zero[..., None]
+        return q
+
+    def sums(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """sum(i w q), sum(i q^2) per block, summed pairwise: einsum's running sums move the 8-bit refits."""
+        return (iw * q).sum(-1), (importance * q * q).sum(-1)
+
+    def consider(scale: np.ndarray, zero: np.ndarray, fit: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """Keep (scale, zero) where its error is the least so far; `fit`: also return its codes' sums."""
         scale = np.where(np.isfinite(scale), scale, 0).astype(np.float32)
-        codes = _codes(w, scale, zero, top).astype(np.float32) - zero[..., None]
-        error = (weights * (w - scale[..., None] * codes) ** 2).sum(-1)
+        q = codes(scale, zero)
+        fitted = sums(q) if fit else None
+        q *= -scale[..., None]
+        q += w  # the residual, whose weighted square is summed directly: expanding it cancels at 8 bits
+        error = np.einsum("bk,nbk,nbk->nb", importance, q, q)
         better = error < best_error
         best_error[better], best_scale[better], best_zero[better] = error[better], scale[better], zero[better]
+        return fitted
 
     if symmetric:
         peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]
@@ -248,9 +272,8 @@ def _searched_scales(
         consider(peak / -half, zero)
         for offset in SCALE_OFFSETS:
             scale = peak / -(half + offset)
-            q = _codes(w, scale, zero, top).astype(np.float32) - half
             # The scale that fits these codes best: sum(iw q) / sum(i q^2).
-            numerator, denominator = (weights * w * q).sum(-1), (weights * q * q).sum(-1)
+            numerator, denominator = sums(codes(scale, zero))
             consider(np.divide(numerator, denominator, out=scale.copy(), where=denominator > 0), zero)
         return best_scale, best_zero
     low, high = w.min(-1), w.max(-1)
@@ -260,22 +283,22 @@ def _searched_scales(
     for offset in SCALE_OFFSETS:
         scale = span / (top + offset)
         start_zero = _zero_point(low, scale, top, integer=False)
-        q = _codes(w, scale, start_zero, top).astype(np.float32)
+        q = codes(scale, start_zero, centred=False)
         # w ~ a q + b by weighted least squares; then scale a and zero point -b / a.
-        sw, sq, sqq = weights.sum(-1), (weights * q).sum(-1), (weights * q * q).sum(-1)
-        sx, sxq = (weights * w).sum(-1), (weights * w * q).sum(-1)
+        sxq, sqq = sums(q)
+        sq = (importance * q).sum(-1)
+        sw, sx = sum_i, sum_iw
         determinant = sw * sqq - sq * sq
         ok = determinant > 1e-20 * np.maximum(sw * sqq, 1e-30)
         a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
         b = np.divide(sqq * sx - sq * sxq, determinant, out=low.copy(), where=ok)
         a = np.where(a > 0, a, scale)
         zero = _zero_point(b, a, top, integer_zero)
-        consider(a, zero)
         if not integer_zero:
+            consider(a, zero)
             continue
+        numerator, denominator = consider(a, zero, fit=True)
         # The scale that fits the codes best around that integer zero point: sum(iw q) / sum(i q^2), q = codes - zero.
-        q = _codes(w, a, zero, top).astype(np.float32) - zero[..., None]
-        numerator, denominator = (weights * w * q).sum(-1), (weights * q * q).sum(-1)
         consider(np.divide(numerator, denominator, out=a.copy(), where=denominator > 0), zero)
     return best_scale, best_zero
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output
 
@@ -55,6 +56,8 @@ def load_torch_model(gguf_path: str | os.PathLike[str]):
             "calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)"
         ) from None
     from fox_edge.converters.gguf_to_hf import read_llama_gguf
+
+    torch.set_num_threads(default_threads())  # PyTorch's own default ignores the CPU affinity
 
     _, config, weights = read_llama_gguf(gguf_path)
     hf_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")})

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fox_edge.assets import cache_dir
-from fox_edge.testing.stages import exclusive, stage
+from fox_edge.testing.stages import exclusive, stage, whole_machine
 
 CPUS = ("cortex-a76", "cortex-a53")
 T = TypeVar("T")
@@ -208,9 +208,15 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
 
 def each_cpu(run_on: Callable[[str], T], cpus: list[str]) -> dict[str, T]:
     """`run_on(cpu)` for every emulated CPU at once: qemu-user runs the test programs here on about one core each,
-    and the CPUs' runs share nothing but the root's read-only files."""
+    and the CPUs' runs share nothing but the root's read-only files. Each pool thread may use the whole machine,
+    whatever share of it the calling test worker keeps to."""
+
+    def run_anywhere(cpu: str) -> T:
+        whole_machine()
+        return run_on(cpu)
+
     with ThreadPoolExecutor(len(cpus)) as pool:
-        return dict(zip(cpus, pool.map(run_on, cpus), strict=True))
+        return dict(zip(cpus, pool.map(run_anywhere, cpus), strict=True))
 
 
 def native_libraries(build: Path) -> list[Path]:

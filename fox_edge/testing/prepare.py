@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from fox_edge.testing import arm64, assets, native
+from fox_edge.testing.stages import whole_machine
 
 # In the order the background process prepares them, the longest chain first (the ARM64 build, then the tests under
 # qemu); tests/conftest.py says which tests wait on which.
@@ -28,6 +29,7 @@ PREPARATIONS: dict[str, Callable[[], object]] = {
 def main(names: list[str]) -> int:
     # Stopped (an interrupted test run): the builds it started stop too; they are in its process group.
     signal.signal(signal.SIGTERM, lambda *_: (signal.signal(signal.SIGTERM, signal.SIG_DFL), os.killpg(0, signal.SIGTERM)))
+    whole_machine()  # started by a test worker pinned to its share of the CPUs (tests/conftest.py); niced, it takes what they leave
     failed = 0
     for name in names:
         try:

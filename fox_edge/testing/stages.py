@@ -68,3 +68,9 @@ def read_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def whole_machine() -> None:
+    """Let this thread, and the processes it starts, run on every CPU again (a test worker pins itself to a share)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
