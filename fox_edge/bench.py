@@ -222,7 +222,12 @@ def run_child(command: list[str], what: str) -> dict:
     child = subprocess.run(command, capture_output=True, text=True)
     if child.returncode != 0:
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FoxEdgeError(f"benchmarking {what} failed: {last}")
+        try:  # the child's FoxEdgeError, whose options the CLI names as flags
+            error = json.loads(last)
+            message, options = error["error"], error["options"]
+        except (ValueError, KeyError, TypeError):
+            message, options = last, ()
+        raise FoxEdgeError(f"benchmarking {what} failed: {message}", options)
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -357,4 +362,4 @@ if __name__ == "__main__":
     try:
         print(json.dumps(measured_child(lambda: measure_once(sys.argv[1], BenchSettings.from_json(sys.argv[2])))))
     except FoxEdgeError as exc:
-        sys.exit(str(exc))
+        sys.exit(json.dumps({"error": exc.template, "options": exc.options}))

@@ -21,7 +21,7 @@ from pathlib import Path
 from fox_edge import __version__
 from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify, onnx_folder
 from fox_edge.hooks import OnMessage, ignore_message
@@ -107,14 +107,16 @@ def make_bundle(
     """Bundle `source` (a checkpoint folder or hub id: converted, quantized and checked; or a GGUF file or ONNX
     folder, with the check report stored beside it) for `target` into the new folder `output`."""
     if target not in TARGETS:
-        raise FoxEdgeError(f"unknown --target {target!r}; choose one of {', '.join(TARGETS)}")
+        raise InvalidOption(f"unknown {{target}} {target!r}; choose one of {', '.join(TARGETS)}", ["target"])
     if backend not in BACKENDS:
-        raise FoxEdgeError(f"unknown --backend {backend!r}; choose {' or '.join(BACKENDS)}")
+        raise InvalidOption(f"unknown {{backend}} {backend!r}; choose {' or '.join(BACKENDS)}", ["backend"])
     settings = TARGETS[target]
     hub_id = not Path(source).exists() and is_hub_id(str(source))
     kind = CHECKPOINT if hub_id else identify(source, (GGUF, ONNX, CHECKPOINT))
     if kind is not CHECKPOINT and (quant or precision):
-        raise FoxEdgeError(f"{source} is already converted; --quant and --precision apply when bundling a checkpoint")
+        raise InvalidOption(
+            f"{source} is already converted; {{quant}} and {{precision}} apply when bundling a checkpoint", ["quant", "precision"]
+        )
     output = check_writable(output, folder=True, inputs=[source], source_folders=[local_folder(source)])
     warnings: list[str] = []
 

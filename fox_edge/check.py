@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.backends.base import Runner
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output
 from fox_edge.hooks import Progress
 
@@ -38,6 +38,7 @@ class Bars:
 # and the perplexity ratio carry the verdict; top-1 agreement is reported, not a default bar: where the reference's
 # two likeliest tokens are near-ties, a change far below what KLD notices flips the choice (SmolLM2's Q8_0: KLD
 # 0.004, perplexity ratio 1.001, top-1 94.9 %). --min-top1 makes it a bar.
+BARS = ("max_kld", "min_top1", "max_ppl_ratio")  # the options that set the pass/fail bars
 DEFAULT_BARS = {
     "f16": Bars(max_kld=0.002, min_top1=0.0, max_ppl_ratio=1.005),
     "int8": Bars(max_kld=0.01, min_top1=0.0, max_ppl_ratio=1.02),
@@ -228,7 +229,7 @@ def check_accuracy(
     precision = precision_of(candidate)
     if bars is None:
         if precision not in DEFAULT_BARS:
-            raise FoxEdgeError(f"there are no default bars for {precision}; give --max-kld, --min-top1 and --max-ppl-ratio")
+            raise InvalidOption(f"there are no default bars for {precision}; give {{max_kld}}, {{min_top1}} and {{max_ppl_ratio}}", BARS)
         bars = DEFAULT_BARS[precision]
     context = min(context, candidate.n_ctx, reference.n_ctx)
     tokens_c, tokens_r = candidate.tokenize(text), reference.tokenize(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import InvalidOption
 
 
 def default_threads() -> int:
@@ -19,5 +19,7 @@ def check_threads(n_threads: int | None) -> int:
         return default_threads()
     cores = os.cpu_count() or 1
     if not 1 <= n_threads <= 4 * cores:
-        raise FoxEdgeError(f"--threads {n_threads} is outside 1..{4 * cores} (this machine has {cores} cores); omit it to use them all")
+        raise InvalidOption(
+            f"{{n_threads}} {n_threads} is outside 1..{4 * cores} (this machine has {cores} cores); omit it to use them all", ["n_threads"]
+        )
     return n_threads

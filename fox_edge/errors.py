@@ -1,5 +1,56 @@
-"""The one exception fox-edge raises for bad input: its message is a single line naming the problem and the fix."""
+"""fox-edge's exceptions: a small hierarchy under FoxEdgeError, so a program can tell a prompt that does not fit from
+an unknown option value or a damaged model (a server answers 400, 422 or 500 for them), while the CLI prints any of
+them as the same one line.
+
+A message names the problem and the fix in the library's words. Where it names an option, the message holds the
+option's parameter name in braces (`{n_ctx}`) and the exception lists it in `options`: str() shows the parameter
+name, the CLI the flag (fox_edge/cli/common.py: FLAGS), so `OnnxOptions(block_size=20)` is told about
+`block_size` and `fox-edge convert --block-size 20` about `--block-size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 
 class FoxEdgeError(Exception):
-    pass
+    """One line naming the problem and the fix."""
+
+    def __init__(self, message: str, options: Sequence[str] = ()):
+        self.template, self.options = message, tuple(options)
+        super().__init__(self.render(lambda option: option))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each option it names written as `name(option)` (its flag, say)."""
+        message = self.template
+        for option in self.options:
+            message = message.replace(f"{{{option}}}", name(option))
+        return message
+
+
+class InvalidOption(FoxEdgeError, ValueError):
+    """An option's value is not one fox-edge accepts, or options that do not go together."""
+
+
+class ModelError(FoxEdgeError):
+    """The model (a checkpoint, a GGUF file, an ONNX folder, a bundle) cannot be used as it is."""
+
+
+class ModelNotFound(ModelError):
+    """No model at that path or hub id."""
+
+
+class UnsupportedModel(ModelError):
+    """A well-formed model that fox-edge does not convert or run (another architecture, a RoPE scaling, a tokenizer kind)."""
+
+
+class DamagedModel(ModelError):
+    """A model whose files are truncated, corrupt or inconsistent with each other: re-download or re-create it."""
+
+
+class ContextOverflow(FoxEdgeError, ValueError):
+    """Input longer than the context the model was opened with."""
+
+
+class OutputError(FoxEdgeError):
+    """An output path that cannot be written (it would overwrite an input, exists, or its folder is missing)."""

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import OutputError
 
 
 def check_writable(
@@ -25,21 +25,21 @@ def check_writable(
     target = final.resolve()
     for given in inputs:
         if given is not None and Path(given).exists() and target == Path(given).resolve():
-            raise FoxEdgeError(f"{final} is the input {given}: writing it would destroy the input; choose another output path")
+            raise OutputError(f"{final} is the input {given}: writing it would destroy the input; choose another output path")
     for source in source_folders:
         if source is not None and Path(source).is_dir() and target.is_relative_to(Path(source).resolve()):
-            raise FoxEdgeError(f"{final} lies inside the source folder {source}, whose files it could replace; write it elsewhere")
+            raise OutputError(f"{final} lies inside the source folder {source}, whose files it could replace; write it elsewhere")
     if folder and (final.exists() or final.is_symlink()):
-        raise FoxEdgeError(f"{final} already exists; remove it or choose another output folder")
+        raise OutputError(f"{final} already exists; remove it or choose another output folder")
     if not folder and final.is_dir():
-        raise FoxEdgeError(f"{final} is a folder; give the output file's path (for example {final / 'model.gguf'})")
+        raise OutputError(f"{final} is a folder; give the output file's path (for example {final / 'model.gguf'})")
     parent = final.parent
     if parent.exists() and not parent.is_dir():
-        raise FoxEdgeError(f"cannot write {final}: {parent} is a file, not a folder; choose another output path")
+        raise OutputError(f"cannot write {final}: {parent} is a file, not a folder; choose another output path")
     if not parent.is_dir():
-        raise FoxEdgeError(f"cannot write {final}: folder {parent} does not exist; create it or choose another output path")
+        raise OutputError(f"cannot write {final}: folder {parent} does not exist; create it or choose another output path")
     if not os.access(parent, os.W_OK):
-        raise FoxEdgeError(f"cannot write {final}: folder {parent} is not writable; choose another output path")
+        raise OutputError(f"cannot write {final}: folder {parent} is not writable; choose another output path")
     return final
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import DamagedModel, FoxEdgeError, ModelNotFound, UnsupportedModel
 
 if TYPE_CHECKING:
     import gguf
@@ -94,13 +94,13 @@ def identify(path: str | os.PathLike[str], accepted: tuple[ModelFormat, ...] = F
     """The format of `path` among `accepted`, or the one error every command gives for a path it cannot take."""
     path = Path(path)
     if not path.exists():
-        raise FoxEdgeError(f"no such file or folder: {path}; convert a checkpoint with `fox-edge convert SOURCE -o MODEL`")
+        raise ModelNotFound(f"no such file or folder: {path}; convert a checkpoint with `fox-edge convert SOURCE -o MODEL`")
     for model_format in accepted:
         if model_format.recognise(path):
             return model_format
     kinds = [f.description for f in accepted if f is not CHECKPOINT]
     neither = kinds[0] if len(kinds) == 1 else f"neither {', '.join(kinds[:-1])} nor {kinds[-1]}"  # "neither a, b nor c"
-    raise FoxEdgeError(f"{path} is {'not ' if len(kinds) == 1 else ''}{neither}; convert a checkpoint with `fox-edge convert`")
+    raise UnsupportedModel(f"{path} is {'not ' if len(kinds) == 1 else ''}{neither}; convert a checkpoint with `fox-edge convert`")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _gguf_tensors(file: Path, mtime_ns: int, size: int) -> dict[str, GgufTensor]
         lib.ggml_log_set(previous, previous_data)
     if not context:
         reason = "; ".join(line.strip() for line in captured if line.strip()) or "not a GGUF header"
-        raise FoxEdgeError(f"{file} is truncated or not a GGUF file ({reason}); re-create it with `fox-edge convert`")
+        raise DamagedModel(f"{file} is truncated or not a GGUF file ({reason}); re-create it with `fox-edge convert`")
     try:
         tensors, end = {}, 0
         for i in range(lib.gguf_get_n_tensors(context)):
@@ -148,7 +148,7 @@ def _gguf_tensors(file: Path, mtime_ns: int, size: int) -> dict[str, GgufTensor]
                 n_dims=max((d + 1 for d, n in enumerate(shape) if n > 1), default=1),
             )
         if tensors and lib.gguf_get_data_offset(context) + end > size:
-            raise FoxEdgeError(
+            raise DamagedModel(
                 f"{file} is truncated: its tensors end at byte {lib.gguf_get_data_offset(context) + end:,} but the file has "
                 f"{size:,}; re-create it with `fox-edge convert`"
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 from fox_edge.check import CheckReport, CheckSettings, check_model, save_report, unchecked
 from fox_edge.converters.gguf import GgufResult, convert_to_gguf
 from fox_edge.converters.onnx import OnnxOptions, OnnxResult, check_onnx_conversion, convert_to_onnx
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import InvalidOption
 from fox_edge.files import check_writable
 from fox_edge.hooks import OnMessage, PhaseProgress, ignore_message, no_progress
 from fox_edge.quant.gguf import QuantizedFile, parse_type
@@ -69,10 +69,13 @@ def convert(
     check = check or CheckSettings()
     phase, say = progress or no_progress, on_message
     if to not in TARGETS:
-        raise FoxEdgeError(f"unknown --to {to!r}; fox-edge converts to: {', '.join(TARGETS)}")
+        raise InvalidOption(f"unknown {{to}} {to!r}; fox-edge converts to: {', '.join(TARGETS)}", ["to"])
     if to == "onnx":
         if quant or vocab_only or imatrix:
-            raise FoxEdgeError("--quant, --vocab-only and --imatrix are GGUF options; for ONNX use --precision int8 or int4")
+            raise InvalidOption(
+                "{quant}, {vocab_only} and {imatrix} are GGUF options; for ONNX use {precision} int8 or int4",
+                ["quant", "vocab_only", "imatrix", "precision"],
+            )
         result = _convert_onnx(
             source, Path(output), onnx or OnnxOptions(), ort_format, exporter, chat_template, calibration, threads, phase, say
         )
@@ -80,7 +83,9 @@ def convert(
             result.check, result.not_checked = _check(output, source, check, threads, phase, say)
     else:
         if onnx is not None or ort_format or exporter != "fox-edge":
-            raise FoxEdgeError("--precision, --ort-format and --exporter are ONNX options; add --to onnx")
+            raise InvalidOption(
+                "{precision}, {ort_format} and {exporter} are ONNX options; add {to} onnx", ["precision", "ort_format", "exporter", "to"]
+            )
         result = _convert_gguf(
             source, Path(output), dtype, vocab_only, quant, calibration, imatrix, chat_template, check, threads, phase, say
         )
@@ -92,7 +97,9 @@ def _convert_gguf(
 ) -> ConvertResult:
     if quant is None:
         if calibration or imatrix:
-            raise FoxEdgeError("--calibration and --imatrix go with --quant TYPE (they calibrate the quantization)")
+            raise InvalidOption(
+                "{calibration} and {imatrix} go with {quant} TYPE (they calibrate the quantization)", ["calibration", "imatrix", "quant"]
+            )
         with phase("converting") as progress:
             conversion = convert_to_gguf(
                 source, output, dtype, vocab_only=vocab_only, chat_template=chat_template, progress=progress, on_message=say
@@ -100,7 +107,7 @@ def _convert_gguf(
         say(_wrote_gguf(conversion))
         return ConvertResult(output=output, format="gguf", conversion=conversion)
     if vocab_only:
-        raise FoxEdgeError("--vocab-only writes no weights to quantize; drop --quant")
+        raise InvalidOption("{vocab_only} writes no weights to quantize; drop {quant}", ["vocab_only", "quant"])
     parse_type(quant)
     check_writable(output, source_folders=[local_folder(source)])
     intermediate = output.with_name(f".{output.name}.{dtype}-{os.getpid()}.gguf")
@@ -130,12 +137,15 @@ def _wrote_gguf(conversion: GgufResult) -> str:
 
 def _convert_onnx(source, output, options, ort_format, exporter, chat_template, calibration, threads, phase, say) -> ConvertResult:
     if exporter not in EXPORTERS:
-        raise FoxEdgeError(f"unknown --exporter {exporter!r}; choose {' or '.join(EXPORTERS)}")
+        raise InvalidOption(f"unknown {{exporter}} {exporter!r}; choose {' or '.join(EXPORTERS)}", ["exporter"])
     if exporter == "optimum":
         from fox_edge.converters.optimum import convert_with_optimum
 
         if ort_format or chat_template is not None or calibration not in (None, "none"):
-            raise FoxEdgeError("--ort-format, --chat-template and --calibration go with fox-edge's own exporter; drop --exporter optimum")
+            raise InvalidOption(
+                "{ort_format}, {chat_template} and {calibration} go with fox-edge's own exporter; drop {exporter} optimum",
+                ["ort_format", "chat_template", "calibration", "exporter"],
+            )
         conversion = convert_with_optimum(source, output, options, on_message=say)
         say(
             f"wrote {conversion.output}: {conversion.precision} (optimum-onnx graph) in {conversion.seconds:.1f} s; "
@@ -150,7 +160,10 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
         calibration = None
     if calibration is not None:
         if options.precision not in ("int8", "int4"):
-            raise FoxEdgeError(f"--calibration chooses int8 / int4 block scales; --precision {options.precision} has none: drop it")
+            raise InvalidOption(
+                f"{{calibration}} chooses int8 / int4 block scales; {{precision}} {options.precision} has none: drop it",
+                ["calibration", "precision"],
+            )
         from fox_edge.quant.imatrix import checkpoint_importance
 
         say(f"calibrating on {calibration}: the importance of every input column, through the checkpoint in PyTorch")

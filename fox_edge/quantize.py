@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.check import Bars, CheckReport, CheckSettings, check_model, save_report, unchecked
-from fox_edge.errors import FoxEdgeError
+from fox_edge.check import BARS, Bars, CheckReport, CheckSettings, check_model, save_report, unchecked
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import check_writable
 from fox_edge.formats import gguf_tensors
 from fox_edge.hooks import OnMessage, PhaseProgress, Progress, ignore_message, no_progress
@@ -181,7 +181,7 @@ def quantize_to_budget(
     phase = progress or no_progress
     input_path, output = Path(input_path), Path(output)
     if check.max_kld is None and check.min_top1 is None and check.max_ppl_ratio is None:
-        raise FoxEdgeError("an accuracy budget needs --max-kld, --min-top1 or --max-ppl-ratio (or give --type)")
+        raise InvalidOption("an accuracy budget needs {max_kld}, {min_top1} or {max_ppl_ratio} (or give {type})", [*BARS, "type"])
     budget = Bars(
         max_kld=check.max_kld if check.max_kld is not None else math.inf,
         min_top1=check.min_top1 if check.min_top1 is not None else 0.0,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fox_edge.backends.base import Runner
 from fox_edge.cpu import check_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.sampling import Sampler, SamplingParams
 from fox_edge.template import render
@@ -160,9 +160,9 @@ def open_runner(
     n_ctx = DEFAULT_CONTEXT if n_ctx is None else n_ctx
     n_threads = check_threads(n_threads)
     if n_ctx < MIN_CONTEXT and n_ctx != 0:  # 0: the model's own context length
-        raise FoxEdgeError(f"--ctx-size {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context")
+        raise InvalidOption(f"{{n_ctx}} {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context", ["n_ctx"])
     if device not in DEVICES:
-        raise FoxEdgeError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise InvalidOption(f"unknown {{device}} {device!r}; choose one of {', '.join(DEVICES)}", ["device"])
     if model_format is GGUF:
         from fox_edge.backends.llamacpp import LlamaCppRunner, device_gpu_layers
 
@@ -181,7 +181,7 @@ def open_runner(
         else:
             assert model_format is CHECKPOINT
             if device == "gpu":
-                raise FoxEdgeError("the PyTorch reference runs on the CPU here; drop --device gpu")
+                raise InvalidOption("the PyTorch reference runs on the CPU here; drop {device} gpu", ["device"])
             from fox_edge.backends.torch import TorchRunner
 
             runner = TorchRunner(model, n_ctx=n_ctx, n_threads=n_threads)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import InvalidOption
 
 
 @dataclass(kw_only=True)
@@ -39,7 +39,7 @@ class SamplingParams:
         )
         for name, valid, wanted in checks:
             if not valid:
-                raise FoxEdgeError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it takes {wanted}")
+                raise InvalidOption(f"{{{name}}} is {getattr(self, name)}; it takes {wanted}", [name])
 
     @classmethod
     def greedy(cls, max_tokens: int = 512) -> SamplingParams:

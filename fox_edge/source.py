@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import DamagedModel, FoxEdgeError, ModelNotFound, UnsupportedModel
 from fox_edge.spec import SUPPORTED_ARCHITECTURES, LlamaShape
 
 # What a conversion needs from a hub repository (weights, config, tokenizer); never pickles.
@@ -42,7 +42,7 @@ def resolve(source: str | os.PathLike[str], progress: bool = True) -> tuple[Path
         return path, None
     text = str(source)
     if not is_hub_id(text):
-        raise FoxEdgeError(f"no such folder: {text}; give a Hugging Face checkpoint folder or a hub id like tensoropera/Fox-1-1.6B")
+        raise ModelNotFound(f"no such folder: {text}; give a Hugging Face checkpoint folder or a hub id like tensoropera/Fox-1-1.6B")
     return _download(text, progress), text
 
 
@@ -74,7 +74,7 @@ def _download(repo_id: str, progress: bool) -> Path:
             "connect to the internet once, or pass a local checkpoint folder"
         ) from None
     except RepositoryNotFoundError:
-        raise FoxEdgeError(f"hub repository {repo_id} does not exist or needs a login (huggingface-cli login)") from None
+        raise ModelNotFound(f"hub repository {repo_id} does not exist or needs a login (huggingface-cli login)") from None
     except (HfHubHTTPError, OSError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FoxEdgeError(f"cannot download {repo_id}: {first_line}; check the connection or pass a local folder") from None
@@ -98,17 +98,17 @@ FIX_CONFIG = "fix config.json or re-download the checkpoint"
 def _config_int(config: dict, key: str, default: int | None = None) -> int:
     value = config.get(key, default)
     if value is None:
-        raise FoxEdgeError(f"config.json lacks {key}; is this a complete Llama checkpoint?")
+        raise DamagedModel(f"config.json lacks {key}; is this a complete Llama checkpoint?")
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise FoxEdgeError(f"config.json: {key} is {value!r}, not a whole number; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: {key} is {value!r}, not a whole number; {FIX_CONFIG}")
     if not 1 <= value <= CONFIG_INTEGERS[key]:
-        raise FoxEdgeError(f"config.json: {key} is {value}, outside 1..{CONFIG_INTEGERS[key]:,}; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: {key} is {value}, outside 1..{CONFIG_INTEGERS[key]:,}; {FIX_CONFIG}")
     return int(value)
 
 
 def _config_float(config: dict, key: str, value, highest: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= highest:
-        raise FoxEdgeError(f"config.json: {key} is {value!r}, not a number in (0, {highest:g}]; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: {key} is {value!r}, not a number in (0, {highest:g}]; {FIX_CONFIG}")
     return float(value)
 
 
@@ -119,18 +119,18 @@ def read_shape(config: dict) -> LlamaShape:
         rope_theta = (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     rope_scaling = config.get("rope_scaling") or (config.get("rope_parameters") or {})
     if not isinstance(rope_scaling, dict):
-        raise FoxEdgeError(f"config.json: rope_scaling is {rope_scaling!r}, not an object; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: rope_scaling is {rope_scaling!r}, not an object; {FIX_CONFIG}")
     rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
     if rope_type not in ("default", None):
-        raise FoxEdgeError(f"RoPE scaling '{rope_type}' is not supported yet; fox-edge converts models with plain RoPE")
+        raise UnsupportedModel(f"RoPE scaling '{rope_type}' is not supported yet; fox-edge converts models with plain RoPE")
     n_heads = _config_int(config, "num_attention_heads")
     n_kv_heads = _config_int(config, "num_key_value_heads", n_heads)
     hidden_size = _config_int(config, "hidden_size")
     head_dim = _config_int(config, "head_dim") if config.get("head_dim") is not None else None
     if n_heads % n_kv_heads:
-        raise FoxEdgeError(f"config.json: {n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: {n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads; {FIX_CONFIG}")
     if head_dim is None and hidden_size % n_heads:
-        raise FoxEdgeError(f"config.json: hidden_size {hidden_size} is not a multiple of {n_heads} attention heads; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: hidden_size {hidden_size} is not a multiple of {n_heads} attention heads; {FIX_CONFIG}")
     shape = LlamaShape(
         hidden_size=hidden_size,
         intermediate_size=_config_int(config, "intermediate_size"),
@@ -145,7 +145,7 @@ def read_shape(config: dict) -> LlamaShape:
         head_dim=head_dim,
     )
     if shape.head_size % 2:
-        raise FoxEdgeError(f"config.json: the head size {shape.head_size} is odd; rotary embeddings need an even one; {FIX_CONFIG}")
+        raise DamagedModel(f"config.json: the head size {shape.head_size} is odd; rotary embeddings need an even one; {FIX_CONFIG}")
     return shape
 
 
@@ -181,7 +181,7 @@ def open_checkpoint(source: str | os.PathLike[str], progress: bool = True, weigh
     architectures = config.get("architectures") or [config.get("model_type", "unknown")]
     architectures = [str(a) for a in architectures] if isinstance(architectures, list) else [str(architectures)]
     if not any(a in SUPPORTED_ARCHITECTURES for a in architectures) or config.get("model_type", "llama") != "llama":
-        raise FoxEdgeError(
+        raise UnsupportedModel(
             f"{path} is a {'/'.join(architectures)} (model_type {config.get('model_type')!r}) checkpoint; "
             f"fox-edge converts {', '.join(SUPPORTED_ARCHITECTURES)} models such as Fox-1"
         )

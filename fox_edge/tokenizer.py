@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import DamagedModel, FoxEdgeError
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.source import Checkpoint
 from fox_edge.spec import END_OF_TURN_TOKENS, FOX1_CHAT_TEMPLATE, is_fox1_vocab
@@ -81,9 +81,9 @@ def _from_sentencepiece(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab:
     try:
         proto.ParseFromString(checkpoint.tokenizer_model.read_bytes())
     except Exception:  # protobuf's DecodeError
-        raise FoxEdgeError(f"{checkpoint.tokenizer_model} is not a SentencePiece model; re-download it") from None
+        raise DamagedModel(f"{checkpoint.tokenizer_model} is not a SentencePiece model; re-download it") from None
     if not proto.pieces:
-        raise FoxEdgeError(f"{checkpoint.tokenizer_model} holds no pieces; re-download it")
+        raise DamagedModel(f"{checkpoint.tokenizer_model} holds no pieces; re-download it")
     normalizer = proto.normalizer_spec
     if normalizer.name not in ("identity", "") or normalizer.precompiled_charsmap:
         on_message(
@@ -114,9 +114,9 @@ def _from_tokenizer_json(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab
         model = data["model"]
         model_type, token_ids = model["type"], model["vocab"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise FoxEdgeError(f"{path} is not a Hugging Face tokenizers file; re-download it") from None
+        raise DamagedModel(f"{path} is not a Hugging Face tokenizers file; re-download it") from None
     if not isinstance(token_ids, dict) or not token_ids:
-        raise FoxEdgeError(f"{path} has an empty vocabulary; re-download the tokenizer files")
+        raise DamagedModel(f"{path} has an empty vocabulary; re-download the tokenizer files")
     vocab_size = checkpoint.shape.vocab_size
     for token_id in token_ids.values():
         _check_id(token_id, vocab_size, path.name)
@@ -127,7 +127,7 @@ def _from_tokenizer_json(checkpoint: Checkpoint, on_message: OnMessage) -> Vocab
     try:
         added = {_check_id(t["id"], vocab_size, path.name): t for t in data.get("added_tokens", [])}
     except (KeyError, TypeError):
-        raise FoxEdgeError(f"{path}: an added token lacks its id or content; re-download it") from None
+        raise DamagedModel(f"{path}: an added token lacks its id or content; re-download it") from None
     size = max([*token_ids.values(), *added.keys()]) + 1
     tokens = [f"[PAD{i}]" for i in range(size)]
     for text, index in token_ids.items():
@@ -250,7 +250,7 @@ def _apply_added_tokens(vocab: Vocab, tokenizer_config: dict, size: int) -> None
         try:
             index, content = _check_id(int(key), size, "tokenizer_config.json"), str(token["content"])
         except (KeyError, TypeError, ValueError):
-            raise FoxEdgeError(f"tokenizer_config.json: added token {key!r} is malformed; re-download it") from None
+            raise DamagedModel(f"tokenizer_config.json: added token {key!r} is malformed; re-download it") from None
         if index >= len(vocab.tokens):
             vocab.tokens.extend(f"[PAD{i}]" for i in range(len(vocab.tokens), index + 1))
             vocab.scores.extend([0.0] * (index + 1 - len(vocab.scores)))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import DamagedModel
 from fox_edge.spec import LlamaShape
 
 # safetensors dtype -> numpy storage dtype; BF16 is stored as uint16 and widened by `to_float32`.
@@ -60,16 +60,16 @@ def read_header(file: Path) -> list[TensorRef]:
     with file.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise FoxEdgeError(f"{file} is truncated ({size} bytes): re-download or re-save the checkpoint")
+            raise DamagedModel(f"{file} is truncated ({size} bytes): re-download or re-save the checkpoint")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > min(size - 8, 100_000_000):
-            raise FoxEdgeError(f"{file} is truncated or not a safetensors file (header of {header_len} bytes); re-download it")
+            raise DamagedModel(f"{file} is truncated or not a safetensors file (header of {header_len} bytes); re-download it")
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise FoxEdgeError(f"{file} has a corrupt safetensors header; re-download it") from None
+            raise DamagedModel(f"{file} has a corrupt safetensors header; re-download it") from None
     if not isinstance(header, dict):
-        raise FoxEdgeError(f"{file} has a corrupt safetensors header; re-download it")
+        raise DamagedModel(f"{file} has a corrupt safetensors header; re-download it")
     data_start = 8 + header_len
     refs = []
     for name, info in header.items():
@@ -80,24 +80,24 @@ def read_header(file: Path) -> list[TensorRef]:
             if not all(isinstance(n, int) and n >= 0 for n in (begin, end, *shape)) or begin > end:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise FoxEdgeError(f"{file}: the header entry of tensor {name} is malformed; re-download the checkpoint") from None
+            raise DamagedModel(f"{file}: the header entry of tensor {name} is malformed; re-download the checkpoint") from None
         if dtype not in FLOAT_DTYPES:
-            raise FoxEdgeError(
+            raise DamagedModel(
                 f"{file}: tensor {name} is {dtype}; a checkpoint's weights are {', '.join(FLOAT_DTYPES)}: re-save it in float"
             )
         ref = TensorRef(name, dtype, shape, file, data_start + begin, data_start + end)
         itemsize = np.dtype(STORAGE_DTYPES[ref.dtype]).itemsize
         if ref.nbytes != ref.n_elements * itemsize:
-            raise FoxEdgeError(f"{file}: tensor {name} has {ref.nbytes} bytes for shape {ref.shape}; the file is corrupt, re-download it")
+            raise DamagedModel(f"{file}: tensor {name} has {ref.nbytes} bytes for shape {ref.shape}; the file is corrupt, re-download it")
         if ref.end > size:
-            raise FoxEdgeError(f"{file} is truncated: tensor {name} ends at byte {ref.end} but the file has {size}; re-download it")
+            raise DamagedModel(f"{file} is truncated: tensor {name} ends at byte {ref.end} but the file has {size}; re-download it")
         refs.append(ref)
     # The data buffer is laid out tensor after tensor: overlapping spans would make two weights share bytes.
     position = data_start
     for ref in sorted(refs, key=lambda r: (r.start, r.end)):
         if ref.start != position:
             problem = "overlaps the tensor before it" if ref.start < position else "leaves a gap before it"
-            raise FoxEdgeError(f"{file}: tensor {ref.name} {problem} (byte {ref.start}); the file is corrupt, re-download it")
+            raise DamagedModel(f"{file}: tensor {ref.name} {problem} (byte {ref.start}); the file is corrupt, re-download it")
         position = ref.end
     return refs
 
@@ -190,9 +190,9 @@ def check_llama_tensors(weights: SafetensorsWeights, shape: LlamaShape) -> None:
         }
     for name, dims in expected.items():
         if name not in weights:
-            raise FoxEdgeError(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint: re-download it")
+            raise DamagedModel(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint: re-download it")
         if tuple(weights.refs[name].shape) != dims:
-            raise FoxEdgeError(
+            raise DamagedModel(
                 f"tensor {name} is {list(weights.refs[name].shape)}, config.json implies {list(dims)}; the checkpoint and its config disagree"
             )
 

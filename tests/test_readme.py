@@ -1,5 +1,9 @@
 """The README's commands, as a new user runs them: every line of its Use, Quantize and ONNX sections, on the demo
-model (SmolLM2-135M-Instruct, which `./dev demo` prepares) in place of Fox-1, with each command's defaults."""
+model (SmolLM2-135M-Instruct, which `./dev demo` prepares) in place of Fox-1, with each command's defaults.
+
+The lines are split into tests the two workers share: a line that reads only the checkpoint or the first line's f16
+GGUF is a test of its own (the f16 conversion takes seconds and runs again for each), and a line that reads what
+another line wrote (`chat fox1-int4` after the ONNX conversion) runs in that line's test, after it."""
 
 from __future__ import annotations
 
@@ -32,25 +36,61 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def test_readme_commands_run_on_the_demo_model(smollm2, tmp_path):
-    commands = readme_commands()
-    assert len(commands) >= 10 and any("--max-kld" in c for c in commands)
+def writes(command: str) -> set[str]:
+    return set(re.findall(r"(?:-o|>)\s+(\S+)", command))
+
+
+def reads_from(commands: list[str], index: int) -> list[int]:
+    """The earlier lines that write what line `index` reads: the latest writer of each file it names."""
+    writers = []
+    for name in set(commands[index].split()) - writes(commands[index]):
+        writers += [i for i in range(index) if name in writes(commands[i])][-1:]
+    return sorted(writers)
+
+
+def grouped(commands: list[str]) -> list[list[int]]:
+    """The lines of each test, in README order."""
+    groups: list[list[int]] = []
+    group_of: dict[int, int] = {}
+    for index in range(len(commands)):
+        after = [i for i in reads_from(commands, index) if i != 0]
+        if not after:
+            groups.append([])
+        group_of[index] = group_of[max(after)] if after else len(groups) - 1
+        groups[group_of[index]].append(index)
+    return groups
+
+
+COMMANDS = readme_commands()
+GROUPS = grouped(COMMANDS)
+
+
+def test_the_readme_shows_every_step():
+    assert len(COMMANDS) >= 10 and any("--max-kld" in c for c in COMMANDS)
+    assert sorted(i for group in GROUPS for i in group) == list(range(len(COMMANDS)))
+    onnx = COMMANDS.index(next(c for c in COMMANDS if "-o fox1-int4 " in f"{c} "))
+    assert [onnx, COMMANDS.index("fox-edge chat fox1-int4")] in GROUPS
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=[f"{g[0]:02d} {COMMANDS[g[0]].split()[1]}" for g in GROUPS])
+def test_readme_command_runs_on_the_demo_model(group, smollm2, tmp_path):
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "XDG_STATE_HOME": str(tmp_path)}
-    outputs = {}
-    for command in commands:
+
+    def run(command: str) -> subprocess.CompletedProcess:
         for name in CHECKPOINT_NAMES:
             command = command.replace(name, str(smollm2))
-        run = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, input="Hello!\n", capture_output=True, text=True, timeout=1200)
-        assert run.returncode == 0, (command, run.stderr[-3000:])
-        assert "Traceback" not in run.stderr, (command, run.stderr[-3000:])
-        outputs[command] = run
-    # The accuracy budget picks a file and prints the table it chose from.
-    (budget,) = [c for c in outputs if "--max-kld" in c]
-    table = outputs[budget].stdout
-    assert "meets the budget" in table, table
-    chosen = re.search(r"-o (\S+)", budget)[1]
-    assert (tmp_path / chosen).is_file()
-    # Quantized models carry their check: PASS on the default bars, with no warning.
-    for command, run in outputs.items():
-        if re.search(r"--type|--quant |--precision int", command):
-            assert "PASS" in run.stdout and "warning:" not in run.stderr, (command, run.stdout[-2000:], run.stderr[-2000:])
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, input="Hello!\n", capture_output=True, text=True, timeout=1200
+        )
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, (command, result.stderr[-3000:])
+        return result
+
+    for index in [*reads_from(COMMANDS, group[0]), *group]:
+        command = COMMANDS[index]
+        result = run(command)
+        if "--max-kld" in command:  # the accuracy budget picks a file and prints the table it chose from
+            assert "meets the budget" in result.stdout, result.stdout
+            assert (tmp_path / re.search(r"-o (\S+)", command)[1]).is_file()
+        if re.search(r"--type|--quant |--precision int", command):  # quantized models carry their check: PASS on the default bars
+            assert "PASS" in result.stdout and "warning:" not in result.stderr, (command, result.stdout[-2000:], result.stderr[-2000:])

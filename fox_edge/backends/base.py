@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import ContextOverflow
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 
@@ -123,8 +123,8 @@ class Runner:
         """The one "does not fit the context" check: `n_tokens` plus `room` (tokens still to come) must fit n_ctx."""
         if n_tokens + room > self.n_ctx:
             allows = " allows with room for a reply" if n_tokens <= self.n_ctx else ""
-            raise FoxEdgeError(
-                f"{what} is {n_tokens} tokens, longer than the {self.n_ctx}-token context{allows}; shorten it or raise --ctx-size"
+            raise ContextOverflow(
+                f"{what} is {n_tokens} tokens, longer than the {self.n_ctx}-token context{allows}; shorten it or raise {{n_ctx}}", ["n_ctx"]
             )
 
     def __enter__(self):

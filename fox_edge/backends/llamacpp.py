@@ -19,7 +19,7 @@ import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids
 from fox_edge.cpu import default_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.formats import gguf_tensors
 
 # The weight types llama.cpp's CPU backend may copy into its interleaved layouts for faster kernels
@@ -187,7 +187,7 @@ class LlamaCppRunner(Runner):
         ctx_params.n_threads = ctx_params.n_threads_batch = n_threads or default_threads()
         ctx_params.no_perf = True
         if kv_type not in KV_TYPES:
-            raise FoxEdgeError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+            raise InvalidOption(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         ctx_params.type_k = ctx_params.type_v = KV_TYPES[kv_type]
         # None: llama.cpp decides (on CPU it uses flash attention, which rounds K and V to f16 on the way).
         ctx_params.flash_attn_type = {None: -1, False: 0, True: 1}[flash_attention]

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Terminated, Threads, errors, open_for_text, sampling_options, say
+from fox_edge.cli.common import ChatTemplate, CtxSize, Device, Terminated, Threads, errors, message, open_for_text, sampling_options, say
 from fox_edge.errors import FoxEdgeError
 
 QUIT = ("/bye", "/quit", "/exit")
@@ -122,7 +122,7 @@ def reply(session, text: str) -> None:
         say("\n[reply stopped]")
         return
     except FoxEdgeError as exc:
-        say(f"error: {exc}")
+        say(f"error: {message(exc)}")
         return
     stats = session.last_stats
     sys.stdout.write("\n")

@@ -30,6 +30,20 @@ def say(message: str) -> None:
         typer.echo(message, err=True)
 
 
+# The library names an option by its parameter; the CLI by its flag, which is `--` and the name with dashes unless
+# listed here (fox_edge/errors.py).
+FLAGS = {"n_ctx": "--ctx-size", "n_threads": "--threads"}
+
+
+def flag(option: str) -> str:
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def message(exc: FoxEdgeError) -> str:
+    """The error's one line as the CLI says it: options named by their flags."""
+    return exc.render(flag)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a service manager, a closing terminal), raised where Ctrl-C would be so the same cleanup runs."""
 
@@ -50,7 +64,7 @@ def errors() -> Iterator[None]:
     try:
         yield
     except FoxEdgeError as exc:
-        say(f"error: {exc}")
+        say(f"error: {message(exc)}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:
         # A KeyboardInterrupt raised by fox-edge itself says what is on disk (an unchecked quantization, say).

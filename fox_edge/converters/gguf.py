@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import DamagedModel, FoxEdgeError, InvalidOption, UnsupportedModel
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.source import Checkpoint, local_folder, open_checkpoint
@@ -80,7 +80,7 @@ def plan_tensors(weights: SafetensorsWeights, shape: LlamaShape, tensor_type: gg
             continue  # tied: llama.cpp reads the output projection from token_embd
         name = names.get_name(source, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise FoxEdgeError(f"tensor {source} has no llama.cpp name; the checkpoint is not a plain Llama model")
+            raise UnsupportedModel(f"tensor {source} has no llama.cpp name; the checkpoint is not a plain Llama model")
         ref = weights.refs[source]
         permute = shape.n_heads if name.endswith("attn_q.weight") else shape.n_kv_heads if name.endswith("attn_k.weight") else 0
         kind = tensor_type if len(ref.shape) >= 2 and not name.endswith("_norm.weight") else Q.F32
@@ -88,7 +88,7 @@ def plan_tensors(weights: SafetensorsWeights, shape: LlamaShape, tensor_type: gg
     expected = {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.attn_q.weight" for i in range(shape.n_layers)}
     missing = expected - {p.name for p in plans}
     if missing:
-        raise FoxEdgeError(f"the checkpoint lacks {', '.join(sorted(missing)[:3])}: its safetensors are incomplete; re-download it")
+        raise DamagedModel(f"the checkpoint lacks {', '.join(sorted(missing)[:3])}: its safetensors are incomplete; re-download it")
     return plans
 
 
@@ -167,7 +167,7 @@ def convert_to_gguf(
 
     `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each."""
     if dtype not in DTYPES:
-        raise FoxEdgeError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise InvalidOption(f"unknown {{dtype}} {dtype!r}; choose one of {', '.join(DTYPES)}", ["dtype"])
     tensor_type, file_type = DTYPES[dtype]
     started = time.monotonic()
     check_writable(output, source_folders=[local_folder(source)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import UnsupportedModel
 from fox_edge.files import atomic_output
 from fox_edge.formats import open_gguf
 from fox_edge.tokenizer import BPE_PRE_TOKENIZERS, CONTROL, USER_DEFINED
@@ -56,7 +56,7 @@ def read_llama_gguf(gguf_path: str | os.PathLike[str]) -> tuple[gguf.GGUFReader,
     """(reader, config.json dict, lazy (Hugging Face name, float32 weight) pairs) of a llama-architecture GGUF."""
     reader = open_gguf(gguf_path)
     if _field(reader, "general.architecture") != "llama":
-        raise FoxEdgeError(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; fox-edge reads llama GGUFs")
+        raise UnsupportedModel(f"{gguf_path} is a {_field(reader, 'general.architecture')} model; fox-edge reads llama GGUFs")
     a = "llama."
     n_layers = _field(reader, a + "block_count")
     n_heads, n_kv_heads = _field(reader, a + "attention.head_count"), _field(reader, a + "attention.head_count_kv")
@@ -128,7 +128,7 @@ def _bpe_tokenizer_json(reader: gguf.GGUFReader, tokens: list[str], types: list[
     pre = _field(reader, "tokenizer.ggml.pre", "default")
     pre_tokenizer = next((json_form for name, json_form in BPE_PRE_TOKENIZERS.values() if name == pre), None)
     if model != "gpt2" or pre_tokenizer is None:
-        raise FoxEdgeError(f"writing a tokenizer.json for a {model}/{pre} GGUF tokenizer is not supported; only byte-level BPE ones")
+        raise UnsupportedModel(f"writing a tokenizer.json for a {model}/{pre} GGUF tokenizer is not supported; only byte-level BPE ones")
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     return {
         "version": "1.0",

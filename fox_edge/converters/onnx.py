@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from fox_edge.cpu import default_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import (
     GENAI_CONFIG,
@@ -751,16 +751,19 @@ def convert_to_onnx(
 
 def _precision(options: OnnxOptions) -> Precision:
     if options.precision not in PRECISIONS:
-        raise FoxEdgeError(f"unknown --precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    for flag, block in (("--block-size", options.block_size), ("--embedding-block-size", options.embedding_block_size)):
+        raise InvalidOption(f"unknown {{precision}} {options.precision!r}; choose one of {', '.join(PRECISIONS)}", ["precision"])
+    for option, block in (("block_size", options.block_size), ("embedding_block_size", options.embedding_block_size)):
         if block is not None and (block < 16 or block & (block - 1)):
-            raise FoxEdgeError(f"{flag} {block} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128")
+            raise InvalidOption(
+                f"{{{option}}} {block} is not a power of two of at least 16 (MatMulNBits' rule); use 32, 64 or 128", [option]
+            )
     if options.accuracy_level not in ACCURACY_LEVELS:
-        raise FoxEdgeError(
-            f"--accuracy-level {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice"
+        raise InvalidOption(
+            f"{{accuracy_level}} {options.accuracy_level} is not one of {ACCURACY_LEVELS}; 4 (int8 compute) is the fast CPU choice",
+            ["accuracy_level"],
         )
     if options.embedding_bits not in (None, 4, 8):
-        raise FoxEdgeError(f"--embedding-bits {options.embedding_bits} is not 4 or 8")
+        raise InvalidOption(f"{{embedding_bits}} {options.embedding_bits} is not 4 or 8", ["embedding_bits"])
     return PRECISIONS[options.precision]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.converters.onnx import OnnxOptions, OnnxResult
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import ONNX_DATA, ONNX_MODEL
 from fox_edge.hooks import OnMessage, ignore_message
@@ -69,7 +69,7 @@ def convert_with_optimum(
 
     options = options or OnnxOptions()
     if options.precision not in ("fp32", "int8", "int4"):
-        raise FoxEdgeError(f"--exporter optimum writes fp32, int8 or int4, not {options.precision!r}")
+        raise InvalidOption(f"{{exporter}} optimum writes fp32, int8 or int4, not {options.precision!r}", ["exporter"])
     started = time.monotonic()
     check_writable(output, folder=True, source_folders=[local_folder(source)])
     checkpoint = open_checkpoint(source)

@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 
 from fox_edge.cpu import check_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import gguf_tensors
 
@@ -69,7 +69,7 @@ class QuantizedFile:
 def parse_type(name: str) -> QuantType:
     key = name.upper()
     if key not in QUANT_TYPES:
-        raise FoxEdgeError(f"unknown quantization type {name!r}; choose one of {', '.join(QUANT_TYPES)}")
+        raise InvalidOption(f"unknown quantization type {name!r}; choose one of {', '.join(QUANT_TYPES)}")
     return QUANT_TYPES[key]
 
 
@@ -78,7 +78,7 @@ def parse_tensor_type(name: str | None, option: str) -> gguf.GGMLQuantizationTyp
         return None
     key = name.upper()
     if key not in TENSOR_TYPES:
-        raise FoxEdgeError(f"unknown {option} {name!r}; choose one of {', '.join(TENSOR_TYPES)}")
+        raise InvalidOption(f"unknown {option} {name!r}; choose one of {', '.join(TENSOR_TYPES)}")
     return TENSOR_TYPES[key][0]
 
 
