@@ -233,8 +233,8 @@ def _searched_scales(
     top = (1 << bits) - 1
     half = 1 << (bits - 1)
     iw = importance * w
-    sum_i = np.broadcast_to(importance.sum(-1), w.shape[:2])
-    sum_iw = iw.sum(-1)
+    sw = np.broadcast_to(importance.sum(-1), w.shape[:2])  # sum(i), sum(i w) per block: the refits' constants
+    sx = iw.sum(-1)
     best_error = np.full(w.shape[:2], np.inf, dtype=np.float64)
     best_scale = np.zeros(w.shape[:2], dtype=np.float32)
     best_zero = np.zeros(w.shape[:2], dtype=np.float32)
@@ -287,7 +287,6 @@ def _searched_scales(
         # w ~ a q + b by weighted least squares; then scale a and zero point -b / a.
         sxq, sqq = sums(q)
         sq = (importance * q).sum(-1)
-        sw, sx = sum_i, sum_iw
         determinant = sw * sqq - sq * sq
         ok = determinant > 1e-20 * np.maximum(sw * sqq, 1e-30)
         a = np.divide(sw * sxq - sx * sq, determinant, out=scale.copy(), where=ok)
