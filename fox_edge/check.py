@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,10 @@ def check_model(
     progress: Progress | None = None,
     n_threads: int | None = None,
     stop_early: bool = False,
+    reference_logits: LogitsStore | None = None,
 ) -> CheckReport:
     """Open both models (GGUF, ONNX folder or checkpoint folder) and score the candidate on the settings' text
-    (stop_early: see check_accuracy)."""
+    (stop_early and reference_logits: see check_accuracy)."""
     from fox_edge.runner import open_runner
     from fox_edge.texts import read_text
 
@@ -127,7 +129,15 @@ def check_model(
     ):
         bars = settings.bars_for(precision_of(cand))
         return check_accuracy(
-            cand, ref, text, n_tokens=settings.tokens, context=settings.context, bars=bars, stop_early=stop_early, progress=progress
+            cand,
+            ref,
+            text,
+            n_tokens=settings.tokens,
+            context=settings.context,
+            bars=bars,
+            stop_early=stop_early,
+            progress=progress,
+            reference_logits=reference_logits,
         )
 
 
@@ -222,9 +232,12 @@ def check_accuracy(
     bars: Bars | None = None,
     stop_early: bool = False,
     progress: Progress | None = None,
+    reference_logits: LogitsStore | None = None,
 ) -> CheckReport:
     """Score `candidate` against `reference` on `text`. stop_early: stop at the first chunk after which the candidate
-    is over a bar beyond doubt (EARLY_Z standard errors past it); the report says so and covers the chunks scored."""
+    is over a bar beyond doubt (EARLY_Z standard errors past it); the report says so and covers the chunks scored.
+    reference_logits: where the reference's logits of each chunk are kept once computed, for the next check against
+    the same reference."""
     started = time.monotonic()
     precision = precision_of(candidate)
     if bars is None:
@@ -240,9 +253,13 @@ def check_accuracy(
     scores: dict[str, list[np.ndarray]] = {}
     for done, chunk in enumerate(chunks, 1):
         targets = np.asarray(chunk[first + 1 :])
-        reference_logits = reference.logits(chunk, first)[:-1]
-        candidate_logits = candidate.logits(chunk, first)[:-1]
-        for key, values in score_chunk(reference_logits, candidate_logits, targets).items():
+
+        def run_reference(chunk=chunk):
+            return reference.logits(chunk, first)[:-1]
+
+        logits_r = reference_logits.get((first, *chunk), run_reference) if reference_logits else run_reference()
+        logits_c = candidate.logits(chunk, first)[:-1]
+        for key, values in score_chunk(logits_r, logits_c, targets).items():
             scores.setdefault(key, []).append(values)
         scores.setdefault("targets", []).append(targets)
         if progress:
@@ -253,6 +270,32 @@ def check_accuracy(
     report.stopped_early = report.chunks < len(chunks)
     report.seconds = time.monotonic() - started  # the whole check: tokenizing, both models and the scoring
     return report
+
+
+class LogitsStore:
+    """Logits by the tokens they were computed for, kept in a scratch file: a budget search runs its reference once
+    for all its candidates instead of once per candidate. A file, not memory: with Fox-1's 256K vocabulary a
+    512-token chunk's scored rows are 260 MB of float32. Removed on exit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.spans: dict[tuple[int, ...], tuple[int, tuple[int, ...], np.dtype]] = {}
+
+    def get(self, key: tuple[int, ...], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self.spans:
+            logits = np.ascontiguousarray(compute())
+            with self.path.open("ab") as file:
+                self.spans[key] = (file.tell(), logits.shape, logits.dtype)
+                file.write(logits.tobytes())
+            return logits
+        offset, shape, dtype = self.spans[key]
+        return np.fromfile(self.path, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+
+    def __enter__(self) -> LogitsStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def over_beyond_doubt(scores: dict[str, list[np.ndarray]], bars: Bars) -> bool:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.check import BARS, Bars, CheckReport, CheckSettings, check_model, save_report, unchecked
+from fox_edge.check import BARS, Bars, CheckReport, CheckSettings, LogitsStore, check_model, save_report, unchecked
 from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import check_writable
 from fox_edge.formats import gguf_tensors
@@ -194,44 +194,47 @@ def quantize_to_budget(
     matrix = calibrate(input_path, calibration, imatrix, output.parent, on_message, phase)
     tried: list[dict] = []
     try:
-        for type_name, embedding, estimate in candidates:
-            label = f"{type_name} + embedding {embedding or 'default'}"
-            on_message(f"trying {label} (about {estimate / 1e6:.0f} MB)")
-            scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
-            try:
+        with LogitsStore(output.with_name(f".{output.name}.reference-logits-{os.getpid()}")) as reference_logits:
+            for type_name, embedding, estimate in candidates:
+                label = f"{type_name} + embedding {embedding or 'default'}"
+                on_message(f"trying {label} (about {estimate / 1e6:.0f} MB)")
+                scratch = output.with_name(f".{output.name}.candidate-{os.getpid()}.gguf")
                 try:
-                    with phase(f"quantizing {type_name}") as bar:
-                        file = quantize_gguf(
-                            input_path, scratch, type_name, threads=threads, embedding=embedding, imatrix_path=matrix, progress=bar
+                    try:
+                        with phase(f"quantizing {type_name}") as bar:
+                            file = quantize_gguf(
+                                input_path, scratch, type_name, threads=threads, embedding=embedding, imatrix_path=matrix, progress=bar
+                            )
+                    except FoxEdgeError as exc:  # llama.cpp cannot build this one (a 576-wide embedding in IQ4_XS, say): the next
+                        on_message(f"skipped {label}: {exc}")
+                        tried.append({"type": type_name, "embedding": embedding or "default", "mb": estimate / 1e6, "skipped": str(exc)})
+                        continue
+                    bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
+                    with phase(f"checking {type_name}") as bar:
+                        result_check = check_model(
+                            scratch, input_path, bars, progress=bar, stop_early=True, reference_logits=reference_logits
                         )
-                except FoxEdgeError as exc:  # llama.cpp cannot build this one (a 576-wide embedding in IQ4_XS, say): the next
-                    on_message(f"skipped {label}: {exc}")
-                    tried.append({"type": type_name, "embedding": embedding or "default", "mb": estimate / 1e6, "skipped": str(exc)})
-                    continue
-                bars = dataclasses.replace(check, max_kld=budget.max_kld, min_top1=budget.min_top1, max_ppl_ratio=budget.max_ppl_ratio)
-                with phase(f"checking {type_name}") as bar:
-                    result_check = check_model(scratch, input_path, bars, progress=bar, stop_early=True)
-                tried.append(
-                    {
-                        "type": type_name,
-                        "embedding": file.embedding_type,
-                        "mb": file.bytes / 1e6,
-                        "kld": result_check.kld_mean,
-                        "top1": result_check.top1_agreement,
-                        "ppl_ratio": result_check.ppl_ratio,
-                        "tokens": result_check.tokens_scored,
-                        "stopped_early": result_check.stopped_early,
-                        "passed": result_check.passed,
-                    }
-                )
-                if result_check.passed:
-                    scratch.replace(output)
-                    file.output = output
-                    result_check.candidate = str(output)
-                    save_report(result_check, output)
-                    return QuantizeResult(file=file, check=result_check, imatrix=Path(imatrix) if imatrix else None, tried=tried)
-            finally:
-                scratch.unlink(missing_ok=True)
+                    tried.append(
+                        {
+                            "type": type_name,
+                            "embedding": file.embedding_type,
+                            "mb": file.bytes / 1e6,
+                            "kld": result_check.kld_mean,
+                            "top1": result_check.top1_agreement,
+                            "ppl_ratio": result_check.ppl_ratio,
+                            "tokens": result_check.tokens_scored,
+                            "stopped_early": result_check.stopped_early,
+                            "passed": result_check.passed,
+                        }
+                    )
+                    if result_check.passed:
+                        scratch.replace(output)
+                        file.output = output
+                        result_check.candidate = str(output)
+                        save_report(result_check, output)
+                        return QuantizeResult(file=file, check=result_check, imatrix=Path(imatrix) if imatrix else None, tried=tried)
+                finally:
+                    scratch.unlink(missing_ok=True)
     finally:
         if matrix is not None and imatrix is None:
             matrix.unlink(missing_ok=True)

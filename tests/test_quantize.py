@@ -301,3 +301,23 @@ def test_budget_search_stops_scoring_a_candidate_over_the_budget_beyond_doubt(ti
     kept, plain = check_model(q8, tiny_f16, loose, stop_early=True), check_model(q8, tiny_f16, loose)
     assert kept.passed and not kept.stopped_early and kept.chunks == full.chunks
     assert kept.kld_mean == plain.kld_mean and kept.ppl_ratio == plain.ppl_ratio
+
+
+def test_a_stored_reference_scores_as_a_fresh_one_and_is_computed_once(tiny_f16, tmp_path):
+    """The budget search keeps the reference's logits for its next candidates: each check against the store gives
+    the figures of a plain check, a second check adds nothing to it, and it is gone on exit."""
+    from fox_edge.check import LogitsStore
+    from fox_edge.quant.gguf import quantize_gguf
+
+    settings = CheckSettings(tokens=512, context=256)
+    q4 = quantize_gguf(tiny_f16, tmp_path / "q4.gguf", "Q4_0").output
+    q8 = quantize_gguf(tiny_f16, tmp_path / "q8.gguf", "Q8_0").output
+    with LogitsStore(tmp_path / "reference-logits") as store:
+        stored_q4 = check_model(q4, tiny_f16, settings, reference_logits=store)
+        size = store.path.stat().st_size
+        stored_q8 = check_model(q8, tiny_f16, settings, reference_logits=store)
+        assert store.path.stat().st_size == size > 0
+    assert not store.path.exists()
+    for stored, model in ((stored_q4, q4), (stored_q8, q8)):
+        plain = check_model(model, tiny_f16, settings)
+        assert (stored.kld_mean, stored.ppl_ratio, stored.top1_agreement) == (plain.kld_mean, plain.ppl_ratio, plain.top1_agreement)
