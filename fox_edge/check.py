@@ -391,11 +391,6 @@ def format_report(report: CheckReport) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-def unchecked(interrupt: KeyboardInterrupt, model: str | os.PathLike[str], reference: str | os.PathLike[str]) -> KeyboardInterrupt:
-    """The same interrupt, saying what is on disk: a model whose check was interrupted is written but unchecked."""
-    return type(interrupt)(f"{model} was written but not checked; check it with `fox-edge check {model} -r {reference}`")
-
-
 def sidecar_path(model: str | os.PathLike[str]) -> Path:
     """Where a model's check report is stored: `MODEL.gguf.check.json` beside a file, `check.json` inside an ONNX folder."""
     return Path(model) / "check.json" if Path(model).is_dir() else Path(f"{model}.check.json")

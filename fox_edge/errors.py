@@ -1,6 +1,7 @@
 """fox-edge's exceptions: a small hierarchy under FoxEdgeError, so a program can tell a prompt that does not fit from
 an unknown option value or a damaged model (a server answers 400, 422 or 500 for them), while the CLI prints any of
-them as the same one line.
+them as the same one line. An interruption stays a KeyboardInterrupt; one that leaves a model written but unchecked
+is an `Unchecked`, which says so.
 
 A message names the problem and the fix in the library's words. Where it names an option, the message holds the
 option's parameter name in braces (`{n_ctx}`) and the exception lists it in `options`: str() shows the parameter
@@ -10,6 +11,7 @@ name, the CLI the flag (fox_edge/cli/common.py: FLAGS), so `OnnxOptions(block_si
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 
@@ -54,3 +56,12 @@ class ContextOverflow(FoxEdgeError, ValueError):
 
 class OutputError(FoxEdgeError):
     """An output path that cannot be written (it would overwrite an input, exists, or its folder is missing)."""
+
+
+class Unchecked(KeyboardInterrupt):
+    """Interrupted (Ctrl-C, or SIGTERM in the CLI) while checking a model already written: it is on disk, unchecked.
+    `interrupt` is the interruption itself, so a caller can still tell a signal from a keypress."""
+
+    def __init__(self, model: str | os.PathLike[str], reference: str | os.PathLike[str], interrupt: KeyboardInterrupt):
+        self.model, self.reference, self.interrupt = str(model), str(reference), interrupt
+        super().__init__(f"{model} was written but not checked against {reference}")

@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fox_edge.check import CheckReport, CheckSettings, check_model, save_report, unchecked
+from fox_edge.check import CheckReport, CheckSettings, check_model, save_report
 from fox_edge.converters.gguf import GgufResult, convert_to_gguf
 from fox_edge.converters.onnx import OnnxOptions, OnnxResult, check_onnx_conversion, convert_to_onnx
-from fox_edge.errors import InvalidOption
+from fox_edge.errors import InvalidOption, Unchecked
 from fox_edge.files import check_writable
 from fox_edge.hooks import OnMessage, PhaseProgress, ignore_message, no_progress
 from fox_edge.quant.gguf import QuantizedFile, parse_type
@@ -119,10 +119,8 @@ def _convert_gguf(
             intermediate, output, quant, threads=threads or 0, calibration=calibration, imatrix=imatrix, check=check,
             reference=f"{source} (its {dtype} conversion)", on_message=say, progress=phase,
         )  # fmt: skip
-    except KeyboardInterrupt as interrupt:
-        if interrupt.args:  # interrupted while checking: the reference to name is the source, the f16 is going
-            raise unchecked(interrupt, output, source) from None
-        raise
+    except Unchecked as interrupt:  # the reference to name is the source: the f16 intermediate is going
+        raise Unchecked(output, source, interrupt.interrupt) from None
     finally:
         intermediate.unlink(missing_ok=True)
     return ConvertResult(output=output, format="gguf", conversion=conversion, quantized=quantized.file, check=quantized.check)
@@ -202,6 +200,6 @@ def _check(output, source, check: CheckSettings, threads, phase, say) -> tuple[C
         with phase("checking") as progress:
             report = check_model(output, resolve(source, progress=False)[0], check, progress=progress, n_threads=threads)
     except KeyboardInterrupt as interrupt:
-        raise unchecked(interrupt, output, source) from None
+        raise Unchecked(output, source, interrupt) from None
     save_report(report, output)
     return report, None

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.check import BARS, Bars, CheckReport, CheckSettings, LogitsStore, check_model, save_report, unchecked
-from fox_edge.errors import FoxEdgeError, InvalidOption
+from fox_edge.check import BARS, Bars, CheckReport, CheckSettings, LogitsStore, check_model, save_report
+from fox_edge.errors import FoxEdgeError, InvalidOption, Unchecked
 from fox_edge.files import check_writable
 from fox_edge.formats import gguf_tensors
 from fox_edge.hooks import OnMessage, PhaseProgress, Progress, ignore_message, no_progress
@@ -124,7 +124,7 @@ def quantize(
             with phase("checking") as bar:
                 result.check = check_model(output, input_path, check, progress=bar)
         except KeyboardInterrupt as interrupt:
-            raise unchecked(interrupt, output, reference or input_path) from None
+            raise Unchecked(output, reference or input_path, interrupt) from None
         result.check.reference = reference or result.check.reference
         save_report(result.check, output)
     return result

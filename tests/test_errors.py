@@ -63,3 +63,25 @@ def test_an_output_over_the_input_is_an_output_error(tiny_gguf, tmp_path):
         quantize_gguf(tiny_gguf["f32"], tiny_gguf["f32"], "Q8_0")
     with pytest.raises(FoxEdgeError):  # every kind is still a FoxEdgeError
         quantize_gguf(tiny_gguf["f32"], tmp_path / "o.gguf", "Q3_Z")
+
+
+def test_an_interrupted_check_is_unchecked_and_says_what_is_on_disk(tiny_gguf, tmp_path):
+    """Ctrl-C during the check that follows a quantization: the model stays written, and the interruption a caller
+    catches names it and its reference, and carries the original KeyboardInterrupt."""
+    import contextlib
+
+    from fox_edge.errors import Unchecked
+    from fox_edge.quantize import CheckSettings, quantize
+
+    @contextlib.contextmanager
+    def interrupt_the_check(phase: str):
+        if phase == "checking":
+            raise KeyboardInterrupt
+        yield None
+
+    output = tmp_path / "q8.gguf"
+    with pytest.raises(Unchecked) as caught:
+        quantize(tiny_gguf["f16"], output, "Q8_0", check=CheckSettings(tokens=256, context=256), progress=interrupt_the_check)
+    assert isinstance(caught.value, KeyboardInterrupt) and type(caught.value.interrupt) is KeyboardInterrupt
+    assert (caught.value.model, caught.value.reference) == (str(output), str(tiny_gguf["f16"]))
+    assert output.is_file() and not output.with_name("q8.gguf.check.json").exists()

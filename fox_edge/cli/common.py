@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, Unchecked
 from fox_edge.hooks import Progress
 from fox_edge.sampling import SamplingParams
 
@@ -66,9 +66,11 @@ def errors() -> Iterator[None]:
     except FoxEdgeError as exc:
         say(f"error: {message(exc)}")
         raise typer.Exit(1) from None
+    except Unchecked as exc:
+        say(f"interrupted: {exc.model} was written but not checked; check it with `fox-edge check {exc.model} -r {exc.reference}`")
+        raise typer.Exit(143 if isinstance(exc.interrupt, Terminated) else 130) from None
     except KeyboardInterrupt as exc:
-        # A KeyboardInterrupt raised by fox-edge itself says what is on disk (an unchecked quantization, say).
-        say(f"interrupted: {exc.args[0] if exc.args else 'nothing was written'}")
+        say("interrupted: nothing was written")
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise
