@@ -21,7 +21,7 @@ from pathlib import Path
 from fox_edge import __version__
 from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
-from fox_edge.errors import FoxEdgeError, InvalidOption
+from fox_edge.errors import FoxEdgeError, InvalidOption, TemplateRefused
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify, onnx_folder
 from fox_edge.hooks import OnMessage, ignore_message
@@ -168,7 +168,8 @@ def _refuse_failed(report: dict | None, source, allow_failed_check: bool) -> Non
     if report is not None and not report["passed"] and not allow_failed_check:
         raise FoxEdgeError(
             f"{source} failed its accuracy check ({'; '.join(report.get('failures', []))}); a failed model is bundled only with "
-            "--allow-failed-check, and its manifest then says so"
+            "{allow_failed_check}, and its manifest then says so",
+            ["allow_failed_check"],
         )
 
 
@@ -176,11 +177,11 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
     files = sorted(p for p in ([model] if model.is_file() else model.rglob("*")) if p.is_file())
     with open_runner(model, n_ctx=context or settings.context, chat_template=chat_template) as runner:
         if not runner.chat_template:
-            raise FoxEdgeError(f"{source} has no chat template, which an app needs to prompt it; pass --chat-template FILE")
+            raise FoxEdgeError(f"{source} has no chat template, which an app needs to prompt it; pass {{chat_template}}", ["chat_template"])
         bos = runner.token_text(runner.bos_id) if runner.bos_id is not None else ""
         eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
         if problem := template_problem(runner.chat_template, bos, eos):
-            raise FoxEdgeError(f"{problem} (bundling {source})")
+            raise TemplateRefused(f"{problem} (bundling {source})")
         memory = estimate_memory(
             weights_bytes=weights_bytes(model), shape=runner.shape, n_vocab=runner.n_vocab, n_ctx=runner.n_ctx,
             resident_weights_bytes=runner.resident_weights_bytes(),

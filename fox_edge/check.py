@@ -188,7 +188,8 @@ def chunks_of(tokens: list[int], context: int, n_tokens: int, bos_id: int | None
     available = len(tokens) // context
     if available == 0:
         raise FoxEdgeError(
-            f"the evaluation text is {len(tokens)} tokens, shorter than one {context}-token chunk; give a longer text or a smaller --ctx"
+            f"the evaluation text is {len(tokens)} tokens, shorter than one {context}-token chunk; give a longer text or a smaller {{context}}",
+            ["context"],
         )
     count = min(available, max(1, math.ceil(n_tokens / per_chunk)))
     chunks = [tokens[i * context : (i + 1) * context] for i in range(count)]

@@ -50,6 +50,15 @@ class DamagedModel(ModelError):
     """A model whose files are truncated, corrupt or inconsistent with each other: re-download or re-create it."""
 
 
+class TemplateRefused(FoxEdgeError):
+    """A chat template fox-edge will not render: it does not parse, fails, or runs too long or writes too much.
+    `problem` says why, without the fix (a warning about a model's own template words its own)."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+        super().__init__(f"{problem}; pass another with {{chat_template}}", ["chat_template"])
+
+
 class ContextOverflow(FoxEdgeError, ValueError):
     """Input longer than the context the model was opened with."""
 

@@ -101,8 +101,8 @@ def quantize(
     input_path, output = Path(input_path), Path(output)
     check = check or CheckSettings()
     parse_type(type_name)
-    parse_tensor_type(embedding, "--embedding-type")
-    parse_tensor_type(output_tensor, "--output-type")
+    parse_tensor_type(embedding, "embedding")
+    parse_tensor_type(output_tensor, "output_tensor")
     calibration = None if calibration == "none" else calibration
     check_inputs(input_path, output, calibration, imatrix)
     refuse_quantized(input_path, allow_requantize)

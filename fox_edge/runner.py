@@ -100,7 +100,9 @@ def stream_text(runner: Runner, tokens: Iterator[int]) -> Iterator[str]:
 def chat_prompt(runner: Runner, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     """Render `messages` with the model's own chat template and tokenize them (special tokens parsed)."""
     if not runner.chat_template:
-        raise FoxEdgeError(f"{runner.path} has no chat template; use `fox-edge generate` for plain text, or pass --chat-template FILE")
+        raise FoxEdgeError(
+            f"{runner.path} has no chat template; use `fox-edge generate` for plain text, or pass {{chat_template}}", ["chat_template"]
+        )
     bos = runner.token_text(runner.bos_id) if runner.bos_id is not None else ""
     eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
     text = render(runner.chat_template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
@@ -171,7 +173,7 @@ def open_runner(
         runner: Runner = LlamaCppRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
     else:
         if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
-            raise FoxEdgeError(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {model}; drop them")
+            raise InvalidOption(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {model}; drop them")
         if model_format is ONNX:
             from fox_edge.backends.onnx import OnnxRunner, device_providers
 

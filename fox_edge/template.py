@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, TemplateRefused
 
 RENDER_SECONDS = 2.0  # a real template renders a long conversation in milliseconds
 RENDER_CHARS = 4 << 20  # far more text than any context holds
@@ -45,12 +45,10 @@ def _bounded_binop(environment, operator_name: str, left, right):
     if operator_name == "*":
         for sequence, count in ((left, right), (right, left)):
             if isinstance(sequence, str | list | tuple) and isinstance(count, int) and len(sequence) * count > RENDER_CHARS:
-                raise FoxEdgeError(
-                    f"the chat template builds a value of over {RENDER_CHARS:,} characters; pass another with --chat-template FILE"
-                )
+                raise TemplateRefused(f"the chat template builds a value of over {RENDER_CHARS:,} characters")
         return left * right
     if isinstance(left, int) and isinstance(right, int) and abs(right) > 1024:
-        raise FoxEdgeError("the chat template raises a number to a huge power; pass another with --chat-template FILE")
+        raise TemplateRefused("the chat template raises a number to a huge power")
     return operator.pow(left, right)
 
 
@@ -72,11 +70,11 @@ def _compile(template: str, origin: str = "the model's chat template"):
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     if not isinstance(template, str):
-        raise FoxEdgeError(f"{origin} is a {type(template).__name__}, not text; pass another with --chat-template FILE")
+        raise TemplateRefused(f"{origin} is a {type(template).__name__}, not text")
     try:
         return env.from_string(template)
     except (TemplateError, RecursionError, MemoryError) as exc:
-        raise FoxEdgeError(f"{origin} does not parse ({str(exc)[:200]}); pass another with --chat-template FILE") from None
+        raise TemplateRefused(f"{origin} does not parse ({str(exc)[:200]})") from None
 
 
 def render(template: str, messages: list[dict], bos_token: str = "", eos_token: str = "", add_generation_prompt: bool = True) -> str:
@@ -90,7 +88,7 @@ def render(template: str, messages: list[dict], bos_token: str = "", eos_token: 
 
     def watch(frame, event, arg):  # a line tracer, only while rendering: loops that write nothing are timed too
         if time.monotonic() > deadline:
-            raise FoxEdgeError(f"the chat template ran over {RENDER_SECONDS:g} s; pass another with --chat-template FILE")
+            raise TemplateRefused(f"the chat template ran over {RENDER_SECONDS:g} s")
         return watch
 
     parts, size = [], 0
@@ -102,12 +100,10 @@ def render(template: str, messages: list[dict], bos_token: str = "", eos_token: 
         ):
             size += len(part)
             if size > RENDER_CHARS:
-                raise FoxEdgeError(f"the chat template wrote over {RENDER_CHARS:,} characters; pass another with --chat-template FILE")
+                raise TemplateRefused(f"the chat template wrote over {RENDER_CHARS:,} characters")
             parts.append(part)
     except (SecurityError, TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
-        raise FoxEdgeError(
-            f"the chat template failed ({type(exc).__name__}: {str(exc)[:200]}); pass another with --chat-template FILE"
-        ) from None
+        raise TemplateRefused(f"the chat template failed ({type(exc).__name__}: {str(exc)[:200]})") from None
     finally:
         sys.settrace(previous)
     return "".join(parts)
@@ -117,13 +113,13 @@ def template_problem(template: str, bos_token: str = "", eos_token: str = "") ->
     """Why `template` cannot render a sample conversation (with a system turn or without), or None if it can."""
     try:
         _compile(template)
-    except FoxEdgeError as exc:
-        return str(exc)
+    except TemplateRefused as exc:
+        return exc.problem
     problem = None
     for messages in (SAMPLE_CONVERSATION, SAMPLE_CONVERSATION[1:]):
         try:
             render(template, messages, bos_token, eos_token)
             return None
-        except FoxEdgeError as exc:
-            problem = problem or str(exc)
+        except FoxEdgeError as exc:  # refused, or the template's own raise_exception
+            problem = problem or (exc.problem if isinstance(exc, TemplateRefused) else str(exc))
     return problem

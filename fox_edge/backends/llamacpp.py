@@ -106,7 +106,9 @@ def default_gpu_layers() -> int:
 def device_gpu_layers(device: str) -> int:
     """--device cpu: no layer on the GPU; gpu: all of them, if this llama.cpp build has a GPU backend (Metal on a Mac)."""
     if device == "gpu" and not C.llama_supports_gpu_offload():
-        raise FoxEdgeError("this llama.cpp build has no GPU backend (on a Mac, llama-cpp-python builds with Metal); use --device cpu")
+        raise InvalidOption(
+            "this llama.cpp build has no GPU backend (on a Mac, llama-cpp-python builds with Metal); use {device} cpu", ["device"]
+        )
     return -1 if device == "gpu" else 0
 
 
@@ -193,7 +195,7 @@ class LlamaCppRunner(Runner):
         ctx_params.flash_attn_type = {None: -1, False: 0, True: 1}[flash_attention]
         self._ctx = C.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
-            raise FoxEdgeError(f"llama.cpp cannot create a {self.n_ctx}-token context for {self.path}; lower --ctx-size")
+            raise FoxEdgeError(f"llama.cpp cannot create a {self.n_ctx}-token context for {self.path}; lower {{n_ctx}}", ["n_ctx"])
         self._memory = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []  # the tokens whose keys and values the KV cache holds, in order
@@ -279,7 +281,8 @@ class LlamaCppRunner(Runner):
             status = C.llama_decode(self._ctx, batch)
             if status != 0:
                 raise FoxEdgeError(
-                    f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower --max-tokens or raise --ctx-size"
+                    f"llama.cpp failed to evaluate the prompt (status {status}); the context may be full: lower {{max_tokens}} or raise {{n_ctx}}",
+                    ["max_tokens", "n_ctx"],
                 )
             n_out = sum(wanted)
             if n_out:

@@ -25,7 +25,7 @@ import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids, trim_heap
 from fox_edge.cpu import default_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.formats import (
     GENAI_CONFIG,
     LOGITS_TO_KEEP,
@@ -76,8 +76,9 @@ def device_providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     accelerators = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
     if not accelerators:
-        raise FoxEdgeError(
-            f"this onnxruntime build has no GPU provider (it has {', '.join(ort.get_available_providers())}); use --device cpu"
+        raise InvalidOption(
+            f"this onnxruntime build has no GPU provider (it has {', '.join(ort.get_available_providers())}); use {{device}} cpu",
+            ["device"],
         )
     return [*accelerators, "CPUExecutionProvider"]
 

@@ -32,7 +32,14 @@ def say(message: str) -> None:
 
 # The library names an option by its parameter; the CLI by its flag, which is `--` and the name with dashes unless
 # listed here (fox_edge/errors.py).
-FLAGS = {"n_ctx": "--ctx-size", "n_threads": "--threads"}
+FLAGS = {
+    "n_ctx": "--ctx-size",
+    "n_threads": "--threads",
+    "context": "--ctx",
+    "chat_template": "--chat-template FILE",
+    "embedding": "--embedding-type",
+    "output_tensor": "--output-type",
+}
 
 
 def flag(option: str) -> str:

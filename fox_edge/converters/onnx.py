@@ -690,8 +690,9 @@ def check_onnx_conversion(
     total = estimate_bytes(checkpoint.shape, precision, options)
     if ort_format and total > INLINE_LIMIT:
         raise FoxEdgeError(
-            f"--ort-format stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
-            f"{total / 2**30:.1f} GiB: use --precision int4 or int8, or drop --ort-format"
+            f"{{ort_format}} stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
+            f"{total / 2**30:.1f} GiB: use {{precision}} int4 or int8, or drop {{ort_format}}",
+            ["ort_format", "precision"],
         )
     weights = SafetensorsWeights(checkpoint.weight_files)
     check_llama_tensors(weights, checkpoint.shape)
@@ -867,5 +868,7 @@ def write_ort_format(folder: Path) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         convert_onnx_models_to_ort(folder / ONNX_MODEL, folder, [OptimizationStyle.Fixed], target_platform="arm")
     if not (folder / ORT_MODEL).is_file():
-        raise FoxEdgeError(f"ONNX Runtime's converter wrote no {ORT_MODEL}; drop --ort-format and convert the ONNX model on its own")
+        raise FoxEdgeError(
+            f"ONNX Runtime's converter wrote no {ORT_MODEL}; drop {{ort_format}} and convert the ONNX model on its own", ["ort_format"]
+        )
     return folder / ORT_MODEL

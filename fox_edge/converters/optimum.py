@@ -62,8 +62,9 @@ def convert_with_optimum(
         from optimum.exporters.onnx import main_export
     except ImportError:
         raise FoxEdgeError(
-            "--exporter optimum needs optimum-onnx, whose pins (transformers<4.58) conflict with fox-edge's environment: "
-            "in a separate venv, pip install 'fox-edge[optimum]'"
+            "{exporter} optimum needs optimum-onnx, whose pins (transformers<4.58) conflict with fox-edge's environment: "
+            "in a separate venv, pip install 'fox-edge[optimum]'",
+            ["exporter"],
         ) from None
     import onnx
 

@@ -78,7 +78,7 @@ def parse_tensor_type(name: str | None, option: str) -> gguf.GGMLQuantizationTyp
         return None
     key = name.upper()
     if key not in TENSOR_TYPES:
-        raise InvalidOption(f"unknown {option} {name!r}; choose one of {', '.join(TENSOR_TYPES)}")
+        raise InvalidOption(f"unknown {{{option}}} {name!r}; choose one of {', '.join(TENSOR_TYPES)}", [option])
     return TENSOR_TYPES[key][0]
 
 
@@ -93,7 +93,8 @@ def refuse_quantized(path: str | os.PathLike[str], allow_requantize: bool) -> No
     if quantized and not allow_requantize:
         raise FoxEdgeError(
             f"{path} is already quantized ({', '.join(quantized)}); quantize the f16/f32 GGUF instead, "
-            "or pass --allow-requantize to accept the extra loss"
+            "or pass {allow_requantize} to accept the extra loss",
+            ["allow_requantize"],
         )
 
 
@@ -164,8 +165,8 @@ def quantize_gguf(
     """Quantize a GGUF to `type_name` with llama.cpp; `imatrix_path` is an importance matrix in llama.cpp's format.
     `slab_bytes`: the most tensor rows llama.cpp converts and quantizes at once (0: its default, 8 GiB)."""
     quant = parse_type(type_name)
-    embedding_override = parse_tensor_type(embedding, "--embedding-type")
-    output_override = parse_tensor_type(output_tensor, "--output-type")
+    embedding_override = parse_tensor_type(embedding, "embedding")
+    output_override = parse_tensor_type(output_tensor, "output_tensor")
     check_writable(output, inputs=[input_path, imatrix_path])
     if threads:
         check_threads(threads)

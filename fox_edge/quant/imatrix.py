@@ -149,11 +149,13 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
     try:
         reader = gguf.GGUFReader(path)
     except Exception:
-        raise FoxEdgeError(f"{path} is not an imatrix file (llama.cpp's GGUF imatrix format); compute one with --calibration") from None
+        raise FoxEdgeError(
+            f"{path} is not an imatrix file (llama.cpp's GGUF imatrix format); compute one with {{calibration}}", ["calibration"]
+        ) from None
     tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
     sums = {name.removesuffix(".in_sum2"): v.reshape(-1) for name, v in tensors.items() if name.endswith(".in_sum2")}
     if not sums:
-        raise FoxEdgeError(f"{path} holds no importance matrix tensors; compute one with --calibration")
+        raise FoxEdgeError(f"{path} holds no importance matrix tensors; compute one with {{calibration}}", ["calibration"])
     counts = {name.removesuffix(".counts"): float(v.reshape(-1)[0]) for name, v in tensors.items() if name.endswith(".counts")}
     count = int(max(counts.values(), default=1))
     # Matrices with fewer observations (none here; MoE experts in llama.cpp's files) are scaled to the common count.
