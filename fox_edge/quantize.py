@@ -91,12 +91,14 @@ def quantize(
     allow_requantize: bool = False,
     check: CheckSettings | None = None,
     reference: str | None = None,
+    reference_logits: LogitsStore | None = None,
     on_message: OnMessage = ignore_message,
     progress: PhaseProgress | None = None,
 ) -> QuantizeResult:
     """Quantize a GGUF to `type_name` with llama.cpp (calibrated with `calibration` or `imatrix`), then check it
     against the input unless check.enabled is False; the report is stored beside the output and names `reference`
-    (default: the input) as what the model was checked against."""
+    (default: the input) as what the model was checked against. reference_logits: where the input's logits are kept
+    for the checks of other types quantized from it (see check.LogitsStore)."""
     phase = progress or no_progress
     input_path, output = Path(input_path), Path(output)
     check = check or CheckSettings()
@@ -122,7 +124,7 @@ def quantize(
         on_message(f"checking {output.name} against {reference or input_path.name} on {check.tokens} tokens")
         try:
             with phase("checking") as bar:
-                result.check = check_model(output, input_path, check, progress=bar)
+                result.check = check_model(output, input_path, check, progress=bar, reference_logits=reference_logits)
         except KeyboardInterrupt as interrupt:
             raise Unchecked(output, reference or input_path, interrupt) from None
         result.check.reference = reference or result.check.reference

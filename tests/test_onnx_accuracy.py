@@ -18,7 +18,7 @@ import pytest
 from texts import TOKENIZER_TEXTS
 
 from fox_edge.backends.onnx import OnnxRunner
-from fox_edge.check import DEFAULT_BARS, CheckSettings, check_model
+from fox_edge.check import DEFAULT_BARS, CheckSettings, LogitsStore, check_model
 from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
 from fox_edge.spec import FOX1
 from fox_edge.testing import assets
@@ -48,12 +48,13 @@ def test_default_int4_passes_and_matches_gguf_q4_k_m(model, request, tmp_path):
 
     checkpoint = request.getfixturevalue(model)
     folder = convert(checkpoint, tmp_path / "int4", to="onnx", check=CheckSettings(enabled=False)).output
-    report = check_model(folder, checkpoint, CHECK)
-    assert report.precision == "int4" and report.bars == DEFAULT_BARS["int4"]
-    assert report.passed, (report.kld_mean, report.top1_agreement, report.ppl_ratio)
-    f16 = convert(checkpoint, tmp_path / "f16.gguf").output
-    q4_k_m = quantize(f16, tmp_path / "q4_k_m.gguf", "Q4_K_M", check=CheckSettings(enabled=False)).file.output
-    gguf = check_model(q4_k_m, checkpoint, CHECK)
+    with LogitsStore(tmp_path / "reference-logits") as kept:  # PyTorch's logits, computed once for both checks
+        report = check_model(folder, checkpoint, CHECK, reference_logits=kept)
+        assert report.precision == "int4" and report.bars == DEFAULT_BARS["int4"]
+        assert report.passed, (report.kld_mean, report.top1_agreement, report.ppl_ratio)
+        f16 = convert(checkpoint, tmp_path / "f16.gguf").output
+        q4_k_m = quantize(f16, tmp_path / "q4_k_m.gguf", "Q4_K_M", check=CheckSettings(enabled=False)).file.output
+        gguf = check_model(q4_k_m, checkpoint, CHECK, reference_logits=kept)
     assert report.kld_mean <= gguf.kld_mean, (report.kld_mean, gguf.kld_mean)
 
 
@@ -66,9 +67,10 @@ def test_trained_tiny_fox1_int8_passes_default_bars_at_defaults(trained_tiny_fox
 def test_int8_embedding_beats_int4_embedding(trained_tiny_fox1, tmp_path):
     """--embedding-bits 8 is worth its size: the tied embedding / lm_head dominates int4's error."""
     kld = {}
-    for bits in (4, 8):
-        folder = convert_to_onnx(trained_tiny_fox1, tmp_path / f"e{bits}", OnnxOptions(precision="int4", embedding_bits=bits)).output
-        kld[bits] = check_model(folder, trained_tiny_fox1, CHECK).kld_mean
+    with LogitsStore(tmp_path / "reference-logits") as kept:
+        for bits in (4, 8):
+            folder = convert_to_onnx(trained_tiny_fox1, tmp_path / f"e{bits}", OnnxOptions(precision="int4", embedding_bits=bits)).output
+            kld[bits] = check_model(folder, trained_tiny_fox1, CHECK, reference_logits=kept).kld_mean
     assert kld[8] < 0.7 * kld[4], kld
 
 

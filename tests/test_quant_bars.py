@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fox_edge.check import LogitsStore
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.quantize import CheckSettings, quantize
 
@@ -23,7 +24,10 @@ def model_f16(request, tmp_path_factory):
 @pytest.mark.prepared("trained tiny Fox-1")  # through model_f16
 def test_kld_ordering_and_q8_0_agreement(model_f16):
     name, f16 = model_f16
-    checks = {t: quantize(f16, f16.with_name(f"{t}.gguf"), t, check=MEASURE).check for t in ("Q8_0", "Q6_K", "Q4_K_M")}
+    with LogitsStore(f16.with_name("reference-logits")) as kept:  # the f16 model's logits, computed once for the three
+        checks = {
+            t: quantize(f16, f16.with_name(f"{t}.gguf"), t, check=MEASURE, reference_logits=kept).check for t in ("Q8_0", "Q6_K", "Q4_K_M")
+        }
     kld = {t: c.kld_mean for t, c in checks.items()}
     assert kld["Q8_0"] < kld["Q6_K"] < kld["Q4_K_M"], kld
     # The 97 % bar holds for the trained Fox-1-structured model. SmolLM2 reaches 94-95 % with llama.cpp's
@@ -37,14 +41,16 @@ def test_imatrix_lowers_int4_kld_on_held_out_text(smollm2, tmp_path):
     its KLD is within the confidence interval either way; see benchmarks/README.md.)"""
     f16 = convert_to_gguf(smollm2, tmp_path / "f16.gguf", "f16").output
     imatrix = tmp_path / "smollm2.imatrix.gguf"
-    for type_name in ("Q4_K_M", "IQ4_XS"):
-        plain = quantize(f16, tmp_path / f"{type_name}.gguf", type_name, check=MEASURE).check
-        calibrated = quantize(
-            f16,
-            tmp_path / f"{type_name}-imatrix.gguf",
-            type_name,
-            check=MEASURE,
-            **({"imatrix": imatrix} if imatrix.exists() else {"calibration": "builtin", "imatrix": imatrix}),
-        ).check
-        print(f"{type_name}: mean KLD {plain.kld_mean:.5f} without calibration, {calibrated.kld_mean:.5f} with")
-        assert calibrated.kld_mean + calibrated.kld_mean_ci95 < plain.kld_mean - plain.kld_mean_ci95
+    with LogitsStore(tmp_path / "reference-logits") as kept:  # the f16 model's logits, computed once for the four
+        for type_name in ("Q4_K_M", "IQ4_XS"):
+            plain = quantize(f16, tmp_path / f"{type_name}.gguf", type_name, check=MEASURE, reference_logits=kept).check
+            calibrated = quantize(
+                f16,
+                tmp_path / f"{type_name}-imatrix.gguf",
+                type_name,
+                check=MEASURE,
+                reference_logits=kept,
+                **({"imatrix": imatrix} if imatrix.exists() else {"calibration": "builtin", "imatrix": imatrix}),
+            ).check
+            print(f"{type_name}: mean KLD {plain.kld_mean:.5f} without calibration, {calibrated.kld_mean:.5f} with")
+            assert calibrated.kld_mean + calibrated.kld_mean_ci95 < plain.kld_mean - plain.kld_mean_ci95
