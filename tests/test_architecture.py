@@ -22,6 +22,26 @@ def test_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
+def test_the_wheel_leaves_out_what_only_the_tests_use(tmp_path):
+    """fox_edge/testing (apt-get, mounts, chroot, test assets) is not installed with the package; its data files are."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "fox_edge", source / "fox_edge", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(source)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fox_edge/cli/__init__.py" in names and "fox_edge/data/bundle.schema.json" in names
+    assert not [name for name in names if name.startswith("fox_edge/testing")]
+
+
 @pytest.mark.parametrize("kind", ["text file", "empty folder", "folder of other files"])
 def test_unknown_kind_of_path_gets_the_same_error_everywhere(tmp_path, kind):
     path = tmp_path / "thing"
