@@ -141,14 +141,12 @@ def check_model(
         )
 
 
-# `convert --to onnx --precision` -> precision class (float ONNX models are held to the f16 bars).
-ONNX_PRECISIONS = {"fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4"}
-
-
 def quant_type(runner: Runner) -> str | None:
     """What a model is stored as: the GGUF file type (Q4_K_M, F16, ...) or the precision an ONNX conversion recorded."""
-    if "fox_edge.precision" in runner.metadata:
-        return runner.metadata["fox_edge.precision"]
+    from fox_edge.converters.onnx_plan import OnnxPlan
+
+    if (plan := OnnxPlan.from_metadata(runner.metadata)) is not None:
+        return plan.precision
     file_type = runner.metadata.get("general.file_type")
     if file_type is None:
         return None
@@ -159,11 +157,12 @@ def quant_type(runner: Runner) -> str | None:
 
 def precision_of(runner: Runner) -> str:
     """The precision class of a model (which bars apply), from its quant_type."""
+    from fox_edge.converters.onnx_plan import OnnxPlan
     from fox_edge.quant.gguf import QUANT_TYPES
 
+    if (plan := OnnxPlan.from_metadata(runner.metadata)) is not None:
+        return plan.precision_class
     name = quant_type(runner)
-    if "fox_edge.precision" in runner.metadata:
-        return ONNX_PRECISIONS.get(name, name)
     if name is None or name in ("F16", "BF16", "F32"):
         return "f16"
     return QUANT_TYPES[name].precision if name in QUANT_TYPES else name

@@ -119,6 +119,8 @@ def describe_onnx(path: Path) -> list[Fact]:
     """An ONNX folder: its graph's operators, initializers by type, genai_config.json and tokenizer files."""
     import onnx
 
+    from fox_edge.converters.onnx_plan import OnnxPlan
+
     folder = onnx_folder(path)
     genai = read_genai_config(folder)
     model_file = folder / ONNX_MODEL
@@ -150,23 +152,22 @@ def describe_onnx(path: Path) -> list[Fact]:
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     template = tokenizer_config.get("chat_template")
     threads = decoder.get("session_options", {}).get("intra_op_num_threads")
+    plan = OnnxPlan.from_metadata(meta)
     facts = [
         fact("folder", "folder", f"{folder} ({_human(size)}: {', '.join(files)})", {"path": str(folder), "bytes": size, "files": files}),
         fact("name", "name", meta.get("general.name", "-"), meta.get("general.name")),
         fact("format", "format", f"ONNX (opset {opset}), {genai.get('type', '?')}", {"name": "onnx", "opset": opset, "model_type": genai.get("type")}),
-        fact("precision", "precision", f"{meta.get('fox_edge.precision', '?')}: {meta.get('fox_edge.weights', '-')}",
-             {"name": meta.get("fox_edge.precision"), "weights": meta.get("fox_edge.weights")}),
+        fact("precision", "precision", f"{plan.precision if plan else '?'}: {plan.weights if plan else '-'}",
+             {"name": plan.precision if plan else None, "weights": plan.weights if plan else None}),
     ]  # fmt: skip
-    if meta.get("fox_edge.block_size"):
-        symmetric, offsets = meta.get("fox_edge.symmetric") == "true", meta.get("fox_edge.block_offsets") == "true"
+    if plan is not None and plan.matrices is not None and plan.embedding is not None:
+        blocks, embedding = plan.matrices, plan.embedding
         facts.append(
             fact("blocks", "  blocks",
-                 f"{meta['fox_edge.block_size']} weights, {'symmetric' if symmetric else 'asymmetric'}{' with block offsets' if offsets else ''}, "
-                 f"accuracy_level {meta.get('fox_edge.accuracy_level')}, embedding {meta.get('fox_edge.embedding_bits')}-bit"
-                 f"{f' in blocks of {embedding_block}' if (embedding_block := meta.get('fox_edge.embedding_block_size')) else ''}",
-                 {"block_size": int(meta["fox_edge.block_size"]), "symmetric": symmetric, "block_offsets": offsets,
-                  "accuracy_level": _int_or_none(meta.get("fox_edge.accuracy_level")), "embedding_bits": _int_or_none(meta.get("fox_edge.embedding_bits")),
-                  "embedding_block_size": _int_or_none(meta.get("fox_edge.embedding_block_size"))})
+                 f"{blocks.block_size} weights, {'symmetric' if blocks.symmetric else 'asymmetric'}{' with block offsets' if plan.block_offsets else ''}, "
+                 f"accuracy_level {plan.accuracy_level}, embedding {embedding.bits}-bit in blocks of {embedding.block_size}",
+                 {"block_size": blocks.block_size, "symmetric": blocks.symmetric, "block_offsets": plan.block_offsets,
+                  "accuracy_level": plan.accuracy_level, "embedding_bits": embedding.bits, "embedding_block_size": embedding.block_size})
         )  # fmt: skip
     facts += [
         fact("shape", "layers / heads / kv heads",
@@ -237,10 +238,6 @@ def accuracy_facts(model: Path) -> list[Fact]:
              f"{report['kld_mean']:.5f} / {report['top1_agreement']:.2%} / {report['ppl_ratio']:.4f}", {}),
         fact("accuracy_check", "  report", str(sidecar_path(model)), {}),
     ]  # fmt: skip
-
-
-def _int_or_none(text: str | None) -> int | None:
-    return None if text in (None, "", "None") else int(text)
 
 
 def describe_checkpoint(source: str | os.PathLike[str]) -> list[Fact]:

@@ -42,7 +42,8 @@ def prepare_imatrix(
     max_chunks: int = 64,
 ) -> Path | None:
     """The importance matrix to quantize with: computed from `calibration` (saved to `imatrix` if given), or read from `imatrix`."""
-    from fox_edge.quant.imatrix import calibration_chunks, compute_imatrix, load_imatrix, load_torch_model, save_imatrix
+    from fox_edge.converters.gguf_to_hf import load_torch_model
+    from fox_edge.quant.imatrix import calibration_chunks, compute_imatrix, load_imatrix, save_imatrix
 
     if calibration is None:
         if imatrix is None:

@@ -6,6 +6,7 @@ chat template from here (or, better, from the checkpoint itself: the checkpoint'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 FOX1_HUB_IDS = ("tensoropera/Fox-1-1.6B", "tensoropera/Fox-1-1.6B-Instruct-v0.1")
@@ -32,6 +33,62 @@ class LlamaShape:
     @property
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.n_heads
+
+
+@dataclass(frozen=True)
+class LlamaWeight:
+    """One tensor of a Llama checkpoint (`{i}`: the layer), its dimensions from the model's shape, its role and the
+    matrix a converter fuses it into (q, k and v stacked by rows as one qkv_proj)."""
+
+    name: str
+    dims: Callable[[LlamaShape], tuple[int, ...]]
+    role: str  # "embedding", "lm_head", "matrix" or "norm"
+    fused: str | None = None
+
+
+def _q(s: LlamaShape) -> int:
+    return s.n_heads * s.head_size
+
+
+def _kv(s: LlamaShape) -> int:
+    return s.n_kv_heads * s.head_size
+
+
+LLAMA_WEIGHTS = (
+    LlamaWeight("model.embed_tokens.weight", lambda s: (s.vocab_size, s.hidden_size), "embedding"),
+    LlamaWeight("model.layers.{i}.input_layernorm.weight", lambda s: (s.hidden_size,), "norm"),
+    LlamaWeight("model.layers.{i}.self_attn.q_proj.weight", lambda s: (_q(s), s.hidden_size), "matrix", "qkv_proj"),
+    LlamaWeight("model.layers.{i}.self_attn.k_proj.weight", lambda s: (_kv(s), s.hidden_size), "matrix", "qkv_proj"),
+    LlamaWeight("model.layers.{i}.self_attn.v_proj.weight", lambda s: (_kv(s), s.hidden_size), "matrix", "qkv_proj"),
+    LlamaWeight("model.layers.{i}.self_attn.o_proj.weight", lambda s: (s.hidden_size, _q(s)), "matrix", "o_proj"),
+    LlamaWeight("model.layers.{i}.post_attention_layernorm.weight", lambda s: (s.hidden_size,), "norm"),
+    LlamaWeight("model.layers.{i}.mlp.gate_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), "matrix", "gate_proj"),
+    LlamaWeight("model.layers.{i}.mlp.up_proj.weight", lambda s: (s.intermediate_size, s.hidden_size), "matrix", "up_proj"),
+    LlamaWeight("model.layers.{i}.mlp.down_proj.weight", lambda s: (s.hidden_size, s.intermediate_size), "matrix", "down_proj"),
+    LlamaWeight("model.norm.weight", lambda s: (s.hidden_size,), "norm"),
+    LlamaWeight("lm_head.weight", lambda s: (s.vocab_size, s.hidden_size), "lm_head"),
+)
+
+
+def llama_tensors(shape: LlamaShape, lm_head: bool) -> dict[str, tuple[tuple[int, ...], LlamaWeight]]:
+    """Every tensor of a Llama checkpoint of this shape, in checkpoint order: name -> (dims, its table entry).
+    `lm_head`: whether the checkpoint stores an output matrix of its own (untied, or tied but saved twice)."""
+    tensors = {}
+    for weight in LLAMA_WEIGHTS:
+        if weight.role == "lm_head" and not lm_head:
+            continue
+        for i in range(shape.n_layers) if "{i}" in weight.name else [None]:
+            tensors[weight.name.format(i=i)] = (weight.dims(shape), weight)
+    return tensors
+
+
+def fused_matrices(layer: int) -> dict[str, list[str]]:
+    """A layer's matrices as a converter builds them: fused name -> the checkpoint tensors stacked by rows."""
+    fused: dict[str, list[str]] = {}
+    for weight in LLAMA_WEIGHTS:
+        if weight.fused:
+            fused.setdefault(weight.fused, []).append(weight.name.format(i=layer))
+    return fused
 
 
 FOX1 = LlamaShape(

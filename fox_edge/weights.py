@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.errors import DamagedModel
-from fox_edge.spec import LlamaShape
+from fox_edge.spec import LlamaShape, llama_tensors
 
 # safetensors dtype -> numpy storage dtype; BF16 is stored as uint16 and widened by `to_float32`.
 STORAGE_DTYPES = {
@@ -171,24 +171,8 @@ class SafetensorsWeights:
 def check_llama_tensors(weights: SafetensorsWeights, shape: LlamaShape) -> None:
     """Every tensor a Llama model needs is there, in the shape config.json implies: checked by both converters before
     anything is written, so a checkpoint whose files and config disagree never becomes an unloadable model."""
-    h, kv, q = shape.hidden_size, shape.n_kv_heads * shape.head_size, shape.n_heads * shape.head_size
-    expected = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
-    if not shape.tie_word_embeddings or "lm_head.weight" in weights:
-        expected["lm_head.weight"] = (shape.vocab_size, h)
-    for i in range(shape.n_layers):
-        layer = f"model.layers.{i}"
-        expected |= {
-            f"{layer}.self_attn.q_proj.weight": (q, h),
-            f"{layer}.self_attn.k_proj.weight": (kv, h),
-            f"{layer}.self_attn.v_proj.weight": (kv, h),
-            f"{layer}.self_attn.o_proj.weight": (h, q),
-            f"{layer}.mlp.gate_proj.weight": (shape.intermediate_size, h),
-            f"{layer}.mlp.up_proj.weight": (shape.intermediate_size, h),
-            f"{layer}.mlp.down_proj.weight": (h, shape.intermediate_size),
-            f"{layer}.input_layernorm.weight": (h,),
-            f"{layer}.post_attention_layernorm.weight": (h,),
-        }
-    for name, dims in expected.items():
+    expected = llama_tensors(shape, lm_head=not shape.tie_word_embeddings or "lm_head.weight" in weights)
+    for name, (dims, _) in expected.items():
         if name not in weights:
             raise DamagedModel(f"the checkpoint lacks tensor {name}; it is not a complete Llama checkpoint: re-download it")
         if tuple(weights.refs[name].shape) != dims:

@@ -16,7 +16,9 @@ import torch
 
 from fox_edge.backends.onnx import OnnxRunner
 from fox_edge.check import CheckSettings, check_model
-from fox_edge.converters.onnx import PRECISIONS, OnnxOptions, convert_to_onnx, dequantize_blockwise, embedding_layout, quantize_blockwise
+from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+from fox_edge.converters.onnx_plan import OnnxPlan
+from fox_edge.quant.blockwise import dequantize_blockwise, quantize_blockwise
 from fox_edge.runner import generate_tokens, open_runner
 from fox_edge.sampling import SamplingParams
 
@@ -46,7 +48,7 @@ def dequantized_reference(
                 is_embedding = "embed_tokens" in name
                 b = (embedding_bits or bits) if is_embedding else bits
                 integer = integer_zero_points or is_embedding
-                block = embedding_layout(OnnxOptions(embedding_bits=b), PRECISIONS["int4"])[1] if is_embedding else 32
+                block = OnnxPlan.resolve(OnnxOptions(embedding_bits=b)).embedding.block_size if is_embedding else 32
                 packed, scales, zeros = quantize_blockwise(
                     parameter.numpy(), b, block, symmetric or (is_embedding and b != 8), integer_zero_points=integer
                 )
@@ -190,7 +192,8 @@ def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
         for name, parameter in model.named_parameters():
             if parameter.ndim == 2:
                 # the tied embedding / lm_head at 8 bits in blocks of 128, by default
-                bits, block = embedding_layout(OnnxOptions(), PRECISIONS["int4"]) if "embed_tokens" in name else (4, 32)
+                embedding = OnnxPlan.resolve(OnnxOptions()).embedding
+                bits, block = (embedding.bits, embedding.block_size) if "embed_tokens" in name else (4, 32)
                 packed, scales, zeros = quantize_blockwise(parameter.numpy(), bits, block, False, importance[name])
                 parameter.copy_(torch.from_numpy(dequantize_blockwise(packed, scales, bits, parameter.shape[1], zeros)))
         expected = model(torch.tensor([PROMPT])).logits[0].numpy()
@@ -224,6 +227,37 @@ def test_int4_embedding_is_shared_with_the_lm_head(tiny_onnx):
     assert meta["fox_edge.precision"] == "int4" and meta["fox_edge.block_size"] == "32"
 
 
+@pytest.mark.parametrize("precision", ["int4", "fp16"])
+def test_one_default_changed_in_the_plan_moves_graph_estimate_and_info(tiny_fox1, tmp_path, monkeypatch, precision):
+    """The embedding's default block is decided once (OnnxPlan.resolve): changed there, the graph's ops, the size
+    estimate (every byte of every tensor written) and `fox-edge info` all follow."""
+    from fox_edge.converters import onnx_plan
+    from fox_edge.converters.onnx import ALIGNMENT
+    from fox_edge.info import as_json, describe
+    from fox_edge.source import open_checkpoint
+
+    monkeypatch.setattr(onnx_plan, "EMBEDDING_BLOCK_AT_8_BITS", 64)
+    options = OnnxOptions(precision=precision)
+    result = convert_to_onnx(tiny_fox1, tmp_path / "out", options)
+    model = onnx.load(result.output / "model.onnx", load_external_data=False)
+    estimate = onnx_plan.estimate_bytes(open_checkpoint(tiny_fox1).shape, OnnxPlan.resolve(options))
+    spans = {}  # offset -> length: a second view of the same bytes (the embedding's scales) is counted once
+    for tensor in model.graph.initializer:
+        entries = {e.key: int(e.value) for e in tensor.external_data if e.key in ("offset", "length")}
+        if entries:
+            spans[entries["offset"]] = entries["length"]
+    assert estimate == sum(spans.values()) and result.n_bytes < estimate + ALIGNMENT * len(spans), (estimate, sum(spans.values()))
+    if precision == "fp16":
+        return
+    blocks = {
+        n.op_type: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["block_size"]
+        for n in model.graph.node
+        if "model.embed_tokens.qweight" in n.input
+    }
+    assert blocks == {"GatherBlockQuantized": 64, "MatMulNBits": 64}
+    assert as_json(describe(result.output))["blocks"]["embedding_block_size"] == 64
+
+
 def test_int4_zero_points_are_what_onnx_runtime_prepacks(tiny_onnx):
     """Float zero points are valid MatMulNBits input, but ONNX Runtime's CPU kernels cannot prepack them and
     dequantize on every call: 0.5 tokens/s for full-size Fox-1 (benchmarks/README.md). Integer ones, packed as the
@@ -244,7 +278,7 @@ def test_ort_format_keeps_weight_sharing(tiny_onnx):
     folder = tiny_onnx["int4"]
     graph = InferenceSession.GetRootAs((folder / "model.ort").read_bytes(), 0).Model().Graph()
     initializers = [graph.Initializers(i) for i in range(graph.InitializersLength())]
-    _, block = embedding_layout(OnnxOptions(), PRECISIONS["int4"])
+    block = OnnxPlan.resolve(OnnxOptions()).embedding.block_size
     embedding_shape = [512, 256 // block, block]  # vocab, blocks, bytes per block (the embedding's default 8 bits)
     same_shape = [t.Name().decode() for t in initializers if t.DimsAsNumpy().tolist() == embedding_shape]
     assert same_shape == ["model.embed_tokens.qweight"]

@@ -11,7 +11,8 @@ import pytest
 from test_bad_input import assert_clean_failure, run_cli
 
 from fox_edge.check import check_accuracy, check_model, load_report, score_chunk
-from fox_edge.quant.imatrix import ImportanceMatrix, calibration_chunks, compute_imatrix, load_imatrix, load_torch_model, save_imatrix
+from fox_edge.converters.gguf_to_hf import load_torch_model
+from fox_edge.quant.imatrix import ImportanceMatrix, calibration_chunks, compute_imatrix, load_imatrix, save_imatrix
 from fox_edge.quantize import CheckSettings, quantize
 from fox_edge.runner import open_runner
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from fox_edge.errors import UnsupportedModel
+from fox_edge.cpu import default_threads
+from fox_edge.errors import FoxEdgeError, UnsupportedModel
 from fox_edge.files import atomic_output
 from fox_edge.formats import open_gguf
 from fox_edge.tokenizer import BPE_PRE_TOKENIZERS, CONTROL, USER_DEFINED
@@ -164,3 +165,29 @@ def _bpe_tokenizer_json(reader: gguf.GGUFReader, tokens: list[str], types: list[
             "merges": list(_field(reader, "tokenizer.ggml.merges")),
         },
     }
+
+
+def load_torch_model(gguf_path: str | os.PathLike[str]):
+    """The GGUF's weights in a transformers LlamaForCausalLM (float32): the full-precision model, in PyTorch."""
+    try:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise FoxEdgeError(
+            "calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)"
+        ) from None
+    torch.set_num_threads(default_threads())  # PyTorch's own default ignores the CPU affinity
+
+    _, config, weights = read_llama_gguf(gguf_path)
+    hf_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")})
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    with torch.device("meta"):  # no random initialisation of weights that are about to be replaced
+        model = LlamaForCausalLM(hf_config)
+    model.to_empty(device="cpu")
+    state = {name: torch.from_numpy(np.array(values, dtype=np.float32)) for name, values in weights}
+    if hf_config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.model.rotary_emb = LlamaRotaryEmbedding(hf_config)  # its inv_freq buffer was made on the meta device
+    return model.float().eval()

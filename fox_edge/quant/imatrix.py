@@ -16,7 +16,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
 from fox_edge.files import atomic_output
 
@@ -44,34 +43,6 @@ class ImportanceMatrix:
     def means(self) -> dict[str, np.ndarray]:
         """What llama.cpp's quantizer takes: the mean squared activation per input column."""
         return {name: (values / max(self.count, 1)).astype(np.float32) for name, values in self.sums.items()}
-
-
-def load_torch_model(gguf_path: str | os.PathLike[str]):
-    """The GGUF's weights in a transformers LlamaForCausalLM (float32): the full-precision model, in PyTorch."""
-    try:
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
-    except ImportError:
-        raise FoxEdgeError(
-            "calibration needs PyTorch: pip install 'fox-edge[torch]' (install torch==2.13.0 first on CPU machines)"
-        ) from None
-    from fox_edge.converters.gguf_to_hf import read_llama_gguf
-
-    torch.set_num_threads(default_threads())  # PyTorch's own default ignores the CPU affinity
-
-    _, config, weights = read_llama_gguf(gguf_path)
-    hf_config = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")})
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    with torch.device("meta"):  # no random initialisation of weights that are about to be replaced
-        model = LlamaForCausalLM(hf_config)
-    model.to_empty(device="cpu")
-    state = {name: torch.from_numpy(np.array(values, dtype=np.float32)) for name, values in weights}
-    if hf_config.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    model.model.rotary_emb = LlamaRotaryEmbedding(hf_config)  # its inv_freq buffer was made on the meta device
-    return model.float().eval()
 
 
 def compute_imatrix(
