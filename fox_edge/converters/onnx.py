@@ -46,7 +46,7 @@ from fox_edge.formats import (
 from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.quant.blockwise import integer_zero_point, pack, quantize_blockwise, with_offset_blocks
 from fox_edge.source import Checkpoint, local_folder, open_checkpoint
-from fox_edge.spec import LlamaShape
+from fox_edge.spec import LlamaShape, fused_matrices
 from fox_edge.tokenizer import Vocab, read_vocab
 from fox_edge.weights import SafetensorsWeights, check_llama_tensors
 
@@ -318,9 +318,9 @@ class GraphBuilder:
         cos, sin = self.rotary_caches()
         residual, pending = hidden, None  # pending: the last block's output, added to the residual by the next norm
         for i in range(s.n_layers):
-            prefix, name = f"model.layers.{i}", f"/model/layers.{i}"
+            prefix, name, matrices = f"model.layers.{i}", f"/model/layers.{i}", fused_matrices(i)
             x, residual = self.add_and_norm(pending, residual, f"{prefix}.input_layernorm.weight", f"{name}/input_layernorm")
-            qkv = self.linear(x, [f"{prefix}.self_attn.{p}_proj.weight" for p in "qkv"], f"{name}/attn/qkv_proj")
+            qkv = self.linear(x, matrices["qkv_proj"], f"{name}/attn/qkv_proj")
             inputs += [
                 helper.make_tensor_value_info(n.format(i), act, [batch, s.n_kv_heads, past, s.head_size]) for n in (PAST_KEY, PAST_VALUE)
             ]
@@ -336,17 +336,15 @@ class GraphBuilder:
                 helper.make_tensor_value_info(n.format(i), act, [batch, s.n_kv_heads, total, s.head_size])
                 for n in (PRESENT_KEY, PRESENT_VALUE)
             ]
-            attended = self.linear(attention, [f"{prefix}.self_attn.o_proj.weight"], f"{name}/attn/o_proj")
+            attended = self.linear(attention, matrices["o_proj"], f"{name}/attn/o_proj")
             x, residual = self.add_and_norm(
                 attended, residual, f"{prefix}.post_attention_layernorm.weight", f"{name}/post_attention_layernorm"
             )
             # Two matrices, not one packed gate_up and a Split: 5 % faster decoding with MatMulNBits on 2 cores (benchmarks/README.md).
-            gate = self.linear(x, [f"{prefix}.mlp.gate_proj.weight"], f"{name}/mlp/gate_proj")
-            up = self.linear(x, [f"{prefix}.mlp.up_proj.weight"], f"{name}/mlp/up_proj")
+            gate = self.linear(x, matrices["gate_proj"], f"{name}/mlp/gate_proj")
+            up = self.linear(x, matrices["up_proj"], f"{name}/mlp/up_proj")
             silu = self.node("Mul", [gate, self.node("Sigmoid", [gate], f"{name}/mlp/Sigmoid")[0]], f"{name}/mlp/silu")[0]
-            pending = self.linear(
-                self.node("Mul", [silu, up], f"{name}/mlp/Mul")[0], [f"{prefix}.mlp.down_proj.weight"], f"{name}/mlp/down_proj"
-            )
+            pending = self.linear(self.node("Mul", [silu, up], f"{name}/mlp/Mul")[0], matrices["down_proj"], f"{name}/mlp/down_proj")
         # Logits for the last `logits_to_keep` positions (0 = all). An overridable initializer: genai leaves it at 0,
         # fox-edge's runner asks for 1 while generating, which spares the 256K-wide lm_head for every prompt token.
         keep = self.constant(LOGITS_TO_KEEP, np.array([0], np.int64))
