@@ -133,7 +133,7 @@ def make_bundle(
             if fmt == "onnx":
                 from fox_edge.converters.onnx import OnnxOptions
 
-                onnx_options = OnnxOptions(precision=precision or settings.onnx_precision, intra_op_threads=threads or 0)
+                onnx_options = OnnxOptions(precision=precision or settings.onnx_precision)
             result = convert(
                 source, model, to=fmt, quant=(quant or settings.quant) if fmt == "gguf" else None, onnx=onnx_options,
                 ort_format=fmt == "onnx" and settings.ort_format, chat_template=chat_template, check=check, threads=threads,

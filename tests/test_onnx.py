@@ -96,6 +96,32 @@ def test_fp32_runs_in_onnxruntime_genai(tiny_onnx, tiny_reference):
     assert genai_greedy(tiny_onnx["fp32"], PROMPT, 24) == tiny_reference.greedy(PROMPT, 24)
 
 
+def test_the_devices_threads_are_a_setting_of_their_own(tiny_fox1, tmp_path):
+    """genai_config.json's thread count is what --intra-op-threads says, whatever threads the conversion itself ran on."""
+    from typer.testing import CliRunner
+
+    from fox_edge.cli import app
+
+    output = tmp_path / "fp32"
+    args = [
+        "convert",
+        str(tiny_fox1),
+        "--to",
+        "onnx",
+        "--precision",
+        "fp32",
+        "--threads",
+        "1",
+        "--intra-op-threads",
+        "3",
+        "-o",
+        str(output),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((output / "genai_config.json").read_text())["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 3
+
+
 def test_genai_config_and_tokenizer_files(tiny_onnx, tiny_fox1):
     from transformers import AutoTokenizer
 

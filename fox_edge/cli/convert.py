@@ -51,6 +51,14 @@ def convert(
     ort_format: Annotated[
         bool, typer.Option("--ort-format", help="ONNX: also write model.ort and its operator config for mobile builds")
     ] = False,
+    intra_op_threads: Annotated[
+        int,
+        typer.Option(
+            "--intra-op-threads",
+            min=0,
+            help="ONNX: the threads genai_config.json gives onnxruntime-genai on the device that runs the model [default: this machine's cores]",
+        ),
+    ] = 0,
     chat_template: ChatTemplate = None,
     calibration: Calibration = None,
     no_check: NoCheck = False,
@@ -66,7 +74,7 @@ def convert(
         onnx = None
         if to == "onnx":
             onnx = OnnxOptions(
-                precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=threads or 0,
+                precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=intra_op_threads,
                 embedding_bits=embedding_bits, embedding_block_size=embedding_block_size, symmetric=symmetric, block_offsets=block_offsets,
             )  # fmt: skip
         result = convert_model(
