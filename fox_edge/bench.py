@@ -22,7 +22,7 @@ from pathlib import Path
 from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
 from fox_edge.hooks import Progress
 
 
@@ -279,20 +279,29 @@ def weight_bytes_per_token(model: str | Path) -> int | None:
     reads, one row (counted as nothing); a tied embedding is read whole, as the output projection.
     None for a model.ort flatbuffer (its initializers are not read here)."""
     model = Path(model)
-    model_format = identify(model)
-    if model_format is BUNDLE:
-        from fox_edge.manifest import read_manifest
+    return WEIGHTS_READ_PER_TOKEN[identify(model)](model)
 
-        return weight_bytes_per_token(model / read_manifest(model)["format"]["model_path"])
-    if model_format is GGUF:
-        tensors = {name: tensor.n_bytes for name, tensor in gguf_tensors(model).items()}
-        return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
-    if model_format is CHECKPOINT:
-        from fox_edge.weights import read_header
 
-        refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
-        embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
-        return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+def _bundle_weight_bytes(model: Path) -> int | None:
+    from fox_edge.manifest import read_manifest
+
+    return weight_bytes_per_token(model / read_manifest(model)["format"]["model_path"])
+
+
+def _gguf_weight_bytes(model: Path) -> int:
+    tensors = {name: tensor.n_bytes for name, tensor in gguf_tensors(model).items()}
+    return sum(tensors.values()) - (tensors["token_embd.weight"] if "output.weight" in tensors else 0)
+
+
+def _checkpoint_weight_bytes(model: Path) -> int:
+    from fox_edge.weights import read_header
+
+    refs = {ref.name: ref for file in model.glob("*.safetensors") for ref in read_header(file)}
+    embedding = "model.embed_tokens.weight" if "lm_head.weight" in refs else None
+    return sum(ref.nbytes for name, ref in refs.items() if name != embedding)
+
+
+def _onnx_folder_weight_bytes(model: Path) -> int | None:
     graph = model if model.is_file() else onnx_folder(model) / ONNX_MODEL
     return None if graph.name == ORT_MODEL or not graph.is_file() else _onnx_weight_bytes(graph)
 
@@ -315,6 +324,11 @@ def _onnx_weight_bytes(path: Path) -> int:
         else:
             extents.add((tensor.name, 0, len(tensor.raw_data)))
     return sum(length for _, _, length in extents)
+
+
+WEIGHTS_READ_PER_TOKEN = {
+    BUNDLE: _bundle_weight_bytes, GGUF: _gguf_weight_bytes, CHECKPOINT: _checkpoint_weight_bytes, ONNX: _onnx_folder_weight_bytes,
+}  # fmt: skip
 
 
 METRICS = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,7 +22,7 @@ from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
 from fox_edge.errors import FoxEdgeError, InvalidOption, TemplateRefused
 from fox_edge.files import atomic_output, check_writable
-from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify, onnx_folder
+from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.manifest import SCHEMA_VERSION, Problem, file_sha256, manifest_problems, schema_problems
 from fox_edge.pipeline import PhaseProgress, convert
@@ -32,8 +31,6 @@ from fox_edge.sampling import SamplingParams
 from fox_edge.source import is_hub_id, local_folder
 from fox_edge.template import template_problem
 
-GGUF_FILE = "model.gguf"
-ONNX_FOLDER = "model"
 VERIFY_FULL = "at install or first launch, and after an update: every file's sha256 (seconds for a 1 GB model on a phone)"
 VERIFY_EVERY_LAUNCH = "every file's size (a stat per file, instant): catches a truncated or interrupted download"
 GIB = 1 << 30
@@ -78,7 +75,22 @@ TARGETS = {
         gguf_loading={"use_mmap": None, "repack": True},
     ),
 }  # fmt: skip
-BACKENDS = {"llama.cpp": "gguf", "onnx": "onnx"}
+BACKENDS = {"llama.cpp": GGUF, "onnx": ONNX}  # --backend -> the format it runs
+
+
+def _gguf_conversion(settings: Target, quant: str | None, precision: str | None) -> dict:
+    return {"quant": quant or settings.quant}
+
+
+def _onnx_conversion(settings: Target, quant: str | None, precision: str | None) -> dict:
+    from fox_edge.converters.onnx import OnnxOptions
+
+    return {"onnx": OnnxOptions(precision=precision or settings.onnx_precision), "ort_format": settings.ort_format}
+
+
+# What `convert` is given to make each format for a target, and the loading settings its manifest carries.
+CONVERT_OPTIONS = {GGUF: _gguf_conversion, ONNX: _onnx_conversion}
+RUNTIME_OPTIONS = {GGUF: lambda settings: settings.gguf_loading, ONNX: lambda settings: {}}
 
 
 @dataclass(kw_only=True)
@@ -127,17 +139,11 @@ def make_bundle(
     with atomic_output(output) as folder:
         folder.mkdir()
         if kind is CHECKPOINT:
-            fmt = BACKENDS[backend]
-            model = folder / (GGUF_FILE if fmt == "gguf" else ONNX_FOLDER)
-            onnx_options = None
-            if fmt == "onnx":
-                from fox_edge.converters.onnx import OnnxOptions
-
-                onnx_options = OnnxOptions(precision=precision or settings.onnx_precision)
+            model_format = BACKENDS[backend]
+            model = folder / model_format.bundle_path
             result = convert(
-                source, model, to=fmt, quant=(quant or settings.quant) if fmt == "gguf" else None, onnx=onnx_options,
-                ort_format=fmt == "onnx" and settings.ort_format, chat_template=chat_template, check=check, threads=threads,
-                progress=progress, on_message=on_message,
+                source, model, to=model_format.name, chat_template=chat_template, check=check, threads=threads, progress=progress,
+                on_message=on_message, **CONVERT_OPTIONS[model_format](settings, quant, precision),
             )  # fmt: skip
             report = json.loads(result.check.to_json()) if result.check is not None else None
             sidecar_path(model).unlink(missing_ok=True)  # the manifest carries the report
@@ -145,13 +151,9 @@ def make_bundle(
         else:
             report = load_report(source)
             _refuse_failed(report, source, allow_failed_check)
-            model = folder / (GGUF_FILE if kind is GGUF else ONNX_FOLDER)
+            model = folder / kind.bundle_path
             on_message(f"copying {source} into the bundle")
-            if kind is GGUF:
-                shutil.copyfile(source, model)
-            else:
-                folder_in = onnx_folder(Path(source))
-                shutil.copytree(folder_in, model, ignore=shutil.ignore_patterns(sidecar_path(folder_in).name, ".*"))
+            kind.copy(Path(source), model, ignore=lambda file: file == sidecar_path(source))
         if report is None:
             warn(f"{source} has no stored accuracy check; the manifest says so (run `fox-edge check` and bundle again to carry one)")
         source_name = str(source) if hub_id else Path(source).resolve().name  # never the user's folder layout
@@ -174,7 +176,8 @@ def _refuse_failed(report: dict | None, source, allow_failed_check: bool) -> Non
 
 
 def _manifest(folder: Path, model: Path, source, target: str, settings: Target, context, chat_template, report, allowed, warn) -> dict:
-    files = sorted(p for p in ([model] if model.is_file() else model.rglob("*")) if p.is_file())
+    model_format = identify(model)
+    files = model_format.files(model)
     with open_runner(model, n_ctx=context or settings.context, chat_template=chat_template) as runner:
         if not runner.chat_template:
             raise FoxEdgeError(f"{source} has no chat template, which an app needs to prompt it; pass {{chat_template}}", ["chat_template"])
@@ -204,12 +207,12 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
             },
             "target": target,
             "format": {
-                "name": "gguf" if model.is_file() else "onnx",
+                "name": model_format.name,
                 "backend": runner.backend,
                 "model_path": model.relative_to(folder).as_posix(),
                 "precision": precision if precision in ("f16", "int8", "int6", "int5", "int4") else "f16",
                 "quant_type": quant_type(runner),
-                "runtime_options": {"n_threads": "performance cores", **(settings.gguf_loading if model.is_file() else {})},
+                "runtime_options": {"n_threads": "performance cores", **RUNTIME_OPTIONS[model_format](settings)},
             },
             "files": [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in files],
             "tokenizer": {

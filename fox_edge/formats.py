@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +52,30 @@ LOGITS_TO_KEEP = "logits_to_keep"  # fox-edge's overridable input: logits for th
 
 @dataclass(frozen=True, kw_only=True)
 class ModelFormat:
-    name: str  # what `fox-edge info --json` and the errors call it
+    """One kind of model and what fox-edge does with it: a new format is one entry below."""
+
+    name: str  # what `fox-edge info --json`, a bundle's manifest and the errors call it
     description: str  # how a user would recognise it
     recognise: Callable[[Path], bool]
+    backend: str | None = None  # "module:class" of the runner that runs it, imported on use (the registry stays a leaf)
+    files: Callable[[Path], list[Path]] = lambda path: []  # the model's own files (what a bundle lists and copies)
+    weight_files: Callable[[Path], list[Path]] = lambda path: []  # the files its weights are read from
+    bundle_path: str | None = None  # where a bundle keeps a model of this format
+
+    def runner_class(self) -> type:
+        if self.backend is None:
+            raise UnsupportedModel(f"{self.description} is opened through the model inside it")
+        module, name = self.backend.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def copy(self, source: Path, target: Path, ignore: Callable[[Path], bool] = lambda path: False) -> None:
+        """The model's files at `target`, laid out as at `source` (a file for a file, a folder for a folder)."""
+        root = source if source.is_dir() else source.parent
+        for file in self.files(source):
+            destination = target if not source.is_dir() and file == source else target / file.relative_to(root)
+            if not ignore(file):
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, destination)
 
 
 def is_gguf(path: Path) -> bool:
@@ -79,11 +102,35 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-GGUF = ModelFormat(name="gguf", description="a GGUF file", recognise=is_gguf)
-ONNX = ModelFormat(name="onnx", description="an ONNX model folder", recognise=lambda path: onnx_folder(path) is not None)
-BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", recognise=is_bundle)
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def _onnx_files(path: Path) -> list[Path]:
+    folder = onnx_folder(path)
+    return _folder_files(folder) if folder else []
+
+
+def _onnx_weight_files(path: Path) -> list[Path]:
+    """The graph and its external data (an ORT flatbuffer beside them holds the same weights again)."""
+    folder = onnx_folder(path)
+    return [f for f in (folder / ONNX_MODEL, folder / ONNX_DATA) if f.is_file()] if folder else []
+
+
+GGUF = ModelFormat(
+    name="gguf", description="a GGUF file", recognise=is_gguf, backend="fox_edge.backends.llamacpp:LlamaCppRunner",
+    files=lambda path: [path], weight_files=lambda path: [path], bundle_path="model.gguf",
+)  # fmt: skip
+ONNX = ModelFormat(
+    name="onnx", description="an ONNX model folder", recognise=lambda path: onnx_folder(path) is not None,
+    backend="fox_edge.backends.onnx:OnnxRunner", files=_onnx_files, weight_files=_onnx_weight_files, bundle_path="model",
+)  # fmt: skip
+BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", recognise=is_bundle, files=_folder_files)
 # The source of every conversion; runners open it too, on PyTorch, as the accuracy check's reference.
-CHECKPOINT = ModelFormat(name="checkpoint", description="a Hugging Face checkpoint folder", recognise=is_checkpoint)
+CHECKPOINT = ModelFormat(
+    name="checkpoint", description="a Hugging Face checkpoint folder", recognise=is_checkpoint, backend="fox_edge.backends.torch:TorchRunner",
+    files=_folder_files, weight_files=lambda path: sorted(path.glob("*.safetensors")),
+)  # fmt: skip
 # What fox-edge writes and runs, in the order they are tried (an ONNX folder holds a config.json too, so
 # the checkpoint comes last).
 MODEL_FORMATS = (GGUF, ONNX, BUNDLE)

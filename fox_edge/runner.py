@@ -17,7 +17,7 @@ from pathlib import Path
 from fox_edge.backends.base import Runner
 from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError, InvalidOption
-from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, identify
+from fox_edge.formats import BUNDLE, identify
 from fox_edge.sampling import Sampler, SamplingParams
 from fox_edge.template import render
 
@@ -120,15 +120,6 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
 MIN_CONTEXT = 16  # tokens: below this no chat template and reply fit
 DEFAULT_CONTEXT = 4096  # when neither the caller nor a bundle says (capped at the model's own)
 DEVICES = ("auto", "cpu", "gpu")
-# Options only llama.cpp takes, and the command-line flags that set them.
-LLAMA_CPP_OPTIONS = {
-    "flash_attention": "--flash-attention",
-    "kv_type": "--kv-type",
-    "gpu_layers": "--gpu-layers",
-    "use_mmap": "--mmap/--no-mmap",
-    "repack": "--no-repack",
-    "n_ubatch": "Python API only",
-}
 
 
 def open_runner(
@@ -165,28 +156,7 @@ def open_runner(
         raise InvalidOption(f"{{n_ctx}} {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context", ["n_ctx"])
     if device not in DEVICES:
         raise InvalidOption(f"unknown {{device}} {device!r}; choose one of {', '.join(DEVICES)}", ["device"])
-    if model_format is GGUF:
-        from fox_edge.backends.llamacpp import LlamaCppRunner, device_gpu_layers
-
-        if device != "auto" and "gpu_layers" not in options:
-            options["gpu_layers"] = device_gpu_layers(device)
-        runner: Runner = LlamaCppRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
-    else:
-        if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
-            raise InvalidOption(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {model}; drop them")
-        if model_format is ONNX:
-            from fox_edge.backends.onnx import OnnxRunner, device_providers
-
-            if device != "auto" and "providers" not in options:
-                options["providers"] = device_providers(device)
-            runner = OnnxRunner(model, n_ctx=n_ctx, n_threads=n_threads, **options)
-        else:
-            assert model_format is CHECKPOINT
-            if device == "gpu":
-                raise InvalidOption("the PyTorch reference runs on the CPU here; drop {device} gpu", ["device"])
-            from fox_edge.backends.torch import TorchRunner
-
-            runner = TorchRunner(model, n_ctx=n_ctx, n_threads=n_threads)
+    runner: Runner = model_format.runner_class().open(Path(model), n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
     if chat_template is not None:
         runner.chat_template = chat_template
     return runner

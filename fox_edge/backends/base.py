@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fox_edge.errors import ContextOverflow
+from fox_edge.errors import ContextOverflow, InvalidOption
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 
@@ -39,11 +39,10 @@ def trim_heap() -> None:
 
 
 def weights_bytes(model: Path) -> int:
-    """The bytes of a model's weight files: a GGUF file, or an ONNX or checkpoint folder's graph and data files (an ORT
-    flatbuffer beside them holds the same weights again)."""
-    if model.is_file():
-        return model.stat().st_size
-    return sum(p.stat().st_size for p in model.iterdir() if p.suffix in (".gguf", ".onnx", ".data", ".safetensors"))
+    """The bytes of a model's weight files (formats.ModelFormat.weight_files)."""
+    from fox_edge.formats import identify
+
+    return sum(file.stat().st_size for file in identify(model).weight_files(Path(model)))
 
 
 def estimate_memory(
@@ -71,6 +70,17 @@ def estimate_memory(
     }
 
 
+# Options only llama.cpp takes, and the command-line flags that set them.
+LLAMA_CPP_OPTIONS = {
+    "flash_attention": "--flash-attention",
+    "kv_type": "--kv-type",
+    "gpu_layers": "--gpu-layers",
+    "use_mmap": "--mmap/--no-mmap",
+    "repack": "--no-repack",
+    "n_ubatch": "Python API only",
+}
+
+
 class Runner:
     """One model opened for inference. Backends set these attributes and implement the methods below."""
 
@@ -88,6 +98,14 @@ class Runner:
     chat_template: str | None
     metadata: dict[str, str]
     n_evaluated: int = 0  # tokens the last prefill() actually computed (the rest came from the KV cache)
+
+    @classmethod
+    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> Runner:
+        """The runner for `path` on `device` (auto, cpu or gpu: each backend says what that means); `options` are the
+        backend's own. This one refuses llama.cpp's options, for the backends that are not llama.cpp."""
+        if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
+            raise InvalidOption(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {path}; drop them")
+        return cls(path, n_ctx=n_ctx, n_threads=n_threads, **options)
 
     def resident_weights_bytes(self) -> int | None:
         """The weights' bytes as the runtime holds them, where that differs from the files (None: the files)."""

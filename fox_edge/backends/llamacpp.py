@@ -115,6 +115,12 @@ def device_gpu_layers(device: str) -> int:
 class LlamaCppRunner(Runner):
     backend = "llama.cpp"
 
+    @classmethod
+    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> LlamaCppRunner:
+        if device != "auto" and "gpu_layers" not in options:
+            options["gpu_layers"] = device_gpu_layers(device)
+        return cls(path, n_ctx=n_ctx, n_threads=n_threads, **options)
+
     def __init__(
         self,
         path: str | Path,

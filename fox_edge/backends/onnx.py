@@ -111,6 +111,12 @@ BYTE_DECODER = _byte_decoder()
 class OnnxRunner(Runner):
     backend = "onnxruntime"
 
+    @classmethod
+    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> OnnxRunner:
+        if device != "auto" and "providers" not in options:
+            options["providers"] = device_providers(device)
+        return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
+
     def __init__(
         self,
         path: str | Path,

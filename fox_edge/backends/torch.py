@@ -14,7 +14,7 @@ import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, stop_ids
 from fox_edge.cpu import default_threads
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 
 
 @contextmanager
@@ -33,6 +33,12 @@ def _quiet_transformers() -> Iterator[None]:
 
 class TorchRunner(Runner):
     backend = "pytorch"
+
+    @classmethod
+    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> TorchRunner:
+        if device == "gpu":
+            raise InvalidOption("the PyTorch reference runs on the CPU here; drop {device} gpu", ["device"])
+        return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
 
     def __init__(self, source: str | Path, n_ctx: int = 4096, n_threads: int | None = None, dtype: str = "float32"):
         try:
