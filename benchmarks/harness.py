@@ -36,7 +36,7 @@ from pathlib import Path
 from fox_edge.bench import BenchResult, BenchSettings, add_sample, measure_bandwidth, run_child, size_mb, weight_bytes_per_token
 from fox_edge.cpu import default_threads
 from fox_edge.spec import FOX1
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 
 HERE = Path(__file__).resolve().parent
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_0", "IQ4_XS")
@@ -49,9 +49,9 @@ SETTINGS = BenchSettings(prompt_lengths=(128, 512), generate_tokens=64, n_ctx=20
 def fox1_random_checkpoint() -> Path:
     from fox_edge.testing.synthetic import build_checkpoint, fox1_tokenizer_config
 
-    folder = assets.cache_dir() / "bench" / "fox1-random-bf16"
+    folder = suite_assets.cache_dir() / "bench" / "fox1-random-bf16"
     if not (folder / "config.json").is_file():
-        tokenizer = assets.gemma_tokenizer()
+        tokenizer = suite_assets.gemma_tokenizer()
         build_checkpoint(folder, FOX1, {"tokenizer.json": tokenizer / "tokenizer.json"}, fox1_tokenizer_config(), max_shard_size="2GB")
     return folder
 
@@ -68,7 +68,7 @@ class Conversion:
 
 
 def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]:
-    tree = assets.llama_cpp_source()
+    tree = suite_assets.llama_cpp_source()
     fox_edge = str(Path(sys.executable).with_name("fox-edge"))
     f16 = work / "fox1.f16.gguf"
     steps = [
@@ -120,7 +120,7 @@ def conversions(checkpoint: Path, work: Path, optimum: bool) -> list[Conversion]
         steps.append(
             Conversion(
                 "optimum-onnx export (fp32, --no-post-process)",
-                [str(assets.side_environment("optimum")), "-m", "optimum.exporters.onnx", "--model", str(checkpoint),
+                [str(suite_assets.side_environment("optimum")), "-m", "optimum.exporters.onnx", "--model", str(checkpoint),
                  "--task", "text-generation-with-past", "--no-post-process", str(work / "optimum")],
                 work / "optimum", keep=False,
             )
@@ -286,7 +286,7 @@ def main() -> None:
     if args.checkpoint is None:
         log("building the full-size random-weight Fox-1 checkpoint (once, cached)")
     checkpoint = args.checkpoint or fox1_random_checkpoint()
-    with tempfile.TemporaryDirectory(dir=assets.cache_dir()) as scratch:
+    with tempfile.TemporaryDirectory(dir=suite_assets.cache_dir()) as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         steps = conversions(checkpoint, work, args.optimum)
@@ -325,12 +325,12 @@ def main() -> None:
     aliases = {
         str(checkpoint): "CHECKPOINT",
         str(work): "WORK",
-        str(assets.llama_cpp_source()): "LLAMA_CPP_SOURCE",
+        str(suite_assets.llama_cpp_source()): "LLAMA_CPP_SOURCE",
         str(Path(sys.executable).with_name("fox-edge")): "fox-edge",
         sys.executable: "python",
     }
     if args.optimum:
-        aliases[str(assets.side_environment("optimum"))] = "OPTIMUM_ENV_PYTHON"
+        aliases[str(suite_assets.side_environment("optimum"))] = "OPTIMUM_ENV_PYTHON"
     seconds = time.time() - started
     model = (
         f"{checkpoint.name} (--checkpoint)"

@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE))
 
 from harness import fox1_random_checkpoint, machine  # noqa: E402
 
-from fox_edge.assets import cache_dir  # noqa: E402
 from fox_edge.cpu import default_threads  # noqa: E402
+from fox_edge.downloads import cache_dir  # noqa: E402
 from fox_edge.testing.native import build_core  # noqa: E402
 
 USER_MESSAGE = "Tell me a long story about a fox who lives near a castle on a hill, and what it sees every day."

@@ -19,13 +19,13 @@ from unittest import mock
 import numpy as np
 from onnx import TensorProto
 
-from fox_edge.assets import smollm2_checkpoint
 from fox_edge.check import CheckSettings, check_model
 from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.converters.onnx import GraphBuilder, OnnxOptions, convert_to_onnx
+from fox_edge.downloads import smollm2_checkpoint
 from fox_edge.quant.imatrix import checkpoint_importance
 from fox_edge.quantize import quantize
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 
 
 def dynamic_int8_linear(self: GraphBuilder, x: str, sources: list[str], node_name: str) -> str:
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     variants = {label: v for label, v in ONNX_VARIANTS.items() if args.only is None or args.only in label}
     settings = CheckSettings(tokens=args.tokens, context=512, max_kld=100.0, min_top1=0.0, max_ppl_ratio=100.0)
-    tiny = assets.trained_tiny_fox1()
+    tiny = suite_assets.trained_tiny_fox1()
     for name, checkpoint in (("SmolLM2-135M-Instruct", smollm2_checkpoint()), ("trained tiny Fox-1", tiny)):
         with tempfile.TemporaryDirectory() as work:
             rows = measure(checkpoint, settings, Path(work), variants)

@@ -17,19 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fox_edge.assets import smollm2_checkpoint
 from fox_edge.check import Bars, check_accuracy
 from fox_edge.converters.gguf import convert_to_gguf
+from fox_edge.downloads import smollm2_checkpoint
 from fox_edge.quantize import quantize
 from fox_edge.runner import open_runner
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 from fox_edge.texts import builtin_text
 
 CONTEXT = 512
 
 
 def build_llama_perplexity() -> Path:
-    tree = assets.llama_cpp_source()
+    tree = suite_assets.llama_cpp_source()
     build = tree / "build-perplexity"
     binary = build / "bin" / "llama-perplexity"
     if not binary.is_file():
@@ -91,7 +91,7 @@ def main() -> None:
 
     binary = build_llama_perplexity()
     source = args.model or smollm2_checkpoint()
-    with tempfile.TemporaryDirectory(dir=assets.cache_dir()) as scratch:
+    with tempfile.TemporaryDirectory(dir=suite_assets.cache_dir()) as scratch:
         work = Path(scratch)
         reference = convert_to_gguf(source, work / "f16.gguf", "f16").output
         text_file = work / "evaluation.txt"

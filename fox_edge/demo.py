@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fox_edge.assets import cache_dir, smollm2_checkpoint
 from fox_edge.chat import ChatSession
 from fox_edge.converters.gguf import convert_to_gguf
+from fox_edge.downloads import cache_dir, smollm2_checkpoint
 from fox_edge.hooks import OnMessage, Progress
 from fox_edge.info import describe_gguf
 from fox_edge.runner import open_runner

@@ -1,6 +1,6 @@
 """Shared fixtures: the tiny Fox-1-structured checkpoint, its GGUF conversions and the PyTorch reference.
 
-Assets come from the package registries through fox_edge.testing.assets and are cached under FOX_EDGE_CACHE
+Assets come from the package registries through fox_edge.testing.suite_assets and are cached under FOX_EDGE_CACHE
 (default ~/.cache/fox-edge); everything built from them goes to pytest's temporary folders.
 """
 
@@ -35,9 +35,9 @@ pin_to_a_share_of_the_cpus()
 import numpy as np
 import pytest
 
-from fox_edge.assets import smollm2_checkpoint
 from fox_edge.converters.gguf import convert_to_gguf
-from fox_edge.testing import assets
+from fox_edge.downloads import smollm2_checkpoint
+from fox_edge.testing import suite_assets
 from fox_edge.testing.prepare import PREPARATIONS
 from fox_edge.testing.stages import BACKGROUND, STAGE_LOG, done_marker, read_log, stage
 
@@ -135,7 +135,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def botchan() -> str:
-    return assets.botchan_text()
+    return suite_assets.botchan_text()
 
 
 @pytest.fixture(scope="session")
@@ -190,7 +190,7 @@ def smollm2_gguf(tmp_path_factory, smollm2):
 
 @pytest.fixture(scope="session")
 def trained_tiny_fox1():
-    return assets.trained_tiny_fox1()
+    return suite_assets.trained_tiny_fox1()
 
 
 @pytest.fixture(scope="session")

@@ -170,11 +170,11 @@ def test_onnx_output_exists(tiny_fox1, tmp_path):
 def test_onnx_too_large_for_ort_format(tmp_path):
     """Full-size Fox-1 in fp32 cannot fit ORT's 2 GiB flatbuffer: refused before any weight is read."""
     from fox_edge.spec import FOX1
-    from fox_edge.testing import assets
+    from fox_edge.testing import suite_assets
     from fox_edge.testing.synthetic import llama_config
 
     folder = tmp_path / "fox1"
-    shutil.copytree(assets.gemma_tokenizer(), folder)
+    shutil.copytree(suite_assets.gemma_tokenizer(), folder)
     (folder / "config.json").write_text(json.dumps(llama_config(FOX1)))
     (folder / "model.safetensors").write_bytes(b"")  # never opened: the size check comes first
     code, stderr = run_cli("convert", str(folder), "--to", "onnx", "--precision", "fp32", "--ort-format", "-o", str(tmp_path / "out"))

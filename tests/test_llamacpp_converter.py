@@ -10,14 +10,14 @@ import gguf
 import pytest
 
 from fox_edge.converters.gguf import convert_to_gguf
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 def test_tensors_identical_to_convert_hf_to_gguf(tiny_fox1, tmp_path, dtype):
-    tree = assets.llama_cpp_source()
+    tree = suite_assets.llama_cpp_source()
     reference = tmp_path / "reference.gguf"
     environment = {**os.environ, "PYTHONPATH": str(tree / "gguf-py")}
     subprocess.run(

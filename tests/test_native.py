@@ -141,7 +141,7 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp
     assert "DOTPROD" not in features["cortex-a53"] and "NEON" in features["cortex-a53"], features
     assert "DOTPROD" in features["cortex-a76"], features
     # Android 15's 16 KB pages: every shared library's loadable segments aligned to 16 KB.
-    from fox_edge.assets import cache_dir
+    from fox_edge.downloads import cache_dir
     from fox_edge.testing.arm64 import build_native_core
 
     build = build_native_core(cache_dir() / "arm64")

@@ -21,7 +21,7 @@ from fox_edge.backends.onnx import OnnxRunner
 from fox_edge.check import DEFAULT_BARS, CheckSettings, LogitsStore, check_model
 from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
 from fox_edge.spec import FOX1
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 from fox_edge.testing.synthetic import build_checkpoint, fox1_tokenizer_config
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def gemma_onnx(tmp_path_factory):
     from dataclasses import replace
 
     work = tmp_path_factory.mktemp("gemma-onnx")
-    tokenizer = assets.gemma_tokenizer()
+    tokenizer = suite_assets.gemma_tokenizer()
     shape = replace(FOX1, hidden_size=64, intermediate_size=128, n_layers=1, n_heads=2, n_kv_heads=1, context_length=512)
     checkpoint = build_checkpoint(work / "ckpt", shape, {"tokenizer.json": tokenizer / "tokenizer.json"}, fox1_tokenizer_config())
     return checkpoint, convert_to_onnx(checkpoint, work / "onnx", OnnxOptions(precision="int4")).output

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 
 pytestmark = [pytest.mark.slow, pytest.mark.prepared("optimum environment")]
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ PROMPT = [2, 17, 95, 301, 44, 12, 260, 77, 5, 410, 33, 129]
 
 
 def export(checkpoint: Path, output: Path, precision: str) -> Path:
-    python = assets.side_environment("optimum")
+    python = suite_assets.side_environment("optimum")
     command = [str(python), "-m", "fox_edge.cli", "convert", str(checkpoint), "--to", "onnx", "--exporter", "optimum"]
     result = subprocess.run(
         [*command, "--precision", precision, "-o", str(output)],

@@ -15,7 +15,7 @@ from fox_edge.converters.gguf import convert_to_gguf
 from fox_edge.runner import chat_prompt, open_runner
 from fox_edge.sampling import SamplingParams
 from fox_edge.spec import FOX1
-from fox_edge.testing import assets
+from fox_edge.testing import suite_assets
 from fox_edge.testing.synthetic import llama_config
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def gemma_vocab_gguf(tmp_path_factory):
     """Gemma's tokenizer.json (no tokenizer.model, as the npm asset ships it) with Fox-1's config, vocabulary only."""
     folder = tmp_path_factory.mktemp("gemma") / "fox1-vocab"
-    shutil.copytree(assets.gemma_tokenizer(), folder)
+    shutil.copytree(suite_assets.gemma_tokenizer(), folder)
     (folder / "config.json").write_text(json.dumps(llama_config(FOX1)))
     return folder, convert_to_gguf(folder, folder.parent / "vocab.gguf", vocab_only=True).output
 

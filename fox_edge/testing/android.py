@@ -34,8 +34,8 @@ def kotlin_files() -> list[Path]:
 
 def build() -> tuple[Path, list[Path]]:
     """(the folder holding libfox_edge_jni.so and libfox_edge.so, the classpath), rebuilt when a source changed."""
-    from fox_edge.testing.assets import kotlin_compiler
     from fox_edge.testing.native import build_core, run_build_step
+    from fox_edge.testing.suite_assets import kotlin_compiler
 
     out = build_core()  # the Android library's CMake project: the core, its tests and the JNI bridge
     kotlin = kotlin_compiler()

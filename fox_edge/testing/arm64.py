@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from fox_edge.assets import cache_dir
+from fox_edge.downloads import cache_dir
 from fox_edge.testing.stages import exclusive, stage, whole_machine
 
 CPUS = ("cortex-a76", "cortex-a53")
@@ -164,8 +164,8 @@ def build_native_core(cache: Path) -> Path:
     """The native core (native/) and its test program cross-compiled for ARM64 as Android ships it: every CPU variant
     of ggml (armv8.0 to armv9.2) beside libfox_edge, the best chosen at run time. The build folder persists, so a
     change to native/ recompiles only the core; the first build took 10 minutes on 2 cores beside the tests."""
-    from fox_edge.testing.assets import llama_cpp_source
     from fox_edge.testing.native import NATIVE, adopt_build_folder
+    from fox_edge.testing.suite_assets import llama_cpp_source
 
     release = importlib.metadata.version("llama-cpp-python")
     build = cache / f"native-variants-build-{release}"
@@ -378,7 +378,7 @@ def main() -> None:
     from fox_edge.converters.gguf import convert_to_gguf
     from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
     from fox_edge.quantize import quantize
-    from fox_edge.testing.assets import trained_tiny_fox1
+    from fox_edge.testing.suite_assets import trained_tiny_fox1
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)

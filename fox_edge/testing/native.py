@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fox_edge.assets import cache_dir
+from fox_edge.downloads import cache_dir
 from fox_edge.testing.stages import stage
 
 NATIVE = Path(__file__).resolve().parents[2] / "native"
@@ -139,7 +139,7 @@ def build_core(own_llama: bool = False) -> Path:
     else compiles llama.cpp itself (4.6 minutes); `own_llama` always does (benchmarks/native_overhead.py builds
     llama.cpp's own tools in the same folder). The build folder persists, so a change to native/ recompiles only the
     core."""
-    from fox_edge.testing.assets import llama_cpp_source
+    from fox_edge.testing.suite_assets import llama_cpp_source
 
     release = importlib.metadata.version("llama-cpp-python")
     linked = None if own_llama else llama_cpp_python_build()
@@ -174,7 +174,7 @@ def build_core_macos() -> Path:
     llama.cpp's symbols left to the loader, and fox_edge_tests, none of which can run here. llama.cpp itself is not
     compiled for macOS (12 CPU minutes with zig; upstream's CI builds it there): what this checks is the core's own
     code and its exported C API. About 1 minute cold."""
-    from fox_edge.testing.assets import llama_cpp_source
+    from fox_edge.testing.suite_assets import llama_cpp_source
 
     release = importlib.metadata.version("llama-cpp-python")
     build = cache_dir() / "native" / f"aarch64-macos-llama-cpp-python-{release}-at-load"

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from fox_edge.testing import arm64, assets, native
+from fox_edge.testing import arm64, native, suite_assets
 from fox_edge.testing.stages import whole_machine
 
 # In the order the background process prepares them, the longest chain first (the ARM64 build, then the tests under
@@ -19,10 +19,10 @@ from fox_edge.testing.stages import whole_machine
 PREPARATIONS: dict[str, Callable[[], object]] = {
     "x86-64 native core": native.build_core,
     "ARM64 native core": lambda: arm64.build_native_core(arm64.prepared_root()[0]),
-    "trained tiny Fox-1": assets.trained_tiny_fox1,
+    "trained tiny Fox-1": suite_assets.trained_tiny_fox1,
     "ARM64 Python stage": arm64.prepare_python_stage,
     "macOS native core": native.build_core_macos,
-    "optimum environment": lambda: assets.side_environment("optimum"),
+    "optimum environment": lambda: suite_assets.side_environment("optimum"),
 }
 
 

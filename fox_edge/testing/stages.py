@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fox_edge.assets import cache_dir
+from fox_edge.downloads import cache_dir
 
 STAGE_LOG = "FOX_EDGE_STAGE_LOG"
 BACKGROUND = "FOX_EDGE_PREPARING_IN_BACKGROUND"  # set in the background process tests/conftest.py starts

@@ -13,7 +13,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from fox_edge.assets import cache_dir, pip_download, run
+from fox_edge.downloads import cache_dir, pip_download, run
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.testing.stages import stage
 

