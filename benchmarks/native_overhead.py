@@ -52,11 +52,11 @@ def llama_completion(build: Path) -> Path:
 def fox1_q4_k_m() -> Path:
     target = cache_dir() / "bench" / "fox1-random.Q4_K_M.gguf"
     if not target.is_file():
-        from fox_edge import convert
+        from fox_edge import GgufOptions, convert
         from fox_edge.check import CheckSettings
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        convert(fox1_random_checkpoint(), target, quant="Q4_K_M", check=CheckSettings(enabled=False))
+        convert(fox1_random_checkpoint(), target, GgufOptions(quant="Q4_K_M"), check=CheckSettings(enabled=False))
     return target
 
 

@@ -1,7 +1,7 @@
 """fox-edge: Fox-1 (and Llama-architecture siblings) to GGUF and ONNX, quantized, checked and run on device.
 
-    from fox_edge import convert, open_runner
-    result = convert("path/to/checkpoint", "model.Q4_K_M.gguf", quant="Q4_K_M")   # converted, quantized, checked
+    from fox_edge import GgufOptions, convert, open_runner
+    result = convert("path/to/checkpoint", "model.Q4_K_M.gguf", GgufOptions(quant="Q4_K_M"))   # converted, quantized, checked
 
 The names below are imported on first use, so `import fox_edge` stays light.
 """
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "convert": "fox_edge.pipeline",
     "ConvertResult": "fox_edge.pipeline",
+    "GgufOptions": "fox_edge.pipeline",
     "OnnxOptions": "fox_edge.converters.onnx",
     "CheckSettings": "fox_edge.check",
     "CheckReport": "fox_edge.check",

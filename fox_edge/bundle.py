@@ -19,13 +19,14 @@ from pathlib import Path
 
 from fox_edge import __version__
 from fox_edge.backends.base import estimate_memory, weights_bytes
-from fox_edge.check import CheckSettings, load_report, precision_of, quant_type, sidecar_path
+from fox_edge.check import CheckSettings, load_report, sidecar_path
+from fox_edge.converters.onnx import OnnxOptions
 from fox_edge.errors import FoxEdgeError, InvalidOption, TemplateRefused
 from fox_edge.files import atomic_output, check_writable
 from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.manifest import SCHEMA_VERSION, Problem, file_sha256, manifest_problems, schema_problems
-from fox_edge.pipeline import PhaseProgress, convert
+from fox_edge.pipeline import GgufOptions, PhaseProgress, convert
 from fox_edge.runner import open_runner
 from fox_edge.sampling import SamplingParams
 from fox_edge.source import is_hub_id, local_folder
@@ -78,18 +79,16 @@ TARGETS = {
 BACKENDS = {"llama.cpp": GGUF, "onnx": ONNX}  # --backend -> the format it runs
 
 
-def _gguf_conversion(settings: Target, quant: str | None, precision: str | None) -> dict:
-    return {"quant": quant or settings.quant}
+def _gguf_conversion(settings: Target, quant: str | None, precision: str | None) -> GgufOptions:
+    return GgufOptions(quant=quant or settings.quant)
 
 
-def _onnx_conversion(settings: Target, quant: str | None, precision: str | None) -> dict:
-    from fox_edge.converters.onnx import OnnxOptions
-
-    return {"onnx": OnnxOptions(precision=precision or settings.onnx_precision), "ort_format": settings.ort_format}
+def _onnx_conversion(settings: Target, quant: str | None, precision: str | None) -> OnnxOptions:
+    return OnnxOptions(precision=precision or settings.onnx_precision, ort_format=settings.ort_format)
 
 
-# What `convert` is given to make each format for a target, and the loading settings its manifest carries.
-CONVERT_OPTIONS = {GGUF: _gguf_conversion, ONNX: _onnx_conversion}
+# The conversion that makes each format for a target, and the loading settings its manifest carries.
+CONVERSIONS = {GGUF: _gguf_conversion, ONNX: _onnx_conversion}
 RUNTIME_OPTIONS = {GGUF: lambda settings: settings.gguf_loading, ONNX: lambda settings: {}}
 
 
@@ -142,8 +141,8 @@ def make_bundle(
             model_format = BACKENDS[backend]
             model = folder / model_format.bundle_path
             result = convert(
-                source, model, to=model_format.name, chat_template=chat_template, check=check, threads=threads, progress=progress,
-                on_message=on_message, **CONVERT_OPTIONS[model_format](settings, quant, precision),
+                source, model, CONVERSIONS[model_format](settings, quant, precision), chat_template=chat_template, check=check,
+                threads=threads, progress=progress, on_message=on_message,
             )  # fmt: skip
             report = json.loads(result.check.to_json()) if result.check is not None else None
             sidecar_path(model).unlink(missing_ok=True)  # the manifest carries the report
@@ -195,14 +194,14 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
                 f"the model needs about {memory['total_bytes'] / GIB:.2f} GiB at a {runner.n_ctx}-token context, over the "
                 f"{settings.memory_budget / GIB:.0f} GiB budget for {target} ({settings.budget_source})"
             )
-        precision = precision_of(runner)
+        precision = runner.precision_class
         defaults = SamplingParams()
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": {
-                "name": runner.metadata.get("general.name") or source,
+                "name": runner.name or source,
                 "source": source,
-                "license": runner.metadata.get("general.license"),
+                "license": runner.license,
                 "architecture": runner.metadata.get("general.architecture", "llama"),
             },
             "target": target,
@@ -211,7 +210,7 @@ def _manifest(folder: Path, model: Path, source, target: str, settings: Target, 
                 "backend": runner.backend,
                 "model_path": model.relative_to(folder).as_posix(),
                 "precision": precision if precision in ("f16", "int8", "int6", "int5", "int4") else "f16",
-                "quant_type": quant_type(runner),
+                "quant_type": runner.quant_type,
                 "runtime_options": {"n_threads": "performance cores", **RUNTIME_OPTIONS[model_format](settings)},
             },
             "files": [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in files],

@@ -127,7 +127,7 @@ def check_model(
         open_runner(reference, n_ctx=settings.context, n_threads=n_threads) as ref,
         open_runner(candidate, n_ctx=settings.context, n_threads=n_threads) as cand,
     ):
-        bars = settings.bars_for(precision_of(cand))
+        bars = settings.bars_for(cand.precision_class)
         return check_accuracy(
             cand,
             ref,
@@ -139,33 +139,6 @@ def check_model(
             progress=progress,
             reference_logits=reference_logits,
         )
-
-
-def quant_type(runner: Runner) -> str | None:
-    """What a model is stored as: the GGUF file type (Q4_K_M, F16, ...) or the precision an ONNX conversion recorded."""
-    from fox_edge.converters.onnx_plan import OnnxPlan
-
-    if (plan := OnnxPlan.from_metadata(runner.metadata)) is not None:
-        return plan.precision
-    file_type = runner.metadata.get("general.file_type")
-    if file_type is None:
-        return None
-    import gguf
-
-    return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
-def precision_of(runner: Runner) -> str:
-    """The precision class of a model (which bars apply), from its quant_type."""
-    from fox_edge.converters.onnx_plan import OnnxPlan
-    from fox_edge.quant.gguf import QUANT_TYPES
-
-    if (plan := OnnxPlan.from_metadata(runner.metadata)) is not None:
-        return plan.precision_class
-    name = quant_type(runner)
-    if name is None or name in ("F16", "BF16", "F32"):
-        return "f16"
-    return QUANT_TYPES[name].precision if name in QUANT_TYPES else name
 
 
 def check_tokenizers(candidate: Runner, reference: Runner, tokens_c: list[int], tokens_r: list[int]) -> None:
@@ -239,7 +212,7 @@ def check_accuracy(
     reference_logits: where the reference's logits of each chunk are kept once computed, for the next check against
     the same reference."""
     started = time.monotonic()
-    precision = precision_of(candidate)
+    precision = candidate.precision_class
     if bars is None:
         if precision not in DEFAULT_BARS:
             raise InvalidOption(f"there are no default bars for {precision}; give {{max_kld}}, {{min_top1}} and {{max_ppl_ratio}}", BARS)

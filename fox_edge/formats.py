@@ -48,6 +48,27 @@ PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
 ONNX_REWRITE = "re-run `fox-edge convert --to onnx` to rewrite the folder"  # the fix for a damaged folder
 LOGITS_TO_KEEP = "logits_to_keep"  # fox-edge's overridable input: logits for the last N positions (0 = all)
+# What an ONNX conversion records in the model's metadata_props: OnnxPlan field -> key (fox_edge/converters/onnx_plan.py
+# writes and reads the plan through it; the runner reads the precision).
+ONNX_METADATA_KEYS = {
+    "precision": "fox_edge.precision",
+    "weights": "fox_edge.weights",
+    "block_size": "fox_edge.block_size",
+    "accuracy_level": "fox_edge.accuracy_level",
+    "symmetric": "fox_edge.symmetric",
+    "embedding_bits": "fox_edge.embedding_bits",
+    "embedding_block_size": "fox_edge.embedding_block_size",
+    "block_offsets": "fox_edge.block_offsets",
+    "block_scales": "fox_edge.block_scales",
+}
+
+# Which accuracy bars a model is held to (fox_edge/check.py), by what it is stored as: a GGUF file type fox-edge
+# quantizes to or an ONNX conversion's precision. Full-precision models are held to the f16 bars; other types have none.
+PRECISION_CLASSES = {
+    "F32": "f16", "F16": "f16", "BF16": "f16",
+    "Q8_0": "int8", "Q6_K": "int6", "Q5_K_M": "int5", "Q4_K_M": "int4", "Q4_K_S": "int4", "Q4_0": "int4", "IQ4_NL": "int4", "IQ4_XS": "int4",
+    "fp32": "f16", "fp16": "f16", "int8": "int8", "int4": "int4",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

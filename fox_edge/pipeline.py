@@ -1,7 +1,7 @@
 """`convert` as one library call: a checkpoint to GGUF or ONNX, quantized if asked, checked, no intermediate left.
 
-    from fox_edge import convert
-    result = convert("tensoropera/Fox-1-1.6B-Instruct-v0.1", "fox1.Q4_K_M.gguf", quant="Q4_K_M")
+    from fox_edge import GgufOptions, convert
+    result = convert("tensoropera/Fox-1-1.6B-Instruct-v0.1", "fox1.Q4_K_M.gguf", GgufOptions(quant="Q4_K_M"))
     result.check.passed, result.check.kld_mean
 
 The CLI's `fox-edge convert` parses its flags into this call and renders what it returns; the bundle
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fox_edge.check import CheckReport, CheckSettings, check_model, save_report
 from fox_edge.converters.gguf import GgufResult, convert_to_gguf
-from fox_edge.converters.onnx import OnnxOptions, OnnxResult, check_onnx_conversion, convert_to_onnx
+from fox_edge.converters.onnx import OnnxOptions, OnnxResult, check_onnx_conversion, write_onnx
 from fox_edge.errors import InvalidOption, Unchecked
 from fox_edge.files import check_writable
 from fox_edge.hooks import OnMessage, PhaseProgress, ignore_message, no_progress
@@ -25,8 +25,19 @@ from fox_edge.quant.gguf import QuantizedFile, parse_type
 from fox_edge.quantize import quantize
 from fox_edge.source import local_folder, resolve
 
-TARGETS = ("gguf", "onnx")
 EXPORTERS = ("fox-edge", "optimum")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GgufOptions:
+    """A conversion to GGUF: `dtype` (f16, bf16, f32) weights, or with `quant` (a `fox-edge quantize` type) that type,
+    quantized from a `dtype` intermediate that is removed; `imatrix` saves (or, if it exists, reuses) the importance
+    matrix of a calibrated quantization. `vocab_only` writes the tokenizer alone."""
+
+    dtype: str = "f16"
+    vocab_only: bool = False
+    quant: str | None = None
+    imatrix: str | Path | None = None
 
 
 @dataclass(kw_only=True)
@@ -42,59 +53,34 @@ class ConvertResult:
 def convert(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
+    options: GgufOptions | OnnxOptions | None = None,
     *,
-    to: str = "gguf",
-    dtype: str = "f16",
-    vocab_only: bool = False,
-    quant: str | None = None,
     calibration: str | Path | None = None,
-    imatrix: str | Path | None = None,
-    onnx: OnnxOptions | None = None,
-    ort_format: bool = False,
-    exporter: str = "fox-edge",
     chat_template: str | None = None,
     check: CheckSettings | None = None,
     threads: int | None = None,
     progress: PhaseProgress | None = None,
     on_message: OnMessage = ignore_message,
 ) -> ConvertResult:
-    """Convert `source` (a checkpoint folder or hub id) to `output`, a GGUF file or an ONNX folder.
-
-    GGUF: `dtype` f16/bf16/f32; with `quant` (a `fox-edge quantize` type) the f16 conversion is quantized
-    (calibrated with `calibration` or `imatrix`) and removed. ONNX: `onnx` options, `ort_format`, `exporter`.
-    Quantized outputs are checked against the original with `check` (check.enabled=False skips it); the
-    report is in the result and stored beside the output. A failing check is reported, not raised: the
-    caller decides what a FAIL means.
+    """Convert `source` (a checkpoint folder or hub id) to `output`: a GGUF file (GgufOptions, the default) or an ONNX
+    folder (OnnxOptions). `calibration` (a text file or "builtin"; "none": round to nearest) calibrates the quantization.
+    Quantized outputs are checked against the original with `check` (check.enabled=False skips it); the report is in
+    the result and stored beside the output. A failing check is reported, not raised: the caller decides what a FAIL
+    means.
     """
     check = check or CheckSettings()
     phase, say = progress or no_progress, on_message
-    if to not in TARGETS:
-        raise InvalidOption(f"unknown {{to}} {to!r}; fox-edge converts to: {', '.join(TARGETS)}", ["to"])
-    if to == "onnx":
-        if quant or vocab_only or imatrix:
-            raise InvalidOption(
-                "{quant}, {vocab_only} and {imatrix} are GGUF options; for ONNX use {precision} int8 or int4",
-                ["quant", "vocab_only", "imatrix", "precision"],
-            )
-        result = _convert_onnx(
-            source, Path(output), onnx or OnnxOptions(), ort_format, exporter, chat_template, calibration, threads, phase, say
-        )
+    if isinstance(options, OnnxOptions):
+        result = _convert_onnx(source, Path(output), options, chat_template, calibration, threads, phase, say)
         if result.format == "onnx" and not result.not_checked and check.enabled and result.conversion.precision in ("int8", "int4"):
             result.check, result.not_checked = _check(output, source, check, threads, phase, say)
-    else:
-        if onnx is not None or ort_format or exporter != "fox-edge":
-            raise InvalidOption(
-                "{precision}, {ort_format} and {exporter} are ONNX options; add {to} onnx", ["precision", "ort_format", "exporter", "to"]
-            )
-        result = _convert_gguf(
-            source, Path(output), dtype, vocab_only, quant, calibration, imatrix, chat_template, check, threads, phase, say
-        )
-    return result
+        return result
+    options = options or GgufOptions()
+    return _convert_gguf(source, Path(output), options, calibration, chat_template, check, threads, phase, say)
 
 
-def _convert_gguf(
-    source, output, dtype, vocab_only, quant, calibration, imatrix, chat_template, check, threads, phase, say
-) -> ConvertResult:
+def _convert_gguf(source, output, options: GgufOptions, calibration, chat_template, check, threads, phase, say) -> ConvertResult:
+    dtype, vocab_only, quant, imatrix = options.dtype, options.vocab_only, options.quant, options.imatrix
     if quant is None:
         if calibration or imatrix:
             raise InvalidOption(
@@ -133,13 +119,13 @@ def _wrote_gguf(conversion: GgufResult) -> str:
     )
 
 
-def _convert_onnx(source, output, options, ort_format, exporter, chat_template, calibration, threads, phase, say) -> ConvertResult:
-    if exporter not in EXPORTERS:
-        raise InvalidOption(f"unknown {{exporter}} {exporter!r}; choose {' or '.join(EXPORTERS)}", ["exporter"])
-    if exporter == "optimum":
+def _convert_onnx(source, output, options: OnnxOptions, chat_template, calibration, threads, phase, say) -> ConvertResult:
+    if options.exporter not in EXPORTERS:
+        raise InvalidOption(f"unknown {{exporter}} {options.exporter!r}; choose {' or '.join(EXPORTERS)}", ["exporter"])
+    if options.exporter == "optimum":
         from fox_edge.converters.optimum import convert_with_optimum
 
-        if ort_format or chat_template is not None or calibration not in (None, "none"):
+        if options.ort_format or chat_template is not None or calibration not in (None, "none"):
             raise InvalidOption(
                 "{ort_format}, {chat_template} and {calibration} go with fox-edge's own exporter; drop {exporter} optimum",
                 ["ort_format", "chat_template", "calibration", "exporter"],
@@ -151,27 +137,27 @@ def _convert_onnx(source, output, options, ort_format, exporter, chat_template, 
         )
         return ConvertResult(output=output, format="onnx-optimum", conversion=conversion, not_checked="optimum-onnx graphs")
     importance = None
-    check_onnx_conversion(source, output, options, ort_format=ort_format)  # refused before minutes of calibration
-    if calibration is None and options.precision == "int4":
-        calibration = default_onnx_calibration(say)
-    if calibration == "none":
-        calibration = None
-    if calibration is not None:
-        if options.precision not in ("int8", "int4"):
-            raise InvalidOption(
-                f"{{calibration}} chooses int8 / int4 block scales; {{precision}} {options.precision} has none: drop it",
-                ["calibration", "precision"],
-            )
-        from fox_edge.quant.imatrix import checkpoint_importance
+    checked = check_onnx_conversion(source, output, options)  # refused before minutes of calibration
+    try:
+        if calibration is None and options.precision == "int4":
+            calibration = default_onnx_calibration(say)
+        if calibration == "none":
+            calibration = None
+        if calibration is not None:
+            if options.precision not in ("int8", "int4"):
+                raise InvalidOption(
+                    f"{{calibration}} chooses int8 / int4 block scales; {{precision}} {options.precision} has none: drop it",
+                    ["calibration", "precision"],
+                )
+            from fox_edge.quant.imatrix import checkpoint_importance
 
-        say(f"calibrating on {calibration}: the importance of every input column, through the checkpoint in PyTorch")
-        with phase("calibrating") as progress:
-            importance = checkpoint_importance(resolve(source, progress=False)[0], calibration, progress)
-    with phase("converting") as progress:
-        conversion = convert_to_onnx(
-            source, output, options, ort_format=ort_format, chat_template=chat_template, progress=progress, on_message=say,
-            importance=importance,
-        )  # fmt: skip
+            say(f"calibrating on {calibration}: the importance of every input column, through the checkpoint in PyTorch")
+            with phase("calibrating") as progress:
+                importance = checkpoint_importance(resolve(source, progress=False)[0], calibration, progress)
+        with phase("converting") as progress:
+            conversion = write_onnx(checked, chat_template=chat_template, progress=progress, on_message=say, importance=importance)
+    finally:
+        checked.weights.close()  # write_onnx closes them too; here, when calibration fails or is interrupted
     say(
         f"wrote {conversion.output}: {conversion.precision}, {conversion.n_initializers} initializers, "
         f"{conversion.n_bytes / 1e6:.1f} MB of weights in {conversion.seconds:.1f} s (tokenizer from {conversion.vocab_source}, "

@@ -66,10 +66,10 @@ def test_missing_path_says_so(tmp_path):
 
 
 def test_pipeline_converts_quantizes_and_checks_without_the_cli(tiny_fox1, tmp_path):
-    from fox_edge import CheckSettings, convert
+    from fox_edge import CheckSettings, GgufOptions, convert
 
     output = tmp_path / "tiny.Q8_0.gguf"
-    result = convert(tiny_fox1, output, quant="Q8_0", check=CheckSettings(tokens=256, context=128))
+    result = convert(tiny_fox1, output, GgufOptions(quant="Q8_0"), check=CheckSettings(tokens=256, context=128))
     # The file holds Q8_0 matrices (read independently of fox-edge), and no f16 intermediate is left.
     types = {t.tensor_type for t in gguf.GGUFReader(output).tensors if len(t.shape) > 1}
     assert types == {gguf.GGMLQuantizationType.Q8_0}
@@ -83,7 +83,7 @@ def test_pipeline_onnx_is_checked_against_the_checkpoint(tiny_fox1, tmp_path):
     from fox_edge import CheckSettings, OnnxOptions, check_model, convert
 
     settings = CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0)
-    result = convert(tiny_fox1, tmp_path / "int8", to="onnx", onnx=OnnxOptions(precision="int8"), check=settings)
+    result = convert(tiny_fox1, tmp_path / "int8", OnnxOptions(precision="int8"), check=settings)
     assert result.format == "onnx" and (tmp_path / "int8" / "check.json").is_file()
     again = check_model(result.output, tiny_fox1, settings)  # the same measurement, made on its own
     assert result.check.kld_mean == pytest.approx(again.kld_mean, rel=1e-4)

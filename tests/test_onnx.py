@@ -30,7 +30,7 @@ def tiny_onnx(tmp_path_factory, tiny_fox1):
     """precision -> the tiny checkpoint converted to an ONNX folder (int4 also in ORT format)."""
     folder = tmp_path_factory.mktemp("tiny-onnx")
     return {
-        precision: convert_to_onnx(tiny_fox1, folder / precision, OnnxOptions(precision=precision), ort_format=precision == "int4").output
+        precision: convert_to_onnx(tiny_fox1, folder / precision, OnnxOptions(precision=precision, ort_format=precision == "int4")).output
         for precision in ("fp32", "fp16", "int8", "int4")
     }
 
@@ -210,7 +210,7 @@ def test_calibrated_graph_computes_its_dequantized_model(tiny_fox1, tmp_path):
 
     importance = checkpoint_importance(tiny_fox1, "builtin")  # what convert computes: the same text and chunks
     folder = convert(
-        tiny_fox1, tmp_path / "calibrated", to="onnx", onnx=OnnxOptions(precision="int4", accuracy_level=0, block_offsets=False),  # asymmetric, 8-bit embedding
+        tiny_fox1, tmp_path / "calibrated", OnnxOptions(precision="int4", accuracy_level=0, block_offsets=False),  # asymmetric, 8-bit embedding
         calibration="builtin", check=CheckSettings(enabled=False),
     ).output  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(tiny_fox1, dtype=torch.float32).eval()

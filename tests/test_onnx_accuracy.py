@@ -47,7 +47,7 @@ def test_default_int4_passes_and_matches_gguf_q4_k_m(model, request, tmp_path):
     from fox_edge.quantize import quantize
 
     checkpoint = request.getfixturevalue(model)
-    folder = convert(checkpoint, tmp_path / "int4", to="onnx", check=CheckSettings(enabled=False)).output
+    folder = convert(checkpoint, tmp_path / "int4", OnnxOptions(), check=CheckSettings(enabled=False)).output
     with LogitsStore(tmp_path / "reference-logits") as kept:  # PyTorch's logits, computed once for both checks
         report = check_model(folder, checkpoint, CHECK, reference_logits=kept)
         assert report.precision == "int4" and report.bars == DEFAULT_BARS["int4"]

@@ -107,6 +107,28 @@ class Runner:
             raise InvalidOption(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {path}; drop them")
         return cls(path, n_ctx=n_ctx, n_threads=n_threads, **options)
 
+    @property
+    def name(self) -> str | None:
+        """The model's name, as its file records it."""
+        return self.metadata.get("general.name")
+
+    @property
+    def license(self) -> str | None:
+        return self.metadata.get("general.license")
+
+    @property
+    def quant_type(self) -> str | None:
+        """What the weights are stored as: a GGUF file type (Q4_K_M, F16, ...), an ONNX conversion's precision (int4,
+        fp32, ...), or None where the model does not say (a checkpoint, a folder fox-edge did not convert)."""
+        return None
+
+    @property
+    def precision_class(self) -> str:
+        """Which accuracy bars apply (formats.PRECISION_CLASSES): full precision when the model does not say."""
+        from fox_edge.formats import PRECISION_CLASSES
+
+        return PRECISION_CLASSES.get(self.quant_type, self.quant_type) if self.quant_type else "f16"
+
     def resident_weights_bytes(self) -> int | None:
         """The weights' bytes as the runtime holds them, where that differs from the files (None: the files)."""
         return None

@@ -207,6 +207,13 @@ class LlamaCppRunner(Runner):
         self._cached: list[int] = []  # the tokens whose keys and values the KV cache holds, in order
 
     # -- vocabulary ------------------------------------------------------------------------------
+    @property
+    def quant_type(self) -> str | None:
+        import gguf
+
+        file_type = self.metadata.get("general.file_type")
+        return None if file_type is None else gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
     def _read_metadata(self) -> dict[str, str]:
         metadata = {}
         buffer = ctypes.create_string_buffer(1 << 16)

@@ -30,6 +30,7 @@ from fox_edge.formats import (
     GENAI_CONFIG,
     LOGITS_TO_KEEP,
     ONNX,
+    ONNX_METADATA_KEYS,
     ONNX_MODEL,
     ONNX_REWRITE,
     ORT_MODEL,
@@ -117,6 +118,14 @@ class OnnxRunner(Runner):
             options["providers"] = device_providers(device)
         return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
 
+    @property
+    def name(self) -> str | None:
+        return self.metadata.get("general.name") or self.path.name
+
+    @property
+    def quant_type(self) -> str | None:
+        return self.metadata.get(ONNX_METADATA_KEYS["precision"])
+
     def __init__(
         self,
         path: str | Path,
@@ -171,7 +180,6 @@ class OnnxRunner(Runner):
         self._weights.drop_pages()
         trim_heap()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        self.metadata.setdefault("general.name", self.path.name)
         self.n_threads = options.intra_op_num_threads
         inputs = {i.name: i for i in self._session.get_inputs()}
         self._dtype = NUMPY_TYPES[inputs[PAST_KEY.format(0)].type]

@@ -40,6 +40,10 @@ class TorchRunner(Runner):
             raise InvalidOption("the PyTorch reference runs on the CPU here; drop {device} gpu", ["device"])
         return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
 
+    @property
+    def name(self) -> str | None:
+        return self._name
+
     def __init__(self, source: str | Path, n_ctx: int = 4096, n_threads: int | None = None, dtype: str = "float32"):
         try:
             import torch
@@ -74,7 +78,8 @@ class TorchRunner(Runner):
         special = {token.content: i for i, token in self.tokenizer.added_tokens_decoder.items() if token.special}
         self.stop_ids = stop_ids([self.eos_id], special.get)
         self.chat_template = self.tokenizer.chat_template
-        self.metadata = {"general.name": checkpoint.name}
+        self.metadata = {}
+        self._name = checkpoint.name
         self.n_evaluated = 0
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:

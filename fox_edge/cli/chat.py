@@ -54,10 +54,7 @@ def chat(
             max_tokens=max_tokens, default_max=512,
         )  # fmt: skip
         session = ChatSession(runner, params, system, on_message=say)
-        say(
-            f"{runner.metadata.get('general.name', model.name)} on {runner.backend}, {runner.n_ctx}-token context. "
-            "/help for commands, Ctrl-D or /bye to quit."
-        )
+        say(f"{runner.name or model.name} on {runner.backend}, {runner.n_ctx}-token context. /help for commands, Ctrl-D or /bye to quit.")
         read_line = terminal_reader() if sys.stdin.isatty() and sys.stdout.isatty() else pipe_reader()
         cleared = False  # the last input was a Ctrl-C at the prompt: a second one quits
         while True:

@@ -9,6 +9,8 @@ import typer
 
 from fox_edge.cli.common import Calibration, ChatTemplate, NoCheck, Strict, Threads, errors, phase_bar, read_chat_template, say, show_check
 
+TARGETS = ("gguf", "onnx")
+
 
 def convert(
     source: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder or hub id")],
@@ -69,17 +71,33 @@ def convert(
     with errors():
         from fox_edge.check import CheckSettings
         from fox_edge.converters.onnx import OnnxOptions
+        from fox_edge.errors import InvalidOption
+        from fox_edge.pipeline import GgufOptions
         from fox_edge.pipeline import convert as convert_model
 
-        onnx = None
+        if to not in TARGETS:
+            raise InvalidOption(f"unknown {{to}} {to!r}; fox-edge converts to: {', '.join(TARGETS)}", ["to"])
+        options: GgufOptions | OnnxOptions
         if to == "onnx":
-            onnx = OnnxOptions(
+            if quant or vocab_only:
+                raise InvalidOption(
+                    "{quant}, {vocab_only} and {imatrix} are GGUF options; for ONNX use {precision} int8 or int4",
+                    ["quant", "vocab_only", "imatrix", "precision"],
+                )
+            options = OnnxOptions(
                 precision=precision, block_size=block_size, accuracy_level=accuracy_level, intra_op_threads=intra_op_threads,
                 embedding_bits=embedding_bits, embedding_block_size=embedding_block_size, symmetric=symmetric, block_offsets=block_offsets,
+                ort_format=ort_format, exporter=exporter,
             )  # fmt: skip
+        else:
+            if ort_format or exporter != "fox-edge":
+                raise InvalidOption(
+                    "{precision}, {ort_format} and {exporter} are ONNX options; add {to} onnx",
+                    ["precision", "ort_format", "exporter", "to"],
+                )
+            options = GgufOptions(dtype=dtype, vocab_only=vocab_only, quant=quant)
         result = convert_model(
-            source, output, to=to, dtype=dtype, vocab_only=vocab_only, quant=quant, calibration=calibration, onnx=onnx,
-            ort_format=ort_format, exporter=exporter, chat_template=read_chat_template(chat_template),
+            source, output, options, calibration=calibration, chat_template=read_chat_template(chat_template),
             check=CheckSettings(enabled=not no_check), threads=threads, progress=phase_bar, on_message=say,
         )  # fmt: skip
         if to == "onnx":

@@ -13,6 +13,7 @@ straight into the external-data file, so peak memory stays near one matrix, what
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -386,29 +387,41 @@ class GraphBuilder:
 # --- folder ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class CheckedConversion:
+    """A conversion that passed every up-front check, with what it goes on with."""
+
+    source: str | os.PathLike[str]
+    output: str | os.PathLike[str]
+    options: OnnxOptions
+    plan: OnnxPlan
+    checkpoint: Checkpoint
+    weights: SafetensorsWeights
+    total: int  # bytes of external data to write
+
+
 def check_onnx_conversion(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    options: OnnxOptions = OnnxOptions(),
-    *,
-    ort_format: bool = False,
-    calibrated: bool = False,
-) -> tuple[OnnxPlan, Checkpoint, SafetensorsWeights, int]:
+    source: str | os.PathLike[str], output: str | os.PathLike[str], options: OnnxOptions = OnnxOptions()
+) -> CheckedConversion:
     """Everything convert_to_onnx refuses, refused before any work (a calibration pass comes first, and takes minutes):
-    the options, the output, the checkpoint and its tensors. Returns what the conversion goes on with."""
-    plan = OnnxPlan.resolve(options, calibrated)
+    the options, the output, the checkpoint and its tensors."""
+    plan = OnnxPlan.resolve(options)
     check_writable(output, folder=True, source_folders=[local_folder(source)])
     checkpoint = open_checkpoint(source)
     total = estimate_bytes(checkpoint.shape, plan)
-    if ort_format and total > INLINE_LIMIT:
+    if options.ort_format and total > INLINE_LIMIT:
         raise FoxEdgeError(
             f"{{ort_format}} stores weights inside one flatbuffer, limited to 2 GiB; {checkpoint.name} at {options.precision} needs "
             f"{total / 2**30:.1f} GiB: use {{precision}} int4 or int8, or drop {{ort_format}}",
             ["ort_format", "precision"],
         )
     weights = SafetensorsWeights(checkpoint.weight_files)
-    check_llama_tensors(weights, checkpoint.shape)
-    return plan, checkpoint, weights, total
+    try:
+        check_llama_tensors(weights, checkpoint.shape)
+    except BaseException:
+        weights.close()
+        raise
+    return CheckedConversion(source=source, output=output, options=options, plan=plan, checkpoint=checkpoint, weights=weights, total=total)
 
 
 def convert_to_onnx(
@@ -416,7 +429,6 @@ def convert_to_onnx(
     output: str | os.PathLike[str],
     options: OnnxOptions = OnnxOptions(),
     *,
-    ort_format: bool = False,
     chat_template: str | None = None,
     progress: Progress | None = None,
     on_message: OnMessage = ignore_message,
@@ -427,24 +439,39 @@ def convert_to_onnx(
     `chat_template` replaces the checkpoint's; `on_message` receives notes and warnings, one line each.
     `importance` (checkpoint weight name -> mean squared input activation per column, from calibration text:
     fox_edge.quant.imatrix.checkpoint_importance) makes int8/int4 blocks search their scales against it."""
+    return write_onnx(
+        check_onnx_conversion(source, output, options), chat_template=chat_template, progress=progress, on_message=on_message,
+        importance=importance,
+    )  # fmt: skip
+
+
+def write_onnx(
+    checked: CheckedConversion,
+    *,
+    chat_template: str | None = None,
+    progress: Progress | None = None,
+    on_message: OnMessage = ignore_message,
+    importance: Mapping[str, np.ndarray] | None = None,
+) -> OnnxResult:
+    """The folder of a conversion check_onnx_conversion passed (see convert_to_onnx)."""
     started = time.monotonic()
-    plan, checkpoint, weights, total = check_onnx_conversion(source, output, options, ort_format=ort_format, calibrated=bool(importance))
-    shape = checkpoint.shape
-    vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
+    output, checkpoint, weights = checked.output, checked.checkpoint, checked.weights
+    plan = dataclasses.replace(checked.plan, calibrated=bool(checked.plan.matrices and importance))
     try:
+        vocab = read_vocab(checkpoint, on_message, chat_template=chat_template)
         with atomic_output(output) as folder:
             folder.mkdir()
-            data = ExternalData(folder / ONNX_DATA, progress, total)
+            data = ExternalData(folder / ONNX_DATA, progress, checked.total)
             try:
-                model = GraphBuilder(shape, plan, weights, data, importance or {}).build()
+                model = GraphBuilder(checkpoint.shape, plan, weights, data, importance or {}).build()
             finally:
                 data.close()
             _set_metadata(model, checkpoint, plan)
             onnx.save_model(model, folder / ONNX_MODEL)  # initializers already point at the external file
             _write_tokenizer(folder, checkpoint, vocab)
-            _write_genai_config(folder, checkpoint, vocab, options.intra_op_threads)
+            _write_genai_config(folder, checkpoint, vocab, checked.options.intra_op_threads)
             ort_model = None
-            if ort_format:
+            if checked.options.ort_format:
                 on_message("writing the ORT-format model")
                 ort_model = write_ort_format(folder)
             n_bytes = (folder / ONNX_DATA).stat().st_size
@@ -454,7 +481,7 @@ def convert_to_onnx(
         weights.close()
     output = Path(output)
     return OnnxResult(
-        output=output, precision=options.precision, n_initializers=len(model.graph.initializer), n_bytes=n_bytes,
+        output=output, precision=checked.options.precision, n_initializers=len(model.graph.initializer), n_bytes=n_bytes,
         seconds=time.monotonic() - started, vocab_source=vocab.source, chat_template=vocab.chat_template_source,
         ort_model=output / ORT_MODEL if ort_model else None,
     )  # fmt: skip

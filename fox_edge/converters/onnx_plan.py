@@ -1,6 +1,6 @@
 """One ONNX conversion's decisions, made once: `OnnxOptions` (what a caller asks for) resolve into an `OnnxPlan` (every
 layout choice that follows from them), which the graph builder, the size estimate and the metadata writer read, and
-which `fox-edge info` and `check` read back from a converted folder's metadata (one table of keys: METADATA_KEYS).
+which `fox-edge info` and `check` read back from a converted folder's metadata (one table of keys: ONNX_METADATA_KEYS).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 from onnx import TensorProto
 
 from fox_edge.errors import InvalidOption
+from fox_edge.formats import ONNX_METADATA_KEYS, PRECISION_CLASSES
 from fox_edge.quant.blockwise import with_offset_blocks
 from fox_edge.spec import LlamaShape, llama_tensors
 
@@ -47,6 +48,8 @@ class OnnxOptions:
     # Asymmetric int4: each block's fractional zero point, which integer zero points round away, carried by extra
     # input columns (the input's block means) in the same MatMulNBits: see GraphBuilder.uses_block_offsets.
     block_offsets: bool = True
+    ort_format: bool = False  # also model.ort and its operator list, for onnxruntime's reduced mobile builds
+    exporter: str = "fox-edge"  # or "optimum": a standard-op graph from optimum-onnx (fox_edge/converters/optimum.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +127,7 @@ class OnnxPlan:
     @property
     def precision_class(self) -> str:
         """Which accuracy bars apply (fox_edge.check): float conversions are held to the f16 bars."""
-        return self.precision if self.matrices is not None else "f16"
+        return PRECISION_CLASSES[self.precision]
 
     @property
     def numpy_activation(self) -> type:
@@ -147,12 +150,12 @@ class OnnxPlan:
                 "block_offsets": str(self.block_offsets).lower(),
                 "block_scales": SEARCHED if self.calibrated else ROUNDED,
             }
-        return {METADATA_KEYS[field]: value for field, value in values.items()}
+        return {ONNX_METADATA_KEYS[field]: value for field, value in values.items()}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> OnnxPlan | None:
         """The plan a folder was converted with, from its model's metadata; None if fox-edge did not convert it."""
-        value = {field: metadata.get(key) for field, key in METADATA_KEYS.items()}
+        value = {field: metadata.get(key) for field, key in ONNX_METADATA_KEYS.items()}
         if value["precision"] not in PRECISIONS:
             return None
         activation, bits, weights = PRECISIONS[value["precision"]]
@@ -178,18 +181,6 @@ class OnnxPlan:
         )
 
 
-# OnnxPlan field -> the model metadata key that stores it.
-METADATA_KEYS = {
-    "precision": "fox_edge.precision",
-    "weights": "fox_edge.weights",
-    "block_size": "fox_edge.block_size",
-    "accuracy_level": "fox_edge.accuracy_level",
-    "symmetric": "fox_edge.symmetric",
-    "embedding_bits": "fox_edge.embedding_bits",
-    "embedding_block_size": "fox_edge.embedding_block_size",
-    "block_offsets": "fox_edge.block_offsets",
-    "block_scales": "fox_edge.block_scales",
-}
 SEARCHED, ROUNDED = "searched against an importance matrix", "round to nearest"
 
 

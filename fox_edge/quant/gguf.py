@@ -24,7 +24,7 @@ import numpy as np
 from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.files import atomic_output, check_writable
-from fox_edge.formats import gguf_tensors
+from fox_edge.formats import PRECISION_CLASSES, gguf_tensors
 
 T = gguf.GGMLQuantizationType
 
@@ -33,19 +33,23 @@ T = gguf.GGMLQuantizationType
 class QuantType:
     file_type: gguf.LlamaFileType
     bits_per_weight: float  # nominal, for ordering candidates by size
-    precision: str  # which default accuracy bars apply
+
+    @property
+    def precision(self) -> str:
+        """Which default accuracy bars apply (formats.PRECISION_CLASSES)."""
+        return PRECISION_CLASSES[self.file_type.name.removeprefix("MOSTLY_")]
 
 
 # The types `fox-edge quantize --type` offers, smallest first.
 QUANT_TYPES = {
-    "IQ4_XS": QuantType(gguf.LlamaFileType.MOSTLY_IQ4_XS, 4.25, "int4"),
-    "Q4_K_S": QuantType(gguf.LlamaFileType.MOSTLY_Q4_K_S, 4.58, "int4"),
-    "IQ4_NL": QuantType(gguf.LlamaFileType.MOSTLY_IQ4_NL, 4.5, "int4"),
-    "Q4_0": QuantType(gguf.LlamaFileType.MOSTLY_Q4_0, 4.5, "int4"),
-    "Q4_K_M": QuantType(gguf.LlamaFileType.MOSTLY_Q4_K_M, 4.85, "int4"),
-    "Q5_K_M": QuantType(gguf.LlamaFileType.MOSTLY_Q5_K_M, 5.69, "int5"),
-    "Q6_K": QuantType(gguf.LlamaFileType.MOSTLY_Q6_K, 6.56, "int6"),
-    "Q8_0": QuantType(gguf.LlamaFileType.MOSTLY_Q8_0, 8.5, "int8"),
+    "IQ4_XS": QuantType(gguf.LlamaFileType.MOSTLY_IQ4_XS, 4.25),
+    "Q4_K_S": QuantType(gguf.LlamaFileType.MOSTLY_Q4_K_S, 4.58),
+    "IQ4_NL": QuantType(gguf.LlamaFileType.MOSTLY_IQ4_NL, 4.5),
+    "Q4_0": QuantType(gguf.LlamaFileType.MOSTLY_Q4_0, 4.5),
+    "Q4_K_M": QuantType(gguf.LlamaFileType.MOSTLY_Q4_K_M, 4.85),
+    "Q5_K_M": QuantType(gguf.LlamaFileType.MOSTLY_Q5_K_M, 5.69),
+    "Q6_K": QuantType(gguf.LlamaFileType.MOSTLY_Q6_K, 6.56),
+    "Q8_0": QuantType(gguf.LlamaFileType.MOSTLY_Q8_0, 8.5),
 }
 # Tensor types for the token-embedding / output overrides, with their bits per weight.
 TENSOR_TYPES = {"Q4_K": (T.Q4_K, 4.5), "Q5_K": (T.Q5_K, 5.5), "Q6_K": (T.Q6_K, 6.56), "Q8_0": (T.Q8_0, 8.5), "F16": (T.F16, 16.0)}
