@@ -44,10 +44,14 @@ static bool valid_utf8(const std::string & s) {
     return true;
 }
 
+static int32_t spec_threads = 0;  // the spec's n_threads (0: the core's own choice)
+
 static fox_model * open(const std::string & bundle, std::string & error) {
     fox_model * model = nullptr;
     char buffer[512] = "";
-    fox_status status = fox_model_open(bundle.c_str(), fox_model_default_params(), &model, buffer, sizeof buffer);
+    fox_model_params params = fox_model_default_params();
+    params.n_threads = spec_threads;
+    fox_status status = fox_model_open(bundle.c_str(), params, &model, buffer, sizeof buffer);
     error = buffer;
     return status == FOX_OK ? model : nullptr;
 }
@@ -268,6 +272,7 @@ int main(int argc, char ** argv) {
     }
     std::ifstream in(argv[1]);
     json spec = json::parse(in);
+    spec_threads = spec.value("n_threads", 0);
     char features[512] = "";
     check(fox_cpu_features(features, sizeof features) >= 0, "a CPU backend is loaded", "none found");
     std::printf("cpu features: %s\n", features);
