@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fox_edge.errors import ContextOverflow, InvalidOption
+from fox_edge.formats import PRECISION_CLASSES, identify
 from fox_edge.spec import END_OF_TURN_TOKENS
 
 
@@ -40,8 +41,6 @@ def trim_heap() -> None:
 
 def weights_bytes(model: Path) -> int:
     """The bytes of a model's weight files (formats.ModelFormat.weight_files)."""
-    from fox_edge.formats import identify
-
     return sum(file.stat().st_size for file in identify(model).weight_files(Path(model)))
 
 
@@ -125,8 +124,6 @@ class Runner:
     @property
     def precision_class(self) -> str:
         """Which accuracy bars apply (formats.PRECISION_CLASSES): full precision when the model does not say."""
-        from fox_edge.formats import PRECISION_CLASSES
-
         return PRECISION_CLASSES.get(self.quant_type, self.quant_type) if self.quant_type else "f16"
 
     def resident_weights_bytes(self) -> int | None:

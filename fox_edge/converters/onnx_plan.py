@@ -1,6 +1,6 @@
 """One ONNX conversion's decisions, made once: `OnnxOptions` (what a caller asks for) resolve into an `OnnxPlan` (every
 layout choice that follows from them), which the graph builder, the size estimate and the metadata writer read, and
-which `fox-edge info` and `check` read back from a converted folder's metadata (one table of keys: ONNX_METADATA_KEYS).
+which `fox-edge info` reads back from a converted folder's metadata (one table of keys: ONNX_METADATA_KEYS).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from onnx import TensorProto
 
 from fox_edge.errors import InvalidOption
-from fox_edge.formats import ONNX_METADATA_KEYS, PRECISION_CLASSES
+from fox_edge.formats import ONNX_METADATA_KEYS
 from fox_edge.quant.blockwise import with_offset_blocks
 from fox_edge.spec import LlamaShape, llama_tensors
 
@@ -123,11 +123,6 @@ class OnnxPlan:
             accuracy_level=options.accuracy_level,
             calibrated=bool(bits and calibrated),
         )
-
-    @property
-    def precision_class(self) -> str:
-        """Which accuracy bars apply (fox_edge.check): float conversions are held to the f16 bars."""
-        return PRECISION_CLASSES[self.precision]
 
     @property
     def numpy_activation(self) -> type:
