@@ -22,7 +22,7 @@ from pathlib import Path
 from fox_edge.backends.base import estimate_memory, weights_bytes
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ORT_MODEL, gguf_tensors, identify, onnx_folder
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ORT_MODEL, gguf_tensors, identify, onnx_graph_file, onnx_inventory
 from fox_edge.hooks import Progress
 
 
@@ -302,28 +302,8 @@ def _checkpoint_weight_bytes(model: Path) -> int:
 
 
 def _onnx_folder_weight_bytes(model: Path) -> int | None:
-    graph = model if model.is_file() else onnx_folder(model) / ONNX_MODEL
-    return None if graph.name == ORT_MODEL or not graph.is_file() else _onnx_weight_bytes(graph)
-
-
-def _onnx_weight_bytes(path: Path) -> int:
-    import onnx
-
-    graph = onnx.load(path, load_external_data=False).graph
-    readers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, set()).add(node.op_type)
-    extents = set()  # (file, offset, length): views of the same bytes count once
-    for tensor in graph.initializer:
-        if readers.get(tensor.name, set()) <= {"Gather", "GatherBlockQuantized"}:
-            continue  # an embedding table read one row per token
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {entry.key: entry.value for entry in tensor.external_data}
-            extents.add((info["location"], int(info.get("offset", 0)), int(info["length"])))
-        else:
-            extents.add((tensor.name, 0, len(tensor.raw_data)))
-    return sum(length for _, _, length in extents)
+    graph = onnx_graph_file(model)
+    return None if graph is None or graph.name == ORT_MODEL else onnx_inventory(graph).bytes_read_per_token()
 
 
 WEIGHTS_READ_PER_TOKEN = {

@@ -23,7 +23,7 @@ from fox_edge.check import CheckSettings, load_report, sidecar_path
 from fox_edge.converters.onnx import OnnxOptions
 from fox_edge.errors import FoxEdgeError, InvalidOption, TemplateRefused
 from fox_edge.files import atomic_output, check_writable
-from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, identify
+from fox_edge.formats import BUNDLE_MANIFEST, BUNDLE_README, CHECKPOINT, GGUF, ONNX, by_name, identify
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.manifest import SCHEMA_VERSION, Problem, file_sha256, manifest_problems, schema_problems
 from fox_edge.pipeline import GgufOptions, PhaseProgress, convert
@@ -77,6 +77,7 @@ TARGETS = {
     ),
 }  # fmt: skip
 BACKENDS = {"llama.cpp": GGUF, "onnx": ONNX}  # --backend -> the format it runs
+BUNDLE_SOURCES = {GGUF: "copy", ONNX: "copy", CHECKPOINT: "convert"}  # what a bundle does with its source, by format
 
 
 def _gguf_conversion(settings: Target, quant: str | None, precision: str | None) -> GgufOptions:
@@ -123,8 +124,8 @@ def make_bundle(
         raise InvalidOption(f"unknown {{backend}} {backend!r}; choose {' or '.join(BACKENDS)}", ["backend"])
     settings = TARGETS[target]
     hub_id = not Path(source).exists() and is_hub_id(str(source))
-    kind = CHECKPOINT if hub_id else identify(source, (GGUF, ONNX, CHECKPOINT))
-    if kind is not CHECKPOINT and (quant or precision):
+    kind = CHECKPOINT if hub_id else identify(source, tuple(BUNDLE_SOURCES))
+    if BUNDLE_SOURCES[kind] == "copy" and (quant or precision):
         raise InvalidOption(
             f"{source} is already converted; {{quant}} and {{precision}} apply when bundling a checkpoint", ["quant", "precision"]
         )
@@ -135,24 +136,29 @@ def make_bundle(
         warnings.append(message)
         on_message(f"warning: {message}")
 
+    def converted(folder: Path) -> tuple[Path, dict | None]:
+        model_format = BACKENDS[backend]
+        model = folder / model_format.bundle_path
+        result = convert(
+            source, model, CONVERSIONS[model_format](settings, quant, precision), chat_template=chat_template, check=check,
+            threads=threads, progress=progress, on_message=on_message,
+        )  # fmt: skip
+        report = json.loads(result.check.to_json()) if result.check is not None else None
+        sidecar_path(model).unlink(missing_ok=True)  # the manifest carries the report
+        _refuse_failed(report, source, allow_failed_check)
+        return model, report
+
+    def copied(folder: Path) -> tuple[Path, dict | None]:
+        report = load_report(source)
+        _refuse_failed(report, source, allow_failed_check)  # before copying what would not be bundled
+        model = folder / kind.bundle_path
+        on_message(f"copying {source} into the bundle")
+        kind.copy(Path(source), model, ignore=lambda file: file == sidecar_path(source))
+        return model, report
+
     with atomic_output(output) as folder:
         folder.mkdir()
-        if kind is CHECKPOINT:
-            model_format = BACKENDS[backend]
-            model = folder / model_format.bundle_path
-            result = convert(
-                source, model, CONVERSIONS[model_format](settings, quant, precision), chat_template=chat_template, check=check,
-                threads=threads, progress=progress, on_message=on_message,
-            )  # fmt: skip
-            report = json.loads(result.check.to_json()) if result.check is not None else None
-            sidecar_path(model).unlink(missing_ok=True)  # the manifest carries the report
-            _refuse_failed(report, source, allow_failed_check)
-        else:
-            report = load_report(source)
-            _refuse_failed(report, source, allow_failed_check)
-            model = folder / kind.bundle_path
-            on_message(f"copying {source} into the bundle")
-            kind.copy(Path(source), model, ignore=lambda file: file == sidecar_path(source))
+        model, report = {"convert": converted, "copy": copied}[BUNDLE_SOURCES[kind]](folder)
         if report is None:
             warn(f"{source} has no stored accuracy check; the manifest says so (run `fox-edge check` and bundle again to carry one)")
         source_name = str(source) if hub_id else Path(source).resolve().name  # never the user's folder layout
@@ -264,14 +270,14 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-LOADING = {
+GGUF_LOADING = {  # by `format.runtime_options.use_mmap`
     False: "read the file into memory (`format.runtime_options.use_mmap` false): llama.cpp repacks the weights for its CPU kernels, "
     "and a mapped file would keep its pages resident beside the repacked copy.",
     True: "map the file (`format.runtime_options.use_mmap` true).",
     None: "the runtime decides (`format.runtime_options.use_mmap` null): fox-edge reads the file into memory where llama.cpp "
     "repacks the weights for its CPU kernels, and maps it otherwise.",
-    "onnx": "ONNX Runtime maps the weights file.",
 }
+LOADING = {GGUF: lambda options: GGUF_LOADING[options.get("use_mmap")], ONNX: lambda options: "ONNX Runtime maps the weights file."}
 
 
 def _readme(manifest: dict, settings: Target) -> str:
@@ -293,7 +299,7 @@ Made by fox-edge {manifest["made_by"]["fox_edge"]} from {manifest["model"]["sour
   (weights {memory["weights_bytes"] / GIB:.2f} GiB, KV cache {memory["kv_cache_bytes"] / GIB:.2f} GiB); the budget for
   {manifest["target"]} is {settings.memory_budget / GIB:.0f} GiB ({settings.budget_source}).
 - Accuracy: {quality}.
-- Loading: {LOADING[fmt["runtime_options"].get("use_mmap", "onnx") if fmt["name"] == "gguf" else "onnx"]}
+- Loading: {LOADING[by_name(fmt["name"])](fmt["runtime_options"])}
 - Prompting: render `chat_template` (Jinja) from `manifest.json` with the conversation; stop on any of `tokenizer.stop_ids`;
   sampling defaults in `generation`.
 

@@ -47,7 +47,7 @@ DEFAULT_BARS = {
     "int5": Bars(max_kld=0.06, min_top1=0.0, max_ppl_ratio=1.07),
     "int4": Bars(max_kld=0.10, min_top1=0.0, max_ppl_ratio=1.10),
 }
-TOP1_MEANING = "reported, not a bar: near-ties between the two likeliest tokens flip on tiny changes; --min-top1 makes it one"
+TOP1_MEANING = "reported, not a bar unless one is set: near-ties between the two likeliest tokens flip on tiny changes"
 
 
 @dataclass(kw_only=True)

@@ -78,16 +78,20 @@ class ModelFormat:
     name: str  # what `fox-edge info --json`, a bundle's manifest and the errors call it
     description: str  # how a user would recognise it
     recognise: Callable[[Path], bool]
-    backend: str | None = None  # "module:class" of the runner that runs it, imported on use (the registry stays a leaf)
+    opener: str | None = None  # "module:function" that opens it as a runner, imported on use (the registry stays a leaf)
     files: Callable[[Path], list[Path]] = lambda path: []  # the model's own files (what a bundle lists and copies)
     weight_files: Callable[[Path], list[Path]] = lambda path: []  # the files its weights are read from
     bundle_path: str | None = None  # where a bundle keeps a model of this format
 
-    def runner_class(self) -> type:
-        if self.backend is None:
-            raise UnsupportedModel(f"{self.description} is opened through the model inside it")
-        module, name = self.backend.split(":")
-        return getattr(importlib.import_module(module), name)
+    def open(self, path: Path, **options):
+        """The model at `path` as a runner (fox_edge.runner.open_runner checks the options first)."""
+        if self.opener is None:
+            raise UnsupportedModel(f"fox-edge cannot run {self.description}")
+        module, attribute = self.opener.split(":")
+        function = importlib.import_module(module)
+        for name in attribute.split("."):
+            function = getattr(function, name)
+        return function(Path(path), **options)
 
     def copy(self, source: Path, target: Path, ignore: Callable[[Path], bool] = lambda path: False) -> None:
         """The model's files at `target`, laid out as at `source` (a file for a file, a folder for a folder)."""
@@ -115,6 +119,16 @@ def onnx_folder(path: Path) -> Path | None:
     return folder if has_graph and (folder / GENAI_CONFIG).is_file() else None
 
 
+def onnx_graph_file(path: Path) -> Path | None:
+    """The graph a runner loads from an ONNX folder: the model.onnx / model.ort it names, else model.onnx, else model.ort."""
+    folder = onnx_folder(path)
+    if folder is None:
+        return None
+    if path.is_file():
+        return path
+    return next((folder / name for name in (ONNX_MODEL, ORT_MODEL) if (folder / name).is_file()), None)
+
+
 def is_bundle(path: Path) -> bool:
     return path.is_dir() and (path / BUNDLE_MANIFEST).is_file()
 
@@ -139,23 +153,30 @@ def _onnx_weight_files(path: Path) -> list[Path]:
 
 
 GGUF = ModelFormat(
-    name="gguf", description="a GGUF file", recognise=is_gguf, backend="fox_edge.backends.llamacpp:LlamaCppRunner",
+    name="gguf", description="a GGUF file", recognise=is_gguf, opener="fox_edge.backends.llamacpp:LlamaCppRunner.open",
     files=lambda path: [path], weight_files=lambda path: [path], bundle_path="model.gguf",
 )  # fmt: skip
 ONNX = ModelFormat(
     name="onnx", description="an ONNX model folder", recognise=lambda path: onnx_folder(path) is not None,
-    backend="fox_edge.backends.onnx:OnnxRunner", files=_onnx_files, weight_files=_onnx_weight_files, bundle_path="model",
+    opener="fox_edge.backends.onnx:OnnxRunner.open", files=_onnx_files, weight_files=_onnx_weight_files, bundle_path="model",
 )  # fmt: skip
-BUNDLE = ModelFormat(name="bundle", description="a fox-edge bundle", recognise=is_bundle, files=_folder_files)
+BUNDLE = ModelFormat(
+    name="bundle", description="a fox-edge bundle", recognise=is_bundle, opener="fox_edge.runner:open_bundle", files=_folder_files
+)  # fmt: skip
 # The source of every conversion; runners open it too, on PyTorch, as the accuracy check's reference.
 CHECKPOINT = ModelFormat(
-    name="checkpoint", description="a Hugging Face checkpoint folder", recognise=is_checkpoint, backend="fox_edge.backends.torch:TorchRunner",
+    name="checkpoint", description="a Hugging Face checkpoint folder", recognise=is_checkpoint, opener="fox_edge.backends.torch:TorchRunner.open",
     files=_folder_files, weight_files=lambda path: sorted(path.glob("*.safetensors")),
 )  # fmt: skip
 # What fox-edge writes and runs, in the order they are tried (an ONNX folder holds a config.json too, so
 # the checkpoint comes last).
 MODEL_FORMATS = (GGUF, ONNX, BUNDLE)
 FORMATS = (*MODEL_FORMATS, CHECKPOINT)
+
+
+def by_name(name: str) -> ModelFormat:
+    """The format a manifest or `info --json` calls `name`."""
+    return next(f for f in FORMATS if f.name == name)
 
 
 def identify(path: str | os.PathLike[str], accepted: tuple[ModelFormat, ...] = FORMATS) -> ModelFormat:
@@ -261,6 +282,118 @@ def _ggml_gguf():
         getattr(lib, function).argtypes = arguments
         getattr(lib, function).restype = result
     return lib
+
+
+GATHERS = frozenset({"Gather", "GatherBlockQuantized"})  # ops that read a table a row at a time
+
+
+@dataclass(frozen=True)
+class OnnxInitializer:
+    name: str
+    data_type: int  # onnx.TensorProto.DataType
+    dims: tuple[int, ...]
+    location: str | None  # the external data file, None when stored inside the graph
+    offset: int
+    length: int
+    readers: frozenset[str]  # the op types of the nodes that read it
+
+    @property
+    def extent(self) -> tuple[str, int, int]:
+        """Where its bytes are: two initializers with one extent are views of the same bytes."""
+        return (self.location, self.offset, self.length) if self.location else (self.name, 0, self.length)
+
+    @property
+    def gathered_only(self) -> bool:
+        return self.readers <= GATHERS
+
+
+@dataclass(frozen=True)
+class PackedMatmul:  # a MatMulNBits node: ONNX Runtime packs its weights into memory of its own
+    n: int
+    k: int
+    bits: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class OnnxInventory:
+    """One reading of an ONNX graph without its weights: what the runner maps, `bench` counts, `info` shows and the
+    memory estimate adds up."""
+
+    graph: Path
+    initializers: tuple[OnnxInitializer, ...]
+    packed_matmuls: tuple[PackedMatmul, ...]
+    op_counts: dict[str, int]
+    metadata: dict[str, str]
+    opset: int
+
+    def bytes_read_per_token(self) -> int:
+        """Every initializer a decoding step reads whole, each extent once; a table only gathered from is read a row
+        at a time (counted as nothing)."""
+        return sum(length for _, _, length in {t.extent for t in self.initializers if not t.gathered_only})
+
+    def resident_bytes(self) -> int:
+        """ONNX Runtime's packed copy of the MatMulNBits weights (MLAS's int8-compute layout: the codes plus an f32
+        scale and an f32 block sum per block, 1.3x a 4-bit file's blocks) and every other initializer but those only
+        gathered from (their pages are dropped after loading)."""
+        packed = sum(m.n * -(-m.k // m.block_size) * (m.block_size * m.bits // 8 + 8) for m in self.packed_matmuls)
+        quantized = {"MatMulNBits", "GatherBlockQuantized"}
+        return packed + sum(t.length for t in self.initializers if not t.readers <= quantized)
+
+    def by_type(self) -> dict[int, tuple[int, int]]:
+        """data type -> (initializers, bytes), each extent counted once."""
+        totals: dict[int, tuple[int, int]] = {}
+        seen = set()
+        for tensor in self.initializers:
+            if tensor.extent in seen:
+                continue
+            seen.add(tensor.extent)
+            count, nbytes = totals.get(tensor.data_type, (0, 0))
+            totals[tensor.data_type] = (count + 1, nbytes + tensor.length)
+        return totals
+
+
+def onnx_inventory(path: str | os.PathLike[str]) -> OnnxInventory:
+    """The inventory of an ONNX folder's model.onnx (or of the model.onnx given), read once per version of the file."""
+    graph = Path(path)
+    graph = graph if graph.is_file() else Path(onnx_folder(graph) or graph) / ONNX_MODEL
+    stat = graph.stat()
+    return _onnx_inventory(graph.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _onnx_inventory(graph: Path, mtime_ns: int, size: int) -> OnnxInventory:
+    import onnx
+
+    try:
+        model = onnx.load(graph, load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and OSError
+        raise DamagedModel(f"{graph} is truncated or corrupt ({type(exc).__name__}); {ONNX_REWRITE}") from None
+    readers: dict[str, set[str]] = {}
+    op_counts: dict[str, int] = {}
+    packed = []
+    for node in model.graph.node:
+        op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+        if node.op_type == "MatMulNBits":
+            a = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+            packed.append(PackedMatmul(n=a["N"], k=a["K"], bits=a["bits"], block_size=a["block_size"]))
+    initializers = []
+    for tensor in model.graph.initializer:
+        entries = {e.key: e.value for e in tensor.external_data}
+        initializers.append(
+            OnnxInitializer(
+                name=tensor.name, data_type=tensor.data_type, dims=tuple(tensor.dims), location=entries.get("location"),
+                offset=int(entries.get("offset", 0)), length=int(entries.get("length", len(tensor.raw_data))),
+                readers=frozenset(readers.get(tensor.name, ())),
+            )
+        )  # fmt: skip
+    return OnnxInventory(
+        graph=graph, initializers=tuple(initializers), packed_matmuls=tuple(packed), op_counts=op_counts,
+        metadata={p.key: p.value for p in model.metadata_props},
+        opset=max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+    )  # fmt: skip
 
 
 def open_gguf(path: str | os.PathLike[str]):

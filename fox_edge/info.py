@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fox_edge.backends.onnx import read_genai_config
-from fox_edge.errors import FoxEdgeError
-from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, open_gguf
+from fox_edge.formats import BUNDLE, CHECKPOINT, GGUF, ONNX, ONNX_MODEL, ONNX_REWRITE, identify, onnx_folder, onnx_inventory, open_gguf
 from fox_edge.source import is_hub_id, read_json
 
 SPECIAL_KEYS = ("bos", "eos", "eot", "unknown", "padding")
@@ -123,33 +122,15 @@ def describe_onnx(path: Path) -> list[Fact]:
 
     folder = onnx_folder(path)
     genai = read_genai_config(folder)
-    model_file = folder / ONNX_MODEL
-    try:
-        model = onnx.load(model_file, load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and OSError
-        raise FoxEdgeError(
-            f"{model_file} is truncated or corrupt ({type(exc).__name__}); re-create the folder with `fox-edge convert --to onnx`"
-        ) from None
+    inventory = onnx_inventory(folder / ONNX_MODEL)
     decoder = genai["decoder"]
-    meta = {p.key: p.value for p in model.metadata_props}
-    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    spans = set()
-    for tensor in model.graph.initializer:
-        entries = {e.key: e.value for e in tensor.external_data}
-        if "offset" in entries and (entries["offset"], entries.get("length")) in spans:
-            continue  # a second view of bytes already counted (the embedding's scales)
-        spans.add((entries.get("offset"), entries.get("length")))
-        row = by_type[onnx.TensorProto.DataType.Name(tensor.data_type)]
-        row[0] += 1
-        row[1] += int(entries.get("length", len(tensor.raw_data)))
-    ops = defaultdict(int)
-    for node in model.graph.node:
-        ops[node.op_type] += 1
+    meta = inventory.metadata
+    ops = inventory.op_counts
     files = sorted(f.name for f in folder.iterdir() if f.is_file())
     size = sum((folder / f).stat().st_size for f in files)
     tokenizer_config = read_json(folder / "tokenizer_config.json", ONNX_REWRITE) if (folder / "tokenizer_config.json").is_file() else {}
     eos = genai.get("eos_token_id")
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = inventory.opset
     template = tokenizer_config.get("chat_template")
     threads = decoder.get("session_options", {}).get("intra_op_num_threads")
     plan = OnnxPlan.from_metadata(meta)
@@ -180,7 +161,7 @@ def describe_onnx(path: Path) -> list[Fact]:
     ]  # fmt: skip
     facts += [
         fact("initializers", f"initializers {name}", f"{n}, {_human(nbytes)}", {name: {"count": n, "bytes": nbytes}})
-        for name, (n, nbytes) in sorted(by_type.items())
+        for name, (n, nbytes) in sorted((onnx.TensorProto.DataType.Name(t), totals) for t, totals in inventory.by_type().items())
     ]
     facts += [
         fact("special_tokens", "special tokens", f"bos {genai.get('bos_token_id')}, eos {eos}, pad {genai.get('pad_token_id')}",

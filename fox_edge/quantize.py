@@ -141,17 +141,6 @@ def calibrate(input_path, calibration, imatrix, scratch: Path, on_message: OnMes
         return prepare_imatrix(input_path, calibration, imatrix, scratch, on_message=on_message, progress=bar)
 
 
-def what_to_try(type_name: str, calibrated: bool) -> list[str]:
-    """After a FAIL: the flags that keep more accuracy, from the budget search's table of types (nearest first)."""
-    bits = parse_type(type_name).bits_per_weight
-    larger = sorted((q.bits_per_weight, name) for name, q in QUANT_TYPES.items() if q.bits_per_weight > bits)
-    return [
-        *([] if calibrated or bits >= 8 else ["--calibration builtin"]),
-        *(f"--type {name}" for _, name in larger[:2]),
-        "a budget instead of a type (--max-kld 0.1: the smallest type that meets it)",
-    ]
-
-
 def budget_candidates(input_path: Path, types: list[str] | None = None) -> list[tuple[str, str | None, float]]:
     """(type, token-embedding override or None for llama.cpp's choice, estimated bytes), smallest first."""
     infos = gguf_tensors(input_path)

@@ -14,14 +14,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.backends.base import Runner
+from fox_edge.backends.base import DEFAULT_CONTEXT, Runner
 from fox_edge.cpu import check_threads
 from fox_edge.errors import FoxEdgeError, InvalidOption
-from fox_edge.formats import BUNDLE, identify
+from fox_edge.formats import identify
 from fox_edge.sampling import Sampler, SamplingParams
 from fox_edge.template import render
 
-__all__ = ["Runner", "GenerationStats", "open_runner", "sampling_params", "generate_tokens", "stream_text", "chat_prompt", "text_prompt"]
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "Runner",
+    "GenerationStats",
+    "open_runner",
+    "sampling_params",
+    "generate_tokens",
+    "stream_text",
+    "chat_prompt",
+    "text_prompt",
+]
 
 
 @dataclass
@@ -118,7 +128,6 @@ def text_prompt(runner: Runner, text: str) -> list[int]:
 
 
 MIN_CONTEXT = 16  # tokens: below this no chat template and reply fit
-DEFAULT_CONTEXT = 4096  # when neither the caller nor a bundle says (capped at the model's own)
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -136,29 +145,29 @@ def open_runner(
     `check`). `n_ctx` None: the bundle's default context, else DEFAULT_CONTEXT. `chat_template` replaces the model's own.
     `device`: auto (Metal / CoreML on Apple Silicon when present, else the CPU), cpu, or gpu. `options` go to the backend."""
     model_format = identify(model)
-    if model_format is BUNDLE:
-        from fox_edge.manifest import read_manifest
-
-        manifest = read_manifest(model)
-        context = n_ctx if n_ctx is not None else manifest["context"]["default"]
-        inner = Path(model) / manifest["format"]["model_path"]
-        template = chat_template if chat_template is not None else manifest["chat_template"]
-        # The target's loading settings (bundle.Target.gguf_loading) unless the caller chose otherwise.
-        loading = {k: v for k, v in manifest["format"].get("runtime_options", {}).items() if k in ("use_mmap", "repack") and v is not None}
-        options = {**loading, **options}
-        runner = open_runner(inner, n_ctx=context, n_threads=n_threads, chat_template=template, device=device, **options)
-        runner.stop_ids = frozenset(manifest["tokenizer"]["stop_ids"])
-        runner.generation_defaults = dict(manifest["generation"])
-        return runner
-    n_ctx = DEFAULT_CONTEXT if n_ctx is None else n_ctx
-    n_threads = check_threads(n_threads)
-    if n_ctx < MIN_CONTEXT and n_ctx != 0:  # 0: the model's own context length
+    if n_ctx is not None and n_ctx < MIN_CONTEXT and n_ctx != 0:  # 0: the model's own context length
         raise InvalidOption(f"{{n_ctx}} {n_ctx} is below {MIN_CONTEXT} tokens; give a larger context", ["n_ctx"])
     if device not in DEVICES:
         raise InvalidOption(f"unknown {{device}} {device!r}; choose one of {', '.join(DEVICES)}", ["device"])
-    runner: Runner = model_format.runner_class().open(Path(model), n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
+    runner: Runner = model_format.open(Path(model), n_ctx=n_ctx, n_threads=check_threads(n_threads), device=device, **options)
     if chat_template is not None:
         runner.chat_template = chat_template
+    return runner
+
+
+def open_bundle(folder: Path, *, n_ctx: int | None, n_threads: int | None, device: str, **options) -> Runner:
+    """A bundle's model with its manifest's context, template, stop ids, generation defaults and loading settings."""
+    from fox_edge.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    # The target's loading settings (bundle.Target.gguf_loading) unless the caller chose otherwise.
+    loading = {k: v for k, v in manifest["format"].get("runtime_options", {}).items() if k in ("use_mmap", "repack") and v is not None}
+    runner = open_runner(
+        folder / manifest["format"]["model_path"], n_ctx=manifest["context"]["default"] if n_ctx is None else n_ctx,
+        n_threads=n_threads, chat_template=manifest["chat_template"], device=device, **{**loading, **options},
+    )  # fmt: skip
+    runner.stop_ids = frozenset(manifest["tokenizer"]["stop_ids"])
+    runner.generation_defaults = dict(manifest["generation"])
     return runner
 
 

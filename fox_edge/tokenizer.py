@@ -314,7 +314,7 @@ def _resolve_special_ids(vocab: Vocab, checkpoint: Checkpoint, on_message: OnMes
 
 def _resolve_chat_template(vocab: Vocab, checkpoint: Checkpoint, on_message: OnMessage, given: str | None) -> None:
     if given is not None:
-        vocab.chat_template, vocab.chat_template_source = given, "--chat-template"
+        vocab.chat_template, vocab.chat_template_source = given, "given"
         return
     template = checkpoint.tokenizer_config.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one

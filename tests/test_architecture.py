@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+from support import MEASURE_ONLY
 from typer.testing import CliRunner
 
 from fox_edge.cli import app
@@ -80,9 +81,9 @@ def test_pipeline_converts_quantizes_and_checks_without_the_cli(tiny_fox1, tmp_p
 
 
 def test_pipeline_onnx_is_checked_against_the_checkpoint(tiny_fox1, tmp_path):
-    from fox_edge import CheckSettings, OnnxOptions, check_model, convert
+    from fox_edge import OnnxOptions, check_model, convert
 
-    settings = CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0, max_ppl_ratio=10.0)
+    settings = MEASURE_ONLY
     result = convert(tiny_fox1, tmp_path / "int8", OnnxOptions(precision="int8"), check=settings)
     assert result.format == "onnx" and (tmp_path / "int8" / "check.json").is_file()
     again = check_model(result.output, tiny_fox1, settings)  # the same measurement, made on its own
@@ -121,3 +122,52 @@ def test_pytorch_reference_stops_as_the_other_runners_do(tiny_fox1, tiny_gguf):
         end_of_turn = reference.tokenizer.convert_tokens_to_ids("<end_of_turn>")
         assert end_of_turn in reference.stop_ids and reference.eos_id in reference.stop_ids
         assert reference.stop_ids == gguf_runner.stop_ids
+
+
+FORMAT_NAMES = {"GGUF", "ONNX", "BUNDLE", "CHECKPOINT"}
+FORMAT_SPELLINGS = {"gguf", "onnx", "bundle", "checkpoint"}
+
+
+def test_only_the_registry_tells_formats_apart():
+    """Outside formats.py no module compares a format (`is GGUF`, `== ONNX`) or a format's name (`== "gguf"`): they key a
+    table by the format, or ask the format itself."""
+    import ast
+
+    branches = []
+    for file in sorted((REPO / "fox_edge").rglob("*.py")):
+        if file.name == "formats.py":
+            continue
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = (node.left, *node.comparators)
+            named = any(isinstance(side, ast.Name) and side.id in FORMAT_NAMES for side in sides)
+            a_name = any(ast.unparse(side).endswith(("['name']", ".name")) for side in sides)
+            spelled = a_name and any(isinstance(side, ast.Constant) and side.value in FORMAT_SPELLINGS for side in sides)
+            if named or spelled:
+                branches.append(f"{file.relative_to(REPO)}:{node.lineno}")
+    assert not branches, branches
+
+
+def test_an_onnx_folder_is_read_once_for_the_runner_bench_info_and_the_estimate(tiny_fox1, tmp_path, monkeypatch):
+    """One scan of the graph's initializers (formats.onnx_inventory) answers the runner's mapping, the memory estimate,
+    bench's bytes per token and `info`."""
+    import onnx
+
+    from fox_edge.bench import weight_bytes_per_token
+    from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+    from fox_edge.info import describe
+    from fox_edge.runner import generate_tokens, open_runner
+    from fox_edge.sampling import SamplingParams
+
+    folder = convert_to_onnx(tiny_fox1, tmp_path / "int4", OnnxOptions(precision="int4")).output
+    loads = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda path, *args, **kwargs: loads.append(Path(path).name) or real_load(path, *args, **kwargs))
+    with open_runner(folder, n_ctx=64) as runner:
+        resident = runner.resident_weights_bytes()
+        assert len(list(generate_tokens(runner, runner.tokenize("The"), SamplingParams.greedy(2)))) == 2
+    per_token = weight_bytes_per_token(folder)
+    facts = describe(folder)
+    assert loads == ["model.onnx"], loads
+    assert 0 < per_token < resident and any(f.key == "initializers" for f in facts)

@@ -9,23 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
-from fox_edge.cli import app
-
-
-def run_cli(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stderr.strip()
-
-
-def assert_clean_failure(exit_code, stderr, folder, *words):
-    assert exit_code != 0
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert not [p for p in folder.iterdir() if p.suffix == ".gguf" or ".part" in p.name]
+from support import assert_clean_failure, cli
 
 
 @pytest.fixture
@@ -40,21 +24,21 @@ def test_non_llama_config(checkpoint, tmp_path):
     config.update(architectures=["GemmaForCausalLM"], model_type="gemma")
     (checkpoint / "config.json").write_text(json.dumps(config))
     assert_clean_failure(
-        *run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "GemmaForCausalLM", "LlamaForCausalLM"
+        cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "GemmaForCausalLM", "LlamaForCausalLM"
     )
 
 
 def test_missing_tokenizer(checkpoint, tmp_path):
     (checkpoint / "tokenizer.model").unlink()
     (checkpoint / "tokenizer.json").unlink()
-    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "no tokenizer")
+    assert_clean_failure(cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "no tokenizer")
 
 
 def test_truncated_safetensors(checkpoint, tmp_path):
     shard = sorted(checkpoint.glob("*.safetensors"))[-1]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
-    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "truncated", shard.name)
+    assert_clean_failure(cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "truncated", shard.name)
 
 
 def test_pickle_checkpoint_is_refused(checkpoint, tmp_path):
@@ -62,9 +46,7 @@ def test_pickle_checkpoint_is_refused(checkpoint, tmp_path):
         shard.unlink()
     (checkpoint / "model.safetensors.index.json").unlink()
     (checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
-    assert_clean_failure(
-        *run_cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "pytorch_model.bin", "safetensors"
-    )
+    assert_clean_failure(cli("convert", str(checkpoint), "-o", str(tmp_path / "out.gguf")), tmp_path, "pytorch_model.bin", "safetensors")
 
 
 def test_unwritable_output(checkpoint, tmp_path):
@@ -77,20 +59,20 @@ def test_unwritable_output(checkpoint, tmp_path):
             (tmp_path / "a-file").write_text("")
         else:
             target = locked / "out.gguf"
-        assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(target)), tmp_path, "cannot write")
+        assert_clean_failure(cli("convert", str(checkpoint), "-o", str(target)), tmp_path, "cannot write")
     finally:
         locked.chmod(0o700)
 
 
 def test_unknown_dtype(checkpoint, tmp_path):
-    assert_clean_failure(*run_cli("convert", str(checkpoint), "-o", str(tmp_path / "o.gguf"), "--dtype", "q3"), tmp_path, "f16")
+    assert_clean_failure(cli("convert", str(checkpoint), "-o", str(tmp_path / "o.gguf"), "--dtype", "q3"), tmp_path, "f16")
 
 
 def test_hub_id_offline_and_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code, stderr = run_cli("convert", "tensoropera/Fox-1-1.6B-does-not-exist", "-o", str(tmp_path / "o.gguf"))
-    assert_clean_failure(code, stderr, tmp_path, "tensoropera/Fox-1-1.6B-does-not-exist")
+    result = cli("convert", "tensoropera/Fox-1-1.6B-does-not-exist", "-o", str(tmp_path / "o.gguf"))
+    assert_clean_failure(result, tmp_path, "tensoropera/Fox-1-1.6B-does-not-exist")
 
 
 def test_ctrl_c_during_conversion_leaves_nothing(checkpoint, tmp_path):
@@ -117,14 +99,14 @@ def test_ctrl_c_during_conversion_leaves_nothing(checkpoint, tmp_path):
 def test_corrupt_gguf_in_chat(tiny_gguf, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_gguf["f16"].read_bytes()[:100_000])
-    code, stderr = run_cli("generate", str(broken), "-p", "hi")
+    code, _, stderr = cli("generate", str(broken), "-p", "hi")
     assert code != 0 and stderr.startswith("error: ") and "broken.gguf" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_not_a_gguf(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
-    code, stderr = run_cli("chat", str(other))
+    code, _, stderr = cli("chat", str(other))
     assert (
         code != 0
         and stderr
@@ -133,7 +115,7 @@ def test_not_a_gguf(tmp_path):
 
 
 def test_prompt_longer_than_context(tiny_gguf):
-    code, stderr = run_cli("generate", str(tiny_gguf["f16"]), "-p", "samurai " * 400, "--ctx-size", "128")
+    code, _, stderr = cli("generate", str(tiny_gguf["f16"]), "-p", "samurai " * 400, "--ctx-size", "128")
     assert code == 1 and "longer than the 128-token context" in stderr and len(stderr.splitlines()) == 1
 
 
@@ -156,15 +138,15 @@ def assert_no_folder(tmp_path, name):
     ],
 )
 def test_onnx_bad_options(tiny_fox1, tmp_path, options, words):
-    code, stderr = run_cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check", *options)
-    assert_clean_failure(code, stderr, tmp_path, *words)
+    result = cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check", *options)
+    assert_clean_failure(result, tmp_path, *words)
     assert_no_folder(tmp_path, "out")
 
 
 def test_onnx_output_exists(tiny_fox1, tmp_path):
     (tmp_path / "out").mkdir()
-    code, stderr = run_cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check")
-    assert_clean_failure(code, stderr, tmp_path, "already exists")
+    result = cli("convert", str(tiny_fox1), "--to", "onnx", "-o", str(tmp_path / "out"), "--no-check")
+    assert_clean_failure(result, tmp_path, "already exists")
 
 
 def test_onnx_too_large_for_ort_format(tmp_path):
@@ -177,8 +159,8 @@ def test_onnx_too_large_for_ort_format(tmp_path):
     shutil.copytree(suite_assets.gemma_tokenizer(), folder)
     (folder / "config.json").write_text(json.dumps(llama_config(FOX1)))
     (folder / "model.safetensors").write_bytes(b"")  # never opened: the size check comes first
-    code, stderr = run_cli("convert", str(folder), "--to", "onnx", "--precision", "fp32", "--ort-format", "-o", str(tmp_path / "out"))
-    assert_clean_failure(code, stderr, tmp_path, "2 GiB", "int4")
+    result = cli("convert", str(folder), "--to", "onnx", "--precision", "fp32", "--ort-format", "-o", str(tmp_path / "out"))
+    assert_clean_failure(result, tmp_path, "2 GiB", "int4")
     assert_no_folder(tmp_path, "out")
 
 
@@ -198,17 +180,17 @@ def test_onnx_damaged_weights(tiny_onnx_int8, tmp_path, damage, words):
         data.unlink()
     else:
         os.truncate(data, data.stat().st_size // 2)
-    code, stderr = run_cli("generate", str(folder), "-p", "hi", "-n", "4")
-    assert_clean_failure(code, stderr, tmp_path, "model.onnx.data", *words)
+    result = cli("generate", str(folder), "-p", "hi", "-n", "4")
+    assert_clean_failure(result, tmp_path, "model.onnx.data", *words)
 
 
 def test_onnx_prompt_longer_than_context(tiny_onnx_int8):
-    code, stderr = run_cli("generate", str(tiny_onnx_int8), "-p", "word " * 300, "-c", "64")
+    code, _, stderr = cli("generate", str(tiny_onnx_int8), "-p", "word " * 300, "-c", "64")
     assert code != 0 and stderr.startswith("error: ") and "64-token context" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_onnx_gguf_only_options(tiny_onnx_int8):
-    code, stderr = run_cli("bench", str(tiny_onnx_int8), "--kv-type", "q8_0", "-r", "1")
+    code, _, stderr = cli("bench", str(tiny_onnx_int8), "--kv-type", "q8_0", "-r", "1")
     assert code != 0 and "kv_type" in stderr and "GGUF" in stderr
 
 

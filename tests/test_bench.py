@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from test_bad_input import run_cli
+from support import cli
 from typer.testing import CliRunner
 
 from fox_edge.bench import BenchSettings, bench, format_table
@@ -80,5 +80,5 @@ def test_peak_rss_is_the_child_processs_own(tiny_gguf):
 
 
 def test_prompt_longer_than_context_is_refused(tiny_gguf):
-    code, stderr = run_cli("bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "512", "-c", "256")
+    code, _, stderr = cli("bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "512", "-c", "256")
     assert code == 1 and "do not fit the 256-token context" in stderr and len(stderr.splitlines()) == 1

@@ -12,20 +12,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from typer.testing import CliRunner
+from support import FAST_CHECK, cli
 
 from fox_edge.check import CheckSettings, load_report
-from fox_edge.cli import app
 from fox_edge.quantize import quantize
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "fox_edge" / "data" / "bundle.schema.json").read_text())
-# The tiny model's random weights are far more fragile than a trained model's: bars it passes, stated in the report.
-FAST_CHECK = CheckSettings(tokens=256, context=128, max_kld=1.0, min_top1=0.5, max_ppl_ratio=2.0)
-
-
-def cli(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr.strip()
 
 
 def greedy(model, prompt: str = "The castle", n: int = 12) -> str:

@@ -6,20 +6,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from typer.testing import CliRunner
+from support import cli_error
 
 from fox_edge.chat import ChatSession
-from fox_edge.cli import app
 from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
 from fox_edge.errors import ContextOverflow, DamagedModel, FoxEdgeError, InvalidOption, ModelNotFound, OutputError
 from fox_edge.runner import open_runner
 from fox_edge.sampling import SamplingParams
-
-
-def cli_error(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 1, result.output
-    return result.stderr.strip()
 
 
 def test_a_prompt_that_does_not_fit_is_a_context_overflow(tiny_gguf):

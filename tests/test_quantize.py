@@ -8,7 +8,7 @@ import sys
 import gguf
 import numpy as np
 import pytest
-from test_bad_input import assert_clean_failure, run_cli
+from support import assert_clean_failure, cli
 
 from fox_edge.check import check_accuracy, check_model, load_report, score_chunk
 from fox_edge.converters.gguf_to_hf import load_torch_model
@@ -57,17 +57,17 @@ def test_q4_k_m_with_embedding_override(tiny_f16, tmp_path):
 
 
 def test_unknown_type_lists_the_valid_ones(tiny_f16, tmp_path):
-    code, stderr = run_cli("quantize", str(tiny_f16), "--type", "Q3_X", "-o", str(tmp_path / "o.gguf"))
-    assert_clean_failure(code, stderr, tmp_path, "Q3_X", "Q4_K_M", "IQ4_XS", "Q8_0")
+    result = cli("quantize", str(tiny_f16), "--type", "Q3_X", "-o", str(tmp_path / "o.gguf"))
+    assert_clean_failure(result, tmp_path, "Q3_X", "Q4_K_M", "IQ4_XS", "Q8_0")
 
 
 def test_requantizing_needs_permission(tiny_f16, tmp_path):
     first = tmp_path / "q8.gguf"
     quantize(tiny_f16, first, "Q8_0", check=CheckSettings(enabled=False))
-    code, stderr = run_cli("quantize", str(first), "--type", "Q4_0", "-o", str(tmp_path / "again.gguf"), "--no-check")
+    code, _, stderr = cli("quantize", str(first), "--type", "Q4_0", "-o", str(tmp_path / "again.gguf"), "--no-check")
     assert code == 1 and "already quantized" in stderr and "--allow-requantize" in stderr
     assert not (tmp_path / "again.gguf").exists()
-    code, _ = run_cli("quantize", str(first), "--type", "Q4_0", "-o", str(tmp_path / "again.gguf"), "--no-check", "--allow-requantize")
+    code, _, _ = cli("quantize", str(first), "--type", "Q4_0", "-o", str(tmp_path / "again.gguf"), "--no-check", "--allow-requantize")
     assert code == 0 and types_of(tmp_path / "again.gguf")["blk.0.attn_q.weight"] == T.Q4_0
 
 
@@ -84,8 +84,8 @@ def test_bad_calibration_text(tiny_f16, tmp_path, content, words):
     folder.mkdir()
     calibration = tmp_path / "calibration.txt"
     calibration.write_bytes(content)
-    code, stderr = run_cli("quantize", str(tiny_f16), "--type", "Q4_K_M", "-o", str(folder / "o.gguf"), "--calibration", str(calibration))
-    assert_clean_failure(code, stderr, folder, *words)
+    result = cli("quantize", str(tiny_f16), "--type", "Q4_K_M", "-o", str(folder / "o.gguf"), "--calibration", str(calibration))
+    assert_clean_failure(result, folder, *words)
 
 
 def test_bad_jsonl_calibration(tiny_f16, tmp_path):
@@ -93,8 +93,8 @@ def test_bad_jsonl_calibration(tiny_f16, tmp_path):
     folder.mkdir()
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text('{"text": "fine"}\n{"content": "no text field"}\n')
-    code, stderr = run_cli("quantize", str(tiny_f16), "--type", "Q4_K_M", "-o", str(folder / "o.gguf"), "--calibration", str(calibration))
-    assert_clean_failure(code, stderr, folder, "line 2", '"text"')
+    result = cli("quantize", str(tiny_f16), "--type", "Q4_K_M", "-o", str(folder / "o.gguf"), "--calibration", str(calibration))
+    assert_clean_failure(result, folder, "line 2", '"text"')
 
 
 def test_imatrix_matches_an_independent_computation(tiny_f16, tiny_fox1, botchan):
@@ -174,14 +174,14 @@ def test_check_against_pytorch_reference(tiny_gguf, tiny_fox1):
 
 
 def test_check_refuses_different_tokenizers(tiny_gguf, smollm2_gguf, tmp_path):
-    code, stderr = run_cli("check", str(tiny_gguf["f16"]), "--reference", str(smollm2_gguf), "--tokens", "100")
+    code, _, stderr = cli("check", str(tiny_gguf["f16"]), "--reference", str(smollm2_gguf), "--tokens", "100")
     assert code == 1 and "different models" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_check_fails_with_nonzero_exit_and_json(tiny_gguf, tmp_path):
     quantized = tmp_path / "q4.gguf"
     quantize(tiny_gguf["f16"], quantized, "Q4_0", check=CheckSettings(enabled=False))
-    code, _ = run_cli("check", str(quantized), "-r", str(tiny_gguf["f16"]), "--tokens", "256", "--ctx", "256", "--max-kld", "0.0000001")
+    code, _, _ = cli("check", str(quantized), "-r", str(tiny_gguf["f16"]), "--tokens", "256", "--ctx", "256", "--max-kld", "0.0000001")
     assert code == 1
     result = subprocess.run(
         [
@@ -218,12 +218,12 @@ def test_check_fails_with_nonzero_exit_and_json(tiny_gguf, tmp_path):
 def test_truncated_candidate(tiny_gguf, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_gguf["f16"].read_bytes()[:300_000])
-    code, stderr = run_cli("check", str(broken), "-r", str(tiny_gguf["f16"]))
+    code, _, stderr = cli("check", str(broken), "-r", str(tiny_gguf["f16"]))
     assert code == 1 and "broken.gguf" in stderr and len(stderr.splitlines()) == 1
 
 
 def test_convert_with_quant_leaves_no_intermediate(tiny_fox1, tmp_path):
-    code, stderr = run_cli("convert", str(tiny_fox1), "-o", str(tmp_path / "tiny.q8.gguf"), "--quant", "Q8_0", "--no-check")
+    code, _, stderr = cli("convert", str(tiny_fox1), "-o", str(tmp_path / "tiny.q8.gguf"), "--quant", "Q8_0", "--no-check")
     assert code == 0, stderr
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.q8.gguf"]
     assert types_of(tmp_path / "tiny.q8.gguf")["blk.0.attn_q.weight"] == T.Q8_0
@@ -269,19 +269,19 @@ def test_a_failed_check_advises_and_fails_only_when_a_bar_was_asked_for(tiny_f16
 
     output = tmp_path / "tiny.Q4_0.gguf"
     base = ["quantize", str(tiny_f16), "--type", "Q4_0", "--check-tokens", "256", "-o", str(output)]
-    code, stderr = run_cli(*base)
+    code, _, stderr = cli(*base)
     assert code == 0, stderr
     (warning,) = [line for line in stderr.splitlines() if line.startswith("warning:")]
     assert "below fox-edge's default bars" in warning and "--calibration builtin" in warning and "--type Q4_K_M" in warning
     assert output.is_file() and load_report(output)["passed"] is False
     for asked in (["--strict"], ["--max-kld", "0.5"]):
-        code, stderr = run_cli(*base, *asked)
+        code, _, stderr = cli(*base, *asked)
         assert code == 1 and stderr.splitlines()[-1].startswith("error: ") and "--calibration builtin" in stderr, (asked, stderr)
 
 
 def test_check_against_a_checkpoint_prints_only_fox_edges_output(tiny_gguf, tiny_fox1):
     """The PyTorch reference loads without transformers' progress bars landing in the middle of fox-edge's output."""
-    code, stderr = run_cli("check", str(tiny_gguf["f16"]), "--reference", str(tiny_fox1), "--tokens", "64")
+    code, _, stderr = cli("check", str(tiny_gguf["f16"]), "--reference", str(tiny_fox1), "--tokens", "64")
     assert code == 0, stderr
     assert "Loading weights" not in stderr and "it/s]" not in stderr, stderr
 

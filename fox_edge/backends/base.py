@@ -69,15 +69,8 @@ def estimate_memory(
     }
 
 
-# Options only llama.cpp takes, and the command-line flags that set them.
-LLAMA_CPP_OPTIONS = {
-    "flash_attention": "--flash-attention",
-    "kv_type": "--kv-type",
-    "gpu_layers": "--gpu-layers",
-    "use_mmap": "--mmap/--no-mmap",
-    "repack": "--no-repack",
-    "n_ubatch": "Python API only",
-}
+DEFAULT_CONTEXT = 4096  # tokens, when neither the caller nor a bundle says (capped at the model's own)
+LLAMA_CPP_OPTIONS = ("flash_attention", "kv_type", "gpu_layers", "use_mmap", "repack", "n_ubatch")  # only llama.cpp takes these
 
 
 class Runner:
@@ -98,13 +91,19 @@ class Runner:
     metadata: dict[str, str]
     n_evaluated: int = 0  # tokens the last prefill() actually computed (the rest came from the KV cache)
 
+    foreign_options: tuple[str, ...] = LLAMA_CPP_OPTIONS  # options of another backend, refused by name
+
     @classmethod
-    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> Runner:
-        """The runner for `path` on `device` (auto, cpu or gpu: each backend says what that means); `options` are the
-        backend's own. This one refuses llama.cpp's options, for the backends that are not llama.cpp."""
-        if llama_only := sorted(f"{o} ({LLAMA_CPP_OPTIONS[o]})" for o in set(options) & set(LLAMA_CPP_OPTIONS)):
-            raise InvalidOption(f"{', '.join(llama_only)} apply to GGUF models (llama.cpp), not to {path}; drop them")
-        return cls(path, n_ctx=n_ctx, n_threads=n_threads, **options)
+    def open(cls, path: Path, *, n_ctx: int | None, n_threads: int | None, device: str, **options) -> Runner:
+        """The runner for `path` on `device` (auto, cpu or gpu: each backend says what that means) at `n_ctx` tokens
+        (None: DEFAULT_CONTEXT, capped at the model's own); `options` are the backend's own."""
+        if foreign := sorted(set(options) & set(cls.foreign_options)):
+            raise InvalidOption(
+                f"llama.cpp's {', '.join(foreign)} {'applies' if len(foreign) == 1 else 'apply'} only to GGUF models, not to {path}; "
+                f"drop {', '.join('{' + o + '}' for o in foreign)}",
+                foreign,
+            )
+        return cls(path, n_ctx=DEFAULT_CONTEXT if n_ctx is None else n_ctx, n_threads=n_threads, **options)
 
     @property
     def name(self) -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids
 from fox_edge.cpu import default_threads
-from fox_edge.errors import FoxEdgeError, InvalidOption
+from fox_edge.errors import FoxEdgeError, InvalidOption, ModelError
 from fox_edge.formats import gguf_tensors
 
 # The weight types llama.cpp's CPU backend may copy into its interleaved layouts for faster kernels
@@ -114,12 +114,13 @@ def device_gpu_layers(device: str) -> int:
 
 class LlamaCppRunner(Runner):
     backend = "llama.cpp"
+    foreign_options = ()
 
     @classmethod
-    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> LlamaCppRunner:
+    def open(cls, path: Path, *, n_ctx: int | None, n_threads: int | None, device: str, **options) -> LlamaCppRunner:
         if device != "auto" and "gpu_layers" not in options:
             options["gpu_layers"] = device_gpu_layers(device)
-        return cls(path, n_ctx=n_ctx, n_threads=n_threads, **options)
+        return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
 
     def __init__(
         self,
@@ -152,11 +153,12 @@ class LlamaCppRunner(Runner):
         self._model = C.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
             reason = load_failure(_log_lines)
+            gguf_tensors(self.path)  # a truncated or corrupt file: DamagedModel, saying which (read anyway where repack is off)
             if not vocab_only and _has_no_weights(self.path):
                 raise FoxEdgeError(
                     f"{self.path} holds only a vocabulary (written with --vocab-only); convert the model without it to run it"
                 )
-            raise FoxEdgeError(
+            raise ModelError(
                 f"llama.cpp cannot load {self.path}{': ' + reason if reason else ''}; the file is truncated, corrupt or of an "
                 "architecture this llama.cpp does not know: re-create it with `fox-edge convert`"
             )

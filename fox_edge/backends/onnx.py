@@ -27,25 +27,27 @@ from fox_edge.backends.base import ModelShape, Runner, common_prefix, stop_ids, 
 from fox_edge.cpu import default_threads
 from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.formats import (
+    GATHERS,
     GENAI_CONFIG,
     LOGITS_TO_KEEP,
     ONNX,
     ONNX_METADATA_KEYS,
     ONNX_MODEL,
     ONNX_REWRITE,
-    ORT_MODEL,
     PAST_KEY,
     PAST_VALUE,
     PRESENT_KEY,
     PRESENT_VALUE,
+    OnnxInitializer,
     identify,
     onnx_folder,
+    onnx_graph_file,
+    onnx_inventory,
 )
 from fox_edge.source import contained, read_json
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 T = TypeVar("T")
-GATHERS = {"Gather", "GatherBlockQuantized"}  # ops that read a table a row at a time
 
 
 def default_providers() -> list[str]:
@@ -113,7 +115,7 @@ class OnnxRunner(Runner):
     backend = "onnxruntime"
 
     @classmethod
-    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> OnnxRunner:
+    def open(cls, path: Path, *, n_ctx: int | None, n_threads: int | None, device: str, **options) -> OnnxRunner:
         if device != "auto" and "providers" not in options:
             options["providers"] = device_providers(device)
         return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)
@@ -137,10 +139,11 @@ class OnnxRunner(Runner):
     ):
         import onnxruntime as ort
 
-        # The folder, or one model file in it (model.ort, say, where the folder holds both).
+        # The folder, or one model file in it (model.ort, say, where the folder holds both): open_runner has identified it.
         path = Path(path)
-        identify(path, (ONNX,))
-        self.path, model_file = onnx_folder(path), (None if path.is_dir() else path)
+        self.path, model_file = onnx_folder(path), onnx_graph_file(path)
+        if model_file is None:  # constructed directly, with a path that is no ONNX folder
+            identify(path, (ONNX,))
         genai = read_genai_config(self.path)
         decoder = genai["decoder"]
         self.n_layers, self.n_kv_heads, self.head_size = decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]
@@ -154,7 +157,6 @@ class OnnxRunner(Runner):
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the logits_to_keep initializer-input warning is by design
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        model_file = model_file or next(self.path / f for f in (ONNX_MODEL, ORT_MODEL) if (self.path / f).is_file())
         # The runner maps the weight files itself, read-only, and ONNX Runtime uses the mapping in place: the runner can
         # then drop the mapping's resident pages whenever it likes (a later read faults them back from the page cache),
         # which it could not safely do to ONNX Runtime's own mappings, unmapped and reused while it packs.
@@ -202,23 +204,9 @@ class OnnxRunner(Runner):
         self.n_evaluated = 0
 
     def resident_weights_bytes(self) -> int | None:
-        """ONNX Runtime's packed copy of the MatMulNBits weights (MLAS's int8-compute layout: the codes plus an f32
-        scale and an f32 block sum per block, 1.3x a 4-bit file's blocks) and every other initializer but those only
-        gathered from (their pages are dropped: WeightFiles.drop_pages). None for a folder with only an ORT-format file."""
-        import onnx
-
-        if not (self.path / ONNX_MODEL).is_file():
-            return None
-        graph = onnx.load(str(self.path / ONNX_MODEL), load_external_data=False).graph
-        sizes = {t.name: _stored_bytes(t) for t in graph.initializer}
-        packed, consumers = 0, _consumers(graph)
-        for node in graph.node:
-            if node.op_type == "MatMulNBits":
-                attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                n, k, bits, block = attributes["N"], attributes["K"], attributes["bits"], attributes["block_size"]
-                packed += n * -(-k // block) * (block * bits // 8 + 8)
-        others = sum(size for name, size in sizes.items() if not consumers.get(name, set()) <= {"MatMulNBits", "GatherBlockQuantized"})
-        return packed + others
+        """What ONNX Runtime holds of the weights (formats.OnnxInventory.resident_bytes); None for a folder with only an
+        ORT-format file."""
+        return onnx_inventory(self.path).resident_bytes() if (self.path / ONNX_MODEL).is_file() else None
 
     def _load_tokenizer(self, genai: dict) -> None:
         import tokenizers
@@ -338,11 +326,6 @@ class OnnxRunner(Runner):
 GENAI_INTEGERS = ("context_length", "vocab_size", "decoder.num_hidden_layers", "decoder.num_key_value_heads", "decoder.head_size")
 
 
-def _stored_bytes(tensor) -> int:
-    """An initializer's bytes, inline or in the external data file."""
-    return int({e.key: e.value for e in tensor.external_data}.get("length", len(tensor.raw_data)))
-
-
 def read_genai_config(folder: Path) -> dict:
     """genai_config.json's "model" section, with the numbers the runner needs checked to be there and positive."""
     genai = read_json(folder / GENAI_CONFIG, ONNX_REWRITE).get("model")
@@ -353,15 +336,6 @@ def read_genai_config(folder: Path) -> dict:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise FoxEdgeError(f"{folder / GENAI_CONFIG}: model.{key} is {value!r}, not a positive whole number; {ONNX_REWRITE}")
     return genai
-
-
-def _consumers(graph) -> dict[str, set[str]]:
-    """Each tensor name in `graph` -> the op types of the nodes that read it."""
-    consumers: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, set()).add(node.op_type)
-    return consumers
 
 
 @dataclass
@@ -383,27 +357,17 @@ class WeightFiles:
         when one is missing or cut short."""
         import onnx
 
-        try:
-            graph = onnx.load(model_file, load_external_data=False).graph
-        except Exception:  # protobuf's DecodeError, OSError
-            raise FoxEdgeError(
-                f"{model_file} is truncated or corrupt; re-run `fox-edge convert --to onnx` or copy the folder again"
-            ) from None
-        consumers = _consumers(graph)
         ends: dict[str, int] = {}
         rows: list[tuple[str, int, int]] = []
-        to_copy: list[tuple[str, str, int, np.dtype, tuple[int, ...]]] = []
-        for tensor in graph.initializer:
-            entries = {e.key: e.value for e in tensor.external_data}
-            if "location" in entries:
-                offset, length = int(entries.get("offset", 0)), int(entries.get("length", 0))
-                ends[entries["location"]] = max(ends.get(entries["location"], 0), offset + length)
-                read_by = consumers.get(tensor.name, set())
-                if read_by & GATHERS:
-                    rows.append((entries["location"], offset, length))
-                elif not read_by <= {"MatMulNBits"}:  # MatMulNBits' weights, scales and zero points are packed
-                    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-                    to_copy.append((tensor.name, entries["location"], offset, dtype, tuple(tensor.dims)))
+        to_copy: list[OnnxInitializer] = []
+        for tensor in onnx_inventory(model_file).initializers:
+            if tensor.location is None:
+                continue
+            ends[tensor.location] = max(ends.get(tensor.location, 0), tensor.offset + tensor.length)
+            if tensor.readers & GATHERS:
+                rows.append((tensor.location, tensor.offset, tensor.length))
+            elif not tensor.readers <= {"MatMulNBits"}:  # MatMulNBits' weights, scales and zero points are packed
+                to_copy.append(tensor)
         weights = cls()
         for location, end in ends.items():
             data = contained(model_file.parent / location, model_file.parent.resolve())
@@ -420,9 +384,10 @@ class WeightFiles:
         for location, offset, length in rows:
             start = offset - offset % mmap.PAGESIZE
             weights.gathered.append((weights.maps[location], start, offset + length - start))
-        for name, location, offset, dtype, shape in to_copy:
-            count = int(np.prod(shape, dtype=np.int64))
-            weights.copied[name] = np.frombuffer(weights.maps[location], dtype, count, offset).reshape(shape).copy()
+        for tensor in to_copy:
+            dtype, count = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type), int(np.prod(tensor.dims, dtype=np.int64))
+            copy = np.frombuffer(weights.maps[tensor.location], dtype, count, tensor.offset).reshape(tensor.dims).copy()
+            weights.copied[tensor.name] = copy
         return weights
 
     def hand_to(self, options) -> None:

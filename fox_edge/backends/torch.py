@@ -35,7 +35,7 @@ class TorchRunner(Runner):
     backend = "pytorch"
 
     @classmethod
-    def open(cls, path: Path, *, n_ctx: int, n_threads: int | None, device: str, **options) -> TorchRunner:
+    def open(cls, path: Path, *, n_ctx: int | None, n_threads: int | None, device: str, **options) -> TorchRunner:
         if device == "gpu":
             raise InvalidOption("the PyTorch reference runs on the CPU here; drop {device} gpu", ["device"])
         return super().open(path, n_ctx=n_ctx, n_threads=n_threads, device=device, **options)

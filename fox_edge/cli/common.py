@@ -39,6 +39,8 @@ FLAGS = {
     "chat_template": "--chat-template FILE",
     "embedding": "--embedding-type",
     "output_tensor": "--output-type",
+    "use_mmap": "--mmap/--no-mmap",
+    "repack": "--no-repack",
 }
 
 

@@ -113,7 +113,7 @@ def convert(
                 if useful
             ]
         else:
-            from fox_edge.quantize import what_to_try
+            from fox_edge.cli.quantize import what_to_try
 
             remedies = what_to_try(quant, bool(calibration)) if quant else []
         show_check(result.check, output, strict=strict, remedies=remedies)

@@ -50,7 +50,7 @@ def quantize(
     """Quantize with llama.cpp, then check against the input (unless --no-check). Without --type: the smallest type that meets --max-kld / --min-top1."""
     with errors():
         from fox_edge.check import CheckSettings
-        from fox_edge.quantize import BudgetNotMet, quantize_to_budget, what_to_try
+        from fox_edge.quantize import BudgetNotMet, quantize_to_budget
         from fox_edge.quantize import quantize as quantize_model
 
         check = CheckSettings(
@@ -88,3 +88,16 @@ def print_tried(rows: list[dict]) -> None:
             f"{row['type']:<8} {row['embedding']:<10} {row['mb']:>8.1f} {row['kld']:>10.5f} {row['top1']:>7.2%} {row['ppl_ratio']:>9.4f}  "
             + ("meets the budget" if row["passed"] else f"over (after {row['tokens']} tokens)" if row["stopped_early"] else "over")
         )
+
+
+def what_to_try(type_name: str, calibrated: bool) -> list[str]:
+    """After a FAIL: the flags that keep more accuracy, from the budget search's table of types (nearest first)."""
+    from fox_edge.quant.gguf import QUANT_TYPES, parse_type
+
+    bits = parse_type(type_name).bits_per_weight
+    larger = sorted((q.bits_per_weight, name) for name, q in QUANT_TYPES.items() if q.bits_per_weight > bits)
+    return [
+        *([] if calibrated or bits >= 8 else ["--calibration builtin"]),
+        *(f"--type {name}" for _, name in larger[:2]),
+        "a budget instead of a type (--max-kld 0.1: the smallest type that meets it)",
+    ]
