@@ -18,9 +18,13 @@ MEASURE_ONLY = CheckSettings(tokens=256, context=128, max_kld=10.0, min_top1=0.0
 
 
 class CliResult(NamedTuple):
-    code: int
+    exit_code: int
     stdout: str
     stderr: str  # stripped
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
 
 
 def cli(*args: str, input: str | None = None) -> CliResult:
@@ -32,13 +36,13 @@ def cli(*args: str, input: str | None = None) -> CliResult:
 def cli_error(*args: str) -> str:
     """The one line a failing command prints (it must exit 1)."""
     result = cli(*args)
-    assert result.code == 1, result
+    assert result.exit_code == 1, result
     return result.stderr
 
 
 def assert_clean_failure(result: CliResult, folder: Path, *words: str) -> None:
     """A non-zero exit, one line `error: ...` holding every one of `words`, and no partial output left in `folder`."""
-    assert result.code != 0
+    assert result.exit_code != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for word in words:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from support import MEASURE_ONLY
-from typer.testing import CliRunner
-
-from fox_edge.cli import app
+from support import MEASURE_ONLY, cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,13 +53,13 @@ def test_unknown_kind_of_path_gets_the_same_error_everywhere(tmp_path, kind):
         f"error: {path} is neither a GGUF file, an ONNX model folder nor a fox-edge bundle; convert a checkpoint with `fox-edge convert`"
     )
     for args in (["info", str(path)], ["bench", str(path), "-r", "1"], ["chat", str(path)], ["generate", str(path), "-p", "x"]):
-        result = CliRunner().invoke(app, args, input="")
+        result = cli(*args, input="")
         assert result.exit_code == 1 and result.stderr.strip() == expected, (args, result.stderr)
 
 
 def test_missing_path_says_so(tmp_path):
     for args in (["info", str(tmp_path / "nothing.gguf")], ["chat", str(tmp_path / "nothing.gguf")]):
-        result = CliRunner().invoke(app, args, input="")
+        result = cli(*args, input="")
         assert result.exit_code == 1 and result.stderr.startswith(f"error: no such file or folder: {tmp_path / 'nothing.gguf'}")
 
 
@@ -103,14 +100,14 @@ def test_chat_template_file_replaces_the_models(tiny_fox1, tiny_gguf, tmp_path):
         assert given == text_prompt(runner, "[user] hello\n[assistant] ") and given != own
     # convert writes the given template into the GGUF in place of the checkpoint's
     output = tmp_path / "templated.gguf"
-    result = CliRunner().invoke(app, ["convert", str(tiny_fox1), "-o", str(output), "--chat-template", str(template)])
+    result = cli("convert", str(tiny_fox1), "-o", str(output), "--chat-template", str(template))
     assert result.exit_code == 0, result.stderr
     field = gguf.GGUFReader(output).fields["tokenizer.chat_template"]
     assert field.contents() == template.read_text()
     # a template that does not parse is refused before any work
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}")
-    result = CliRunner().invoke(app, ["generate", str(tiny_gguf["f32"]), "-p", "x", "--chat", "--chat-template", str(bad)])
+    result = cli("generate", str(tiny_gguf["f32"]), "-p", "x", "--chat", "--chat-template", str(bad))
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1 and "bad.jinja does not parse" in result.stderr
 
 

@@ -6,10 +6,8 @@ import json
 
 import numpy as np
 from support import cli
-from typer.testing import CliRunner
 
 from fox_edge.bench import BenchSettings, bench, format_table
-from fox_edge.cli import app
 
 
 def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_gguf):
@@ -37,18 +35,15 @@ def test_models_are_interleaved_and_every_metric_has_one_sample_per_repeat(tiny_
 
 
 def test_cli_json(tiny_gguf):
-    result = CliRunner().invoke(
-        app, ["bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "16", "-n", "4", "-c", "128", "--json"]
-    )
+    result = cli("bench", str(tiny_gguf["f16"]), "-r", "1", "--prompt-lengths", "16", "-n", "4", "-c", "128", "--json")
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)
     assert entry["samples"]["generate_tps"][0] > 0
 
 
 def test_batch_size_no_mmap_and_roofline(tiny_gguf):
-    result = CliRunner().invoke(
-        app,
-        [
+    result = cli(
+        *[
             "bench",
             str(tiny_gguf["f16"]),
             "-r",

@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
-
-from fox_edge.cli import app
+from support import cli
 
 
 def test_info_on_gguf_matches_pytorch(tiny_gguf, tiny_reference):
-    result = CliRunner().invoke(app, ["info", str(tiny_gguf["f16"]), "--json"])
+    result = cli("info", str(tiny_gguf["f16"]), "--json")
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)  # stable snake_case keys, numbers as numbers
     assert facts["parameters"] == tiny_reference.model.num_parameters()
@@ -31,7 +29,7 @@ def test_info_on_gguf_matches_pytorch(tiny_gguf, tiny_reference):
 
 
 def test_info_on_checkpoint(tiny_fox1, tiny_reference):
-    result = CliRunner().invoke(app, ["info", str(tiny_fox1)])
+    result = cli("info", str(tiny_fox1))
     assert result.exit_code == 0, result.output
     assert f"{tiny_reference.model.num_parameters():,}" in result.stdout
     assert "bos_token_id=1 (<eos>)" in result.stdout  # the config.json disagreement is shown

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime_genai as og
 import pytest
 import torch
-from support import MEASURE_ONLY
+from support import MEASURE_ONLY, cli
 
 from fox_edge.backends.onnx import OnnxRunner
 from fox_edge.check import CheckSettings, check_model
@@ -99,9 +99,6 @@ def test_fp32_runs_in_onnxruntime_genai(tiny_onnx, tiny_reference):
 
 def test_the_devices_threads_are_a_setting_of_their_own(tiny_fox1, tmp_path):
     """genai_config.json's thread count is what --intra-op-threads says, whatever threads the conversion itself ran on."""
-    from typer.testing import CliRunner
-
-    from fox_edge.cli import app
 
     output = tmp_path / "fp32"
     args = [
@@ -118,7 +115,7 @@ def test_the_devices_threads_are_a_setting_of_their_own(tiny_fox1, tmp_path):
         "-o",
         str(output),
     ]
-    result = CliRunner().invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 0, result.stderr
     assert json.loads((output / "genai_config.json").read_text())["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 3
 

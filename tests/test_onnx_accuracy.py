@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og
 import pytest
+from support import cli
 from texts import TOKENIZER_TEXTS
 
 from fox_edge.backends.onnx import OnnxRunner
@@ -134,17 +135,14 @@ def test_gemma_chat_template_renders_like_transformers(gemma_onnx):
 
 
 def test_convert_checks_by_default_and_info_shows_it(trained_tiny_fox1, tmp_path):
-    from typer.testing import CliRunner
-
-    from fox_edge.cli import app
 
     folder = tmp_path / "int4"
-    result = CliRunner().invoke(app, ["convert", str(trained_tiny_fox1), "--to", "onnx", "--precision", "int4", "-o", str(folder)])
+    result = cli("convert", str(trained_tiny_fox1), "--to", "onnx", "--precision", "int4", "-o", str(folder))
     assert result.exit_code == 0, result.stderr
     assert "PASS (int4 bars)" in result.stdout and (folder / "check.json").is_file()
-    info = CliRunner().invoke(app, ["info", str(folder)])
+    info = cli("info", str(folder))
     assert info.exit_code == 0 and "PASS (int4 bars)" in info.stdout and "GroupQueryAttention" in info.stdout
-    generated = CliRunner().invoke(app, ["generate", str(folder), "-p", "To be, or not to be", "-n", "8", "--temperature", "0"])
+    generated = cli("generate", str(folder), "-p", "To be, or not to be", "-n", "8", "--temperature", "0")
     assert generated.exit_code == 0 and generated.stdout.strip()
 
 

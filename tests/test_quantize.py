@@ -37,11 +37,8 @@ def test_q8_0_quantizes_checks_and_stores_the_report(tiny_f16, tmp_path):
     assert types["blk.0.attn_norm.weight"] == T.F32
     assert outcome.check.precision == "int8" and outcome.check.tokens_scored > 100
     assert load_report(output)["kld_mean"] == pytest.approx(outcome.check.kld_mean)
-    from typer.testing import CliRunner
 
-    from fox_edge.cli import app
-
-    shown = CliRunner().invoke(app, ["info", str(output)]).stdout
+    shown = cli("info", str(output)).stdout
     assert f"against {tiny_f16.name}" in shown and f"{outcome.check.kld_mean:.5f}" in shown
     with open_runner(output, n_ctx=256) as runner:  # llama.cpp loads and runs it
         assert runner.logits(runner.tokenize("the school"))[-1].shape == (512,)
