@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -108,20 +109,44 @@ def stream_text(runner: Runner, tokens: Iterator[int]) -> Iterator[str]:
 
 
 def chat_prompt(runner: Runner, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    """Render `messages` with the model's own chat template and tokenize them (special tokens parsed)."""
+    """`messages` rendered with the model's own chat template and tokenized: the template's markup may hold special
+    tokens, the messages' text never does (a user who types `<eos>` or `<|assistant|>` writes text, not a turn)."""
     if not runner.chat_template:
         raise FoxEdgeError(
             f"{runner.path} has no chat template; use `fox-edge generate` for plain text, or pass {{chat_template}}", ["chat_template"]
         )
     bos = runner.token_text(runner.bos_id) if runner.bos_id is not None else ""
     eos = runner.token_text(runner.eos_id) if runner.eos_id is not None else ""
-    text = render(runner.chat_template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
-    return text_prompt(runner, text)
+
+    def rendered(messages: list[dict]) -> str:
+        return render(runner.chat_template, messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt)
+
+    if not any(_spells_a_control_token(runner, m.get("content")) for m in messages):
+        return text_prompt(runner, rendered(messages))  # the usual case: tokenized whole, as Hugging Face and llama.cpp do
+    # Some message spells a control token: render placeholders in its place and tokenize each message's text as text.
+    marked = [{**m, "content": f"{PLACEHOLDER_OPEN}{i}{PLACEHOLDER_CLOSE}"} for i, m in enumerate(messages)]
+    pieces = PLACEHOLDER.split(rendered(marked))  # markup, index, markup, index, ..., markup
+    tokens = []
+    for i, piece in enumerate(pieces):
+        tokens += runner.tokenize(piece, special=True) if i % 2 == 0 else runner.tokenize(messages[int(piece)]["content"], special=False)
+    return _with_bos(runner, tokens)
+
+
+# Stand-ins for message text while a template renders (private-use characters: no template writes them).
+PLACEHOLDER_OPEN, PLACEHOLDER_CLOSE = "\ue000", "\ue001"
+PLACEHOLDER = re.compile(f"{PLACEHOLDER_OPEN}(\\d+){PLACEHOLDER_CLOSE}")
+
+
+def _spells_a_control_token(runner: Runner, content) -> bool:
+    return isinstance(content, str) and any(not runner.token_bytes(t) for t in runner.tokenize(content, special=True))
 
 
 def text_prompt(runner: Runner, text: str) -> list[int]:
     """Tokenize `text` (special tokens parsed) behind the model's BOS, unless the text already starts with it (as llama.cpp's server does)."""
-    tokens = runner.tokenize(text, special=True)
+    return _with_bos(runner, runner.tokenize(text, special=True))
+
+
+def _with_bos(runner: Runner, tokens: list[int]) -> list[int]:
     if runner.add_bos and runner.bos_id is not None and (not tokens or tokens[0] != runner.bos_id):
         tokens.insert(0, runner.bos_id)
     return tokens

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fox_edge.bundle import make_bundle
-from fox_edge.testing.native import SCRIPTED_REPLY, TURNS, edit_manifest, greedy_case, template_cases
+from fox_edge.testing.native import INJECTED, SCRIPTED_REPLY, TURNS, edit_manifest, greedy_case, template_cases
 
 # Fake /sys/devices/system/cpu trees: cpu index -> (cpuinfo_max_freq in kHz, cpu_capacity or None)
 TOPOLOGIES = {
@@ -23,6 +23,22 @@ TOPOLOGIES = {
     "4+4 phone": ({i: (1_800_000, None) for i in range(4)} | {i: (2_400_000, None) for i in range(4, 8)}, 4),
     "1+3+4 phone with cpu_capacity": ({i: (0, 380) for i in range(4)} | {i: (0, 870) for i in range(4, 7)} | {7: (0, 1024)}, 4),
     "laptop": ({i: (4_000_000, None) for i in range(8)}, 8),
+    # Snapdragon 8 Elite: 2 prime cores at 4.32 GHz and 6 at 3.53 (0.82 of them): all 8 are performance cores, capped.
+    "2+6 phone": ({i: (3_530_000, None) for i in range(6)} | {6: (4_320_000, None), 7: (4_320_000, None)}, 4),
+    "1+5+2 phone": ({0: (2_000_000, None), 1: (2_000_000, None)} | {i: (3_150_000, None) for i in range(2, 7)} | {7: (3_300_000, None)}, 4),
+    "16-core desktop": ({i: (5_000_000, None) for i in range(16)}, 8),
+    "topology unreadable": ({i: (0, None) for i in range(8)}, min(4, os.cpu_count() or 1)),
+}
+
+
+# Manifests that open in a lax reader and fail later: each must be refused at open, naming the field.
+MANIFEST_DAMAGE = {
+    "no context": lambda m: m.pop("context"),
+    "a context that is text": lambda m: m["context"].update(default="2048"),
+    "a temperature that is text": lambda m: m["generation"].update(temperature="warm"),
+    "no generation defaults": lambda m: m.pop("generation"),
+    "stop ids that are text": lambda m: m["tokenizer"].update(stop_ids=["<eos>"]),
+    "a file size that is text": lambda m: m["files"][0].update(size="big"),
 }
 
 
@@ -61,7 +77,11 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
     (missing / "model.gguf").unlink()
     spec = {
         "templates": template_cases(bundle, "Fox-1"),
-        "greedy": [greedy_case(bundle, "tiny Fox-1"), greedy_case(bundle, "tiny Fox-1 with a system prompt", "Be brief.")],
+        "greedy": [
+            greedy_case(bundle, "tiny Fox-1"),
+            greedy_case(bundle, "tiny Fox-1 with a system prompt", "Be brief."),
+            greedy_case(bundle, "tiny Fox-1, a message spelling the template's markup", turns=[INJECTED, "And " + INJECTED]),
+        ],  # fmt: skip
         "utf8": {"text": SCRIPTED_REPLY, "bundle": str(scripted_bundle)},
         "cancel": {"bundle": str(edit_manifest(bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0])))},
         "overflow": {
@@ -76,12 +96,17 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
                 [str(truncated), "a cut-short model"],
                 [str(missing), "a missing model"],
                 [str(edit_manifest(bundle, tmp_path / "v99", lambda m: m.update(schema_version=99))), "an unknown schema version"],
+                *[
+                    [str(edit_manifest(bundle, tmp_path / label.replace(" ", "-"), change)), label]
+                    for label, change in MANIFEST_DAMAGE.items()
+                ],
             ],
         },
         "threads": [
             {"name": name, "sysfs": str(fake_sysfs(tmp_path / name.replace(" ", "_"), cores)), "expected": expected}
             for name, (cores, expected) in TOPOLOGIES.items()
-        ],  # fmt: skip
+        ]
+        + [{"at_most": len(os.sched_getaffinity(0))}],  # fmt: skip
     }
     result = run_core(spec, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]

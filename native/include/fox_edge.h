@@ -5,8 +5,10 @@
  * It opens a fox-edge bundle (manifest.json checked, every file at its size), renders the manifest's chat
  * template with llama.cpp's Jinja engine, samples with the manifest's defaults through llama.cpp's sampler
  * chain, stops on the manifest's stop ids, keeps the KV cache across turns, drops the oldest turns when the
- * context fills, and streams text that is always complete UTF-8. Errors are returned, never thrown; a
- * handle is used from one thread at a time, except fox_chat_cancel, which any thread may call.
+ * context fills, and streams text that is always complete UTF-8. manifest.json is checked whole at open (a missing
+ * or mistyped field is FOX_ERROR_BUNDLE naming it), so no later call can fail on it. Errors are returned, never
+ * thrown: no exported function lets an exception out. A handle is used from one thread at a time, except
+ * fox_chat_cancel, which any thread may call.
  */
 #ifndef FOX_EDGE_H
 #define FOX_EDGE_H
@@ -103,15 +105,18 @@ typedef struct fox_chat_stats {
  * as it got). `stats` may be NULL. Returns FOX_ERROR_CANCELLED when cancelled. */
 FOX_API fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callback on_text, void * user_data,
                                  fox_chat_stats * stats, char * error, size_t error_size);
-/* Stops a running fox_chat_send within one token (or one prompt batch). Any thread; a no-op when idle. */
+/* Stops fox_chat_send within one token (or one prompt batch), from any thread. A cancel holds until the send
+ * returns: one that arrives before the send has begun (Stop pressed right after Send) stops it before its prompt is
+ * evaluated. Call it only for a send that is running or about to run: the next send clears it when it returns. */
 FOX_API void fox_chat_cancel(fox_chat * chat);
 
 /* The token ids of the last reply, for tests: returns their count, writes at most `capacity`. */
 FOX_API size_t fox_chat_last_tokens(const fox_chat * chat, int32_t * tokens, size_t capacity);
 
-/* How many cores to run on: the performance cores, those whose capacity (cpu_capacity, else cpuinfo_max_freq)
- * is at least 80 % of the highest, read from `sysfs_cpu` (NULL: /sys/devices/system/cpu); the online count when
- * the topology says nothing. */
+/* How many threads to run: the performance cores, those whose capacity (cpu_capacity, else cpuinfo_max_freq) is at
+ * least 80 % of the highest, read from `sysfs_cpu` (NULL: /sys/devices/system/cpu, only the CPUs this process's
+ * affinity allows); at most 4 where the cores differ (big.LITTLE), 8 where they are alike; when the topology says
+ * nothing, the CPUs this process may use, at most 4. */
 FOX_API int32_t fox_performance_cores(const char * sysfs_cpu);
 
 /* The CPU features the loaded CPU backend uses, space-separated ("NEON ARM_FMA DOTPROD ..."); writes at most

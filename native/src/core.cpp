@@ -23,6 +23,7 @@ extern "C" {  // llama.cpp's vendored SHA-256 is C, its header has no C++ guard
 #include <cstring>
 #include <dirent.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <mutex>
 #include <fstream>
 #include <memory>
@@ -90,12 +91,13 @@ std::string token_text(const llama_vocab * vocab, llama_token token, bool specia
     return piece;
 }
 
-std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text) {
+std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text, bool parse_special) {
     std::vector<llama_token> tokens(text.size() + 8);
-    int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(), static_cast<int32_t>(tokens.size()), false, true);
+    const int32_t length = static_cast<int32_t>(text.size());
+    int32_t n = llama_tokenize(vocab, text.data(), length, tokens.data(), static_cast<int32_t>(tokens.size()), false, parse_special);
     if (n < 0) {
         tokens.resize(static_cast<size_t>(-n));
-        n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), tokens.data(), static_cast<int32_t>(tokens.size()), false, true);
+        n = llama_tokenize(vocab, text.data(), length, tokens.data(), static_cast<int32_t>(tokens.size()), false, parse_special);
     }
     tokens.resize(static_cast<size_t>(std::max(n, 0)));
     return tokens;
@@ -133,17 +135,179 @@ bool extra_buffers_crash(ggml_backend_dev_t cpu) {
     return false;
 }
 
+// manifest.json, read and checked once at open: every later call reads these fields and nothing can throw there.
+struct BundleFile {
+    std::string path;
+    long long   size = 0;
+    std::string sha256;
+};
+
+struct Manifest {
+    std::string              model_path;
+    std::vector<BundleFile>  files;
+    int32_t                  n_ctx_default = 0;
+    std::string              chat_template;
+    llama_token              bos = LLAMA_TOKEN_NULL, eos = LLAMA_TOKEN_NULL;
+    bool                     add_bos = false;
+    std::set<llama_token>    stop_ids;
+    int                      use_mmap = -1;  // -1: the manifest leaves it to the runtime
+    bool                     repack   = true;
+    fox_chat_params          generation{};   // the sampling fields; n_ctx, seed and system_prompt are not the manifest's
+};
+
+// A field of the manifest, or a FOX_ERROR_BUNDLE naming it ("generation.temperature is missing").
+const json & field(const json & parent, const char * key, const std::string & where) {
+    if (!parent.is_object() || !parent.contains(key)) throw Failure{FOX_ERROR_BUNDLE, "manifest.json: " + where + key + " is missing"};
+    return parent.at(key);
+}
+
+[[noreturn]] void wrong(const std::string & name, const char * expected) {
+    throw Failure{FOX_ERROR_BUNDLE, "manifest.json: " + name + " is not " + expected + "; make the bundle again with `fox-edge bundle`"};
+}
+
+long long whole_number(const json & parent, const char * key, const std::string & where, long long minimum) {
+    const json & value = field(parent, key, where);
+    if (!value.is_number_integer() || value.get<long long>() < minimum) wrong(where + key, ("a whole number of at least " + std::to_string(minimum)).c_str());
+    return value.get<long long>();
+}
+
+double number(const json & parent, const char * key, const std::string & where) {
+    const json & value = field(parent, key, where);
+    if (!value.is_number()) wrong(where + key, "a number");
+    return value.get<double>();
+}
+
+std::string text(const json & parent, const char * key, const std::string & where) {
+    const json & value = field(parent, key, where);
+    if (!value.is_string()) wrong(where + key, "a string");
+    return value.get<std::string>();
+}
+
+llama_token token_or_null(const json & parent, const char * key, const std::string & where) {
+    const json & value = field(parent, key, where);
+    if (value.is_null()) return LLAMA_TOKEN_NULL;
+    if (!value.is_number_integer() || value.get<long long>() < 0 || value.get<long long>() > INT32_MAX) wrong(where + key, "a token id or null");
+    return value.get<llama_token>();
+}
+
+Manifest read_manifest(const std::string & folder) {
+    json m;
+    try {
+        m = json::parse(read_file(folder + "/manifest.json"));
+    } catch (const json::exception & exc) {
+        throw Failure{FOX_ERROR_BUNDLE, std::string("manifest.json is not valid JSON: ") + exc.what()};
+    }
+    if (!m.is_object() || !m.contains("schema_version") || m.at("schema_version") != SCHEMA_VERSION) {
+        throw Failure{FOX_ERROR_BUNDLE, "manifest.json has an unknown schema version; this core reads version 1"};
+    }
+    Manifest manifest;
+    const json & format = field(m, "format", "");
+    if (text(format, "name", "format.") != "gguf") {
+        throw Failure{FOX_ERROR_BUNDLE, "this is an ONNX bundle; run it with onnxruntime-genai (see apps/README.md), the core runs GGUF bundles"};
+    }
+    manifest.model_path = text(format, "model_path", "format.");
+    if (format.contains("runtime_options")) {
+        const json & options = format.at("runtime_options");
+        if (!options.is_object()) wrong("format.runtime_options", "an object");
+        const json use_mmap = options.value("use_mmap", json());
+        if (!use_mmap.is_null() && !use_mmap.is_boolean()) wrong("format.runtime_options.use_mmap", "true, false or null");
+        manifest.use_mmap = use_mmap.is_boolean() ? use_mmap.get<bool>() : -1;
+        const json repack = options.value("repack", json(true));
+        if (!repack.is_boolean() && !repack.is_null()) wrong("format.runtime_options.repack", "true, false or null");
+        manifest.repack = !repack.is_boolean() || repack.get<bool>();
+    }
+    const json & files = field(m, "files", "");
+    if (!files.is_array()) wrong("files", "a list");
+    for (const json & file : files) {
+        manifest.files.push_back({text(file, "path", "files[]."), whole_number(file, "size", "files[].", 0), text(file, "sha256", "files[].")});
+    }
+    manifest.n_ctx_default = static_cast<int32_t>(std::min<long long>(whole_number(field(m, "context", ""), "default", "context.", 16), INT32_MAX));
+    manifest.chat_template = text(m, "chat_template", "");
+    const json & tokenizer = field(m, "tokenizer", "");
+    manifest.bos           = token_or_null(tokenizer, "bos_id", "tokenizer.");
+    manifest.eos           = token_or_null(tokenizer, "eos_id", "tokenizer.");
+    const json & add_bos   = field(tokenizer, "add_bos", "tokenizer.");
+    if (!add_bos.is_boolean()) wrong("tokenizer.add_bos", "true or false");
+    manifest.add_bos = add_bos.get<bool>();
+    const json & stop_ids = field(tokenizer, "stop_ids", "tokenizer.");
+    if (!stop_ids.is_array() || stop_ids.empty()) wrong("tokenizer.stop_ids", "a list of token ids");
+    for (const json & id : stop_ids) {
+        if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() > INT32_MAX) wrong("tokenizer.stop_ids", "a list of token ids");
+        manifest.stop_ids.insert(id.get<llama_token>());
+    }
+    const json &      g = field(m, "generation", "");
+    fox_chat_params & d = manifest.generation;
+    d.temperature       = static_cast<float>(number(g, "temperature", "generation."));
+    d.top_k             = static_cast<int32_t>(std::min<long long>(whole_number(g, "top_k", "generation.", 0), INT32_MAX));
+    d.top_p             = static_cast<float>(number(g, "top_p", "generation."));
+    d.min_p             = static_cast<float>(number(g, "min_p", "generation."));
+    d.repeat_penalty    = static_cast<float>(number(g, "repeat_penalty", "generation."));
+    d.max_tokens        = static_cast<int32_t>(std::min<long long>(whole_number(g, "max_tokens", "generation.", 1), INT32_MAX));
+    if (d.temperature < 0 || d.top_p <= 0 || d.top_p > 1 || d.min_p < 0 || d.min_p > 1 || d.repeat_penalty <= 0) {
+        throw Failure{FOX_ERROR_BUNDLE, "manifest.json: a generation default is out of range; make the bundle again with `fox-edge bundle`"};
+    }
+    return manifest;
+}
+
+// Thread caps, as the peers learned on phones (../PLATFORMS.md: threads beyond the big cores cost up to 100x):
+// where the cores differ (big.LITTLE) at most 4, the performance cores only; where they are alike (a laptop) at most 8.
+constexpr int32_t MAX_THREADS_MIXED_CORES = 4;
+constexpr int32_t MAX_THREADS_ALIKE_CORES = 8;
+
+// The CPUs this process may run on (an app's affinity, a container's cpuset); empty when unknown.
+std::set<int> allowed_cpus() {
+    std::set<int> cpus;
+    cpu_set_t     set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+            if (CPU_ISSET(cpu, &set)) cpus.insert(cpu);
+        }
+    }
+    return cpus;
+}
+
+int32_t performance_cores(const char * sysfs_cpu) {
+    // A given tree (the tests' fake sysfs) describes other cores than this machine's: its affinity does not apply.
+    const std::set<int> allowed = sysfs_cpu == nullptr ? allowed_cpus() : std::set<int>{};
+    std::string         root    = sysfs_cpu != nullptr ? sysfs_cpu : "/sys/devices/system/cpu";
+    std::vector<long long> capacities;
+    DIR * dir = opendir(root.c_str());
+    if (dir != nullptr) {
+        while (dirent * entry = readdir(dir)) {
+            std::string name = entry->d_name;
+            if (name.rfind("cpu", 0) != 0 || name.size() < 4 || name.find_first_not_of("0123456789", 3) != std::string::npos) continue;
+            if (!allowed.empty() && allowed.count(std::stoi(name.substr(3))) == 0) continue;
+            long long value = -1;
+            for (const char * file : {"/cpu_capacity", "/cpufreq/cpuinfo_max_freq"}) {
+                std::ifstream in(root + "/" + name + file);
+                if (in >> value) break;
+                value = -1;
+            }
+            capacities.push_back(value);
+        }
+        closedir(dir);
+    }
+    long long highest = capacities.empty() ? -1 : *std::max_element(capacities.begin(), capacities.end());
+    long long lowest  = capacities.empty() ? -1 : *std::min_element(capacities.begin(), capacities.end());
+    if (highest <= 0 || lowest <= 0) {  // no topology to read: the CPUs this process may use, capped as if they were a phone's
+        long usable = !allowed.empty() ? static_cast<long>(allowed.size()) : sysconf(_SC_NPROCESSORS_ONLN);
+        return static_cast<int32_t>(std::clamp<long>(usable, 1, MAX_THREADS_MIXED_CORES));
+    }
+    // Performance cores: within 80 % of the fastest (a 1+3+4 phone's prime and big cores, a laptop's all).
+    auto count = std::count_if(capacities.begin(), capacities.end(), [&](long long c) { return c >= highest * 8 / 10; });
+    const int32_t cap = lowest == highest ? MAX_THREADS_ALIKE_CORES : MAX_THREADS_MIXED_CORES;
+    return static_cast<int32_t>(std::clamp<long>(count, 1, cap));
+}
+
 }  // namespace
 
 struct fox_model {
     std::string               folder;
-    json                      manifest;
+    Manifest                  manifest;
     llama_model *             model = nullptr;
     const llama_vocab *       vocab = nullptr;
     common_chat_templates_ptr templates;
-    std::set<llama_token>     stop_ids;
-    llama_token               bos = LLAMA_TOKEN_NULL;
-    bool                      add_bos = false;
     int32_t                   n_threads = 1;
 
     ~fox_model() {
@@ -163,10 +327,36 @@ struct fox_model {
         }
     }
 
-    // As fox_edge.runner.text_prompt: special tokens parsed, BOS first unless the text starts with it.
-    std::vector<llama_token> prompt_tokens(const std::string & text) const {
-        std::vector<llama_token> tokens = tokenize(vocab, text);
-        if (add_bos && bos != LLAMA_TOKEN_NULL && (tokens.empty() || tokens.front() != bos)) tokens.insert(tokens.begin(), bos);
+    // As fox_edge.runner.chat_prompt: the template's markup may hold special tokens, the messages' text never does
+    // (a user who types "<eos>" writes text, not the end of a turn); BOS first unless the rendering starts with it.
+    std::vector<llama_token> conversation_tokens(const std::vector<common_chat_msg> & messages, bool add_generation_prompt) const {
+        bool plain = true;
+        for (const common_chat_msg & m : messages) plain = plain && tokenize(vocab, m.content, true) == tokenize(vocab, m.content, false);
+        if (plain) return with_bos(tokenize(vocab, render(messages, add_generation_prompt), true));  // tokenized whole, as usual
+        // Some message spells a control token: placeholders (private-use characters) render in its place, and each
+        // message's text is tokenized as text.
+        static const std::string open = "\xEE\x80\x80", close = "\xEE\x80\x81";
+        std::vector<common_chat_msg> marked = messages;
+        for (size_t i = 0; i < marked.size(); i++) marked[i].content = open + std::to_string(i) + close;
+        const std::string        rendered = render(marked, add_generation_prompt);
+        std::vector<llama_token> tokens;
+        auto append = [&tokens](const std::vector<llama_token> & more) { tokens.insert(tokens.end(), more.begin(), more.end()); };
+        size_t at = 0;
+        while (true) {
+            size_t start = rendered.find(open, at);
+            size_t end   = start == std::string::npos ? std::string::npos : rendered.find(close, start);
+            append(tokenize(vocab, rendered.substr(at, start == std::string::npos ? std::string::npos : start - at), true));
+            if (end == std::string::npos) break;
+            size_t index = std::stoul(rendered.substr(start + open.size(), end - start - open.size()));
+            if (index < messages.size()) append(tokenize(vocab, messages[index].content, false));
+            at = end + close.size();
+        }
+        return with_bos(std::move(tokens));
+    }
+
+    std::vector<llama_token> with_bos(std::vector<llama_token> tokens) const {
+        const llama_token bos = manifest.bos;
+        if (manifest.add_bos && bos != LLAMA_TOKEN_NULL && (tokens.empty() || tokens.front() != bos)) tokens.insert(tokens.begin(), bos);
         return tokens;
     }
 };
@@ -283,27 +473,16 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
     }
     *out = nullptr;
     try {
-        auto model    = std::make_unique<fox_model>();
-        model->folder = bundle_dir;
-        try {
-            model->manifest = json::parse(read_file(model->folder + "/manifest.json"));
-        } catch (const json::exception & exc) {
-            throw Failure{FOX_ERROR_BUNDLE, std::string("manifest.json is not valid JSON: ") + exc.what()};
-        }
-        const json & m = model->manifest;
-        if (!m.is_object() || m.value("schema_version", -1) != SCHEMA_VERSION) {
-            throw Failure{FOX_ERROR_BUNDLE, "manifest.json has an unknown schema version; this core reads version 1"};
-        }
-        if (m.at("format").at("name") != "gguf") {
-            throw Failure{FOX_ERROR_BUNDLE, "this is an ONNX bundle; run it with onnxruntime-genai (see apps/README.md), the core runs GGUF bundles"};
-        }
-        for (const json & file : m.at("files")) {  // the cheap check of every launch: each file present at its size
-            std::string path = model->folder + "/" + file.at("path").get<std::string>();
-            long long   size = file_size(path);
-            if (size < 0) throw Failure{FOX_ERROR_BUNDLE, file.at("path").get<std::string>() + " is missing; copy the whole bundle again"};
-            if (size != file.at("size").get<long long>()) {
-                throw Failure{FOX_ERROR_BUNDLE, file.at("path").get<std::string>() + " is " + std::to_string(size) + " bytes, the manifest says " +
-                                                    std::to_string(file.at("size").get<long long>()) + ": the copy is incomplete"};
+        auto model      = std::make_unique<fox_model>();
+        model->folder   = bundle_dir;
+        model->manifest = read_manifest(model->folder);
+        const Manifest & m = model->manifest;
+        for (const BundleFile & file : m.files) {  // the cheap check of every launch: each file present at its size
+            long long size = file_size(model->folder + "/" + file.path);
+            if (size < 0) throw Failure{FOX_ERROR_BUNDLE, file.path + " is missing; copy the whole bundle again"};
+            if (size != file.size) {
+                throw Failure{FOX_ERROR_BUNDLE, file.path + " is " + std::to_string(size) + " bytes, the manifest says " + std::to_string(file.size) +
+                                                    ": the copy is incomplete"};
             }
         }
         if (cpu_backend() == nullptr) {
@@ -311,24 +490,18 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
         }
         // The bundle says how its weights load best on its target (fox-edge's bundle.py): read into memory where
         // llama.cpp repacks them for its CPU kernels, or the mapped pages stay resident beside the repacked copy.
-        const json          options      = m.at("format").value("runtime_options", json::object());
-        llama_model_params  model_params = llama_model_default_params();
-        const json          bundle_mmap  = options.value("use_mmap", json());
-        const bool          use_mmap     = params.use_mmap >= 0 ? params.use_mmap != 0 : !bundle_mmap.is_boolean() || bundle_mmap.get<bool>();
-        model_params.use_extra_bufts     = options.value("repack", true) && !extra_buffers_crash(cpu_backend());
+        llama_model_params model_params = llama_model_default_params();
+        const bool         use_mmap     = params.use_mmap >= 0 ? params.use_mmap != 0 : m.use_mmap != 0;
+        model_params.use_extra_bufts    = m.repack && !extra_buffers_crash(cpu_backend());
         if (!use_mmap) model_params.load_mode = LLAMA_LOAD_MODE_NONE;  // the default maps the file
-        std::string path                = model->folder + "/" + m.at("format").at("model_path").get<std::string>();
-        model->model                    = llama_model_load_from_file(path.c_str(), model_params);
+        std::string path = model->folder + "/" + m.model_path;
+        model->model     = llama_model_load_from_file(path.c_str(), model_params);
         if (model->model == nullptr) throw Failure{FOX_ERROR_LOAD, "llama.cpp cannot load " + path};
-        model->vocab   = llama_model_get_vocab(model->model);
-        const json & t = m.at("tokenizer");
-        model->bos     = t.at("bos_id").is_null() ? LLAMA_TOKEN_NULL : t.at("bos_id").get<llama_token>();
-        model->add_bos = t.at("add_bos").get<bool>();
-        for (const json & id : t.at("stop_ids")) model->stop_ids.insert(id.get<llama_token>());
-        std::string bos = model->bos == LLAMA_TOKEN_NULL ? "" : token_text(model->vocab, model->bos, true);
-        std::string eos = t.at("eos_id").is_null() ? "" : token_text(model->vocab, t.at("eos_id").get<llama_token>(), true);
+        model->vocab    = llama_model_get_vocab(model->model);
+        std::string bos = m.bos == LLAMA_TOKEN_NULL ? "" : token_text(model->vocab, m.bos, true);
+        std::string eos = m.eos == LLAMA_TOKEN_NULL ? "" : token_text(model->vocab, m.eos, true);
         try {
-            model->templates = common_chat_templates_init(model->model, m.at("chat_template").get<std::string>(), bos, eos);
+            model->templates = common_chat_templates_init(model->model, m.chat_template, bos, eos);
         } catch (const std::exception & exc) {
             throw Failure{FOX_ERROR_TEMPLATE, std::string("the chat template does not parse: ") + exc.what()};
         }
@@ -339,30 +512,35 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
         set_error(error, error_size, failure.message);
         return failure.status;
     } catch (const std::exception & exc) {
-        set_error(error, error_size, std::string("manifest.json lacks a field the core needs: ") + exc.what());
-        return FOX_ERROR_BUNDLE;
+        set_error(error, error_size, std::string("the bundle cannot be opened: ") + exc.what());
+        return FOX_ERROR_LOAD;
+    } catch (...) {
+        set_error(error, error_size, "the bundle cannot be opened");
+        return FOX_ERROR_LOAD;
     }
 }
 
 fox_status fox_model_verify(const fox_model * model, char * error, size_t error_size) {
     if (model == nullptr) return FOX_ERROR_ARGUMENT;
     try {
-        for (const json & file : model->manifest.at("files")) {
-            std::string name = file.at("path").get<std::string>();
-            if (sha256_file(model->folder + "/" + name) != file.at("sha256").get<std::string>()) {
-                throw Failure{FOX_ERROR_INTEGRITY, name + " does not match its sha256: the file is damaged; copy the bundle again"};
+        for (const BundleFile & file : model->manifest.files) {
+            if (sha256_file(model->folder + "/" + file.path) != file.sha256) {
+                throw Failure{FOX_ERROR_INTEGRITY, file.path + " does not match its sha256: the file is damaged; copy the bundle again"};
             }
         }
         return FOX_OK;
     } catch (const Failure & failure) {
         set_error(error, error_size, failure.message);
         return failure.status;
+    } catch (...) {  // std::bad_alloc
+        set_error(error, error_size, "out of memory while verifying the bundle");
+        return FOX_ERROR_INTEGRITY;
     }
 }
 
 void fox_model_close(fox_model * model) { delete model; }
 
-int32_t fox_model_n_ctx_default(const fox_model * model) { return model == nullptr ? 0 : model->manifest.at("context").at("default").get<int32_t>(); }
+int32_t fox_model_n_ctx_default(const fox_model * model) { return model == nullptr ? 0 : model->manifest.n_ctx_default; }
 
 int32_t fox_model_n_threads(const fox_model * model) { return model == nullptr ? 0 : model->n_threads; }
 
@@ -382,6 +560,9 @@ int64_t fox_model_render_chat(const fox_model * model, const fox_message * messa
     } catch (const Failure & failure) {
         set_error(error, error_size, failure.message);
         return -1;
+    } catch (...) {  // std::bad_alloc
+        set_error(error, error_size, "out of memory while rendering the chat");
+        return -1;
     }
 }
 
@@ -396,20 +577,20 @@ fox_chat_params fox_chat_default_params(const fox_model * model) {
     params.max_tokens     = 512;
     params.seed           = 0xFFFFFFFF;  // LLAMA_DEFAULT_SEED: a random seed
     if (model != nullptr) {
-        const json & g        = model->manifest.at("generation");
-        params.temperature    = g.value("temperature", params.temperature);
-        params.top_k          = g.value("top_k", params.top_k);
-        params.top_p          = g.value("top_p", params.top_p);
-        params.min_p          = g.value("min_p", params.min_p);
-        params.repeat_penalty = g.value("repeat_penalty", params.repeat_penalty);
-        params.max_tokens     = g.value("max_tokens", params.max_tokens);
+        const fox_chat_params & g = model->manifest.generation;
+        params.temperature        = g.temperature;
+        params.top_k              = g.top_k;
+        params.top_p              = g.top_p;
+        params.min_p              = g.min_p;
+        params.repeat_penalty     = g.repeat_penalty;
+        params.max_tokens         = g.max_tokens;
     }
     return params;
 }
 
 static bool abort_when_cancelled(void * data) { return static_cast<fox_chat *>(data)->cancelled.load(); }
 
-fox_status fox_chat_new(fox_model * model, fox_chat_params params, fox_chat ** out, char * error, size_t error_size) {
+static fox_status chat_new(fox_model * model, fox_chat_params params, fox_chat ** out, char * error, size_t error_size) {
     if (model == nullptr || out == nullptr || params.max_tokens < 1 || params.temperature < 0 || params.top_p <= 0 || params.top_p > 1 ||
         params.min_p < 0 || params.min_p > 1 || params.repeat_penalty <= 0 || params.top_k < 0 || params.repeat_last_n < 0) {
         set_error(error, error_size, "fox_chat_new: a model, and parameters in range (fox_chat_default_params gives the manifest's)");
@@ -437,6 +618,15 @@ fox_status fox_chat_new(fox_model * model, fox_chat_params params, fox_chat ** o
     return FOX_OK;
 }
 
+fox_status fox_chat_new(fox_model * model, fox_chat_params params, fox_chat ** out, char * error, size_t error_size) {
+    try {
+        return chat_new(model, params, out, error, error_size);
+    } catch (...) {  // std::bad_alloc
+        set_error(error, error_size, "out of memory while making a chat; use a smaller n_ctx");
+        return FOX_ERROR_LOAD;
+    }
+}
+
 void fox_chat_free(fox_chat * chat) { delete chat; }
 
 void fox_chat_reset(fox_chat * chat) {
@@ -453,13 +643,12 @@ size_t fox_chat_last_tokens(const fox_chat * chat, int32_t * tokens, size_t capa
     return chat->last_reply.size();
 }
 
-fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callback on_text, void * user_data, fox_chat_stats * stats, char * error,
-                         size_t error_size) {
+static fox_status chat_send(fox_chat * chat, const char * message, fox_text_callback on_text, void * user_data, fox_chat_stats * stats, char * error,
+                            size_t error_size) {
     if (chat == nullptr || message == nullptr || message[0] == '\0') {
         set_error(error, error_size, "fox_chat_send needs a chat and a non-empty message");
         return FOX_ERROR_ARGUMENT;
     }
-    chat->cancelled.store(false);
     chat->last_reply.clear();
     fox_chat_stats   result{};
     fox::Utf8Stream  utf8;
@@ -477,11 +666,11 @@ fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callbac
         int32_t n_ctx   = static_cast<int32_t>(llama_n_ctx(chat->ctx));
         int32_t reserve = std::min(chat->params.max_tokens, n_ctx / 4);
         std::vector<common_chat_msg> turns = chat->history;
-        std::vector<llama_token> prompt = model->prompt_tokens(model->render(chat->conversation(turns, message), true));
+        std::vector<llama_token> prompt = model->conversation_tokens(chat->conversation(turns, message), true);
         while (static_cast<int32_t>(prompt.size()) + reserve > n_ctx && !turns.empty()) {
             turns.erase(turns.begin(), turns.begin() + std::min<size_t>(2, turns.size()));
             result.dropped_turns++;
-            prompt = model->prompt_tokens(model->render(chat->conversation(turns, message), true));
+            prompt = model->conversation_tokens(chat->conversation(turns, message), true);
         }
         if (static_cast<int32_t>(prompt.size()) + 1 > n_ctx) {
             throw Failure{FOX_ERROR_CONTEXT, "this message is " + std::to_string(prompt.size()) + " tokens with the chat template, longer than the " +
@@ -501,7 +690,7 @@ fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callbac
         while (true) {
             if (chat->cancelled.load()) throw Failure{FOX_ERROR_CANCELLED, "cancelled"};
             llama_token token = llama_sampler_sample(sampler.get(), chat->ctx, -1);
-            if (model->stop_ids.count(token) != 0) {
+            if (model->manifest.stop_ids.count(token) != 0) {
                 result.stop_reason = 0;
                 break;
             }
@@ -541,32 +730,26 @@ fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callbac
     return status;
 }
 
+fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text_callback on_text, void * user_data, fox_chat_stats * stats, char * error,
+                         size_t error_size) {
+    fox_status status = FOX_ERROR_DECODE;
+    try {
+        status = chat_send(chat, message, on_text, user_data, stats, error, error_size);
+    } catch (...) {  // std::bad_alloc, or an exception from the caller's callback
+        set_error(error, error_size, "the reply failed: out of memory, or the text callback threw");
+    }
+    // A cancel holds until the send it was meant for returns: one that came just before the send began stops it
+    // before its prompt is evaluated (Stop pressed right after Send) instead of being lost.
+    if (chat != nullptr) chat->cancelled.store(false);
+    return status;
+}
+
 int32_t fox_performance_cores(const char * sysfs_cpu) {
-    std::string root = sysfs_cpu != nullptr ? sysfs_cpu : "/sys/devices/system/cpu";
-    std::vector<long long> capacities;
-    DIR * dir = opendir(root.c_str());
-    if (dir != nullptr) {
-        while (dirent * entry = readdir(dir)) {
-            std::string name = entry->d_name;
-            if (name.rfind("cpu", 0) != 0 || name.size() < 4 || name.find_first_not_of("0123456789", 3) != std::string::npos) continue;
-            long long value = -1;
-            for (const char * file : {"/cpu_capacity", "/cpufreq/cpuinfo_max_freq"}) {
-                std::ifstream in(root + "/" + name + file);
-                if (in >> value) break;
-                value = -1;
-            }
-            capacities.push_back(value);
-        }
-        closedir(dir);
+    try {
+        return performance_cores(sysfs_cpu);
+    } catch (...) {
+        return 1;
     }
-    long long highest = capacities.empty() ? -1 : *std::max_element(capacities.begin(), capacities.end());
-    if (highest <= 0) {  // no topology to read: every core this process may use
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        return static_cast<int32_t>(std::max(1L, online));
-    }
-    // Performance cores: within 80 % of the fastest (a 1+3+4 phone's prime and big cores, a laptop's all).
-    auto count = std::count_if(capacities.begin(), capacities.end(), [&](long long c) { return c >= highest * 8 / 10; });
-    return static_cast<int32_t>(std::max<long>(1, count));
 }
 
 int64_t fox_cpu_features(char * out, size_t out_size) {

@@ -125,6 +125,11 @@ static void test_greedy(const json & cases) {
             std::vector<int32_t> expected = c["expected"][turn];
             check(status == FOX_OK && tokens == expected, name + " turn " + std::to_string(turn + 1) + " tokens equal the Python runner's",
                   status != FOX_OK ? std::string(buffer) : "got " + json(tokens).dump() + ", expected " + json(expected).dump());
+            if (c.contains("prompt_tokens")) {  // the same conversation tokens: markup as special tokens, message text as text
+                int32_t expected_prompt = c["prompt_tokens"][turn];
+                check(stats.prompt_tokens == expected_prompt, name + " turn " + std::to_string(turn + 1) + " prompt equals the Python runner's",
+                      std::to_string(stats.prompt_tokens) + " tokens, expected " + std::to_string(expected_prompt));
+            }
             if (turn > 0) {  // the KV cache is kept across turns: only the new part of the conversation is computed
                 check(stats.prompt_evaluated < stats.prompt_tokens, name + " turn " + std::to_string(turn + 1) + " reuses the KV cache",
                       std::to_string(stats.prompt_evaluated) + " of " + std::to_string(stats.prompt_tokens) + " evaluated");
@@ -208,6 +213,13 @@ static void test_cancel(const json & spec) {
     canceller.join();
     check(status == FOX_ERROR_CANCELLED && stats.stop_reason == 3, "cancel from another thread ends the reply");
     check(state.after_cancel.load() <= 1, "cancel stops within one token", std::to_string(state.after_cancel.load()) + " pieces after cancel");
+    // Stop pressed right after Send: a cancel that comes before the send begins stops it before its prompt.
+    fox_chat_cancel(chat);
+    fox_chat_stats early{};
+    fox_status pre_cancelled = fox_chat_send(chat, "Another long story, please.", nullptr, nullptr, &early, nullptr, 0);
+    check(pre_cancelled == FOX_ERROR_CANCELLED && early.prompt_evaluated == 0 && early.generated_tokens == 0,
+          "a cancel just before a send stops it before its prompt",
+          "status " + std::to_string(pre_cancelled) + ", " + std::to_string(early.prompt_evaluated) + " prompt tokens evaluated");
     Collected again;
     params.max_tokens = 4;
     fox_status next = fox_chat_send(chat, "And now?", collect, &again, nullptr, nullptr, 0);
@@ -260,6 +272,11 @@ static void test_bundles(const json & spec) {
 
 static void test_threads(const json & cases) {
     for (const json & c : cases) {
+        if (c.contains("at_most")) {  // this machine's own sysfs, under the affinity the test runs with
+            int32_t n = fox_performance_cores(nullptr);
+            check(n >= 1 && n <= c["at_most"].get<int32_t>(), "threads stay within the CPUs this process may use", std::to_string(n));
+            continue;
+        }
         int32_t n = fox_performance_cores(c["sysfs"].get<std::string>().c_str());
         check(n == c["expected"].get<int32_t>(), "performance cores of " + c["name"].get<std::string>(), std::to_string(n));
     }
