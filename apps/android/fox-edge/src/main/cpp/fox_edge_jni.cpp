@@ -84,9 +84,13 @@ FOX_JNI(jint, modelThreads)(JNIEnv *, jclass, jlong model) { return fox_model_n_
 FOX_JNI(jbyteArray, modelRenderChat)(JNIEnv * env, jclass, jlong model, jobjectArray roles, jobjectArray contents, jboolean add_generation_prompt) {
     jsize count = env->GetArrayLength(roles);
     std::vector<std::string> role_text, content_text;
-    for (jsize i = 0; i < count; i++) {
-        role_text.push_back(bytes(env, static_cast<jbyteArray>(env->GetObjectArrayElement(roles, i))));
-        content_text.push_back(bytes(env, static_cast<jbyteArray>(env->GetObjectArrayElement(contents, i))));
+    for (jsize i = 0; i < count; i++) {  // each element a local reference, freed at once: a long chat would exhaust the table
+        auto role    = static_cast<jbyteArray>(env->GetObjectArrayElement(roles, i));
+        auto content = static_cast<jbyteArray>(env->GetObjectArrayElement(contents, i));
+        role_text.push_back(bytes(env, role));
+        content_text.push_back(bytes(env, content));
+        env->DeleteLocalRef(role);
+        env->DeleteLocalRef(content);
     }
     std::vector<fox_message> messages;
     for (jsize i = 0; i < count; i++) messages.push_back({role_text[i].c_str(), content_text[i].c_str()});
@@ -113,9 +117,9 @@ FOX_JNI(jdoubleArray, chatDefaults)(JNIEnv * env, jclass, jlong model) {
     return array;
 }
 
-FOX_JNI(jlong, chatNew)(JNIEnv * env, jclass, jlong model, jdoubleArray values, jbyteArray system_prompt) {
-    double v[9];
-    env->GetDoubleArrayRegion(values, 0, 9, v);
+FOX_JNI(jlong, chatNew)(JNIEnv * env, jclass, jlong model, jdoubleArray values, jlong seed, jbyteArray system_prompt) {
+    double v[8];
+    env->GetDoubleArrayRegion(values, 0, 8, v);
     fox_chat_params p   = fox_chat_default_params(model_of(model));
     p.n_ctx             = static_cast<int32_t>(v[0]);
     p.temperature       = static_cast<float>(v[1]);
@@ -125,7 +129,7 @@ FOX_JNI(jlong, chatNew)(JNIEnv * env, jclass, jlong model, jdoubleArray values, 
     p.repeat_penalty    = static_cast<float>(v[5]);
     p.repeat_last_n     = static_cast<int32_t>(v[6]);
     p.max_tokens        = static_cast<int32_t>(v[7]);
-    p.seed              = static_cast<uint32_t>(v[8]);
+    p.seed              = static_cast<uint32_t>(seed);  // ChatParams checked it is 0..0xFFFFFFFF
     std::string system  = bytes(env, system_prompt);
     p.system_prompt     = system_prompt == nullptr ? nullptr : system.c_str();
     fox_chat * chat     = nullptr;

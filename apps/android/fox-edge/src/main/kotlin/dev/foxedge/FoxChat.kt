@@ -11,6 +11,7 @@ import kotlinx.coroutines.NonCancellable
 import kotlinx.coroutines.job
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withContext
+import java.util.concurrent.atomic.AtomicBoolean
 
 /** Sampling and context for a chat; [FoxModel.defaultChatParams] holds the bundle's defaults. temperature 0 is greedy. */
 data class ChatParams(
@@ -22,12 +23,17 @@ data class ChatParams(
     val repeatPenalty: Float,
     val repeatLastN: Int,
     val maxTokens: Int,
-    val seed: Long = 0xFFFFFFFFL, // a random seed
+    val seed: Long = 0xFFFFFFFFL, // a random seed; else 0 until 0xFFFFFFFF (the core's seed is 32 bits)
     val systemPrompt: String? = null,
 ) {
+    init {
+        require(seed in 0L..0xFFFFFFFFL) { "seed $seed is not a 32-bit unsigned number (0..4294967295)" }
+    }
+
+    // The seed crosses on its own, as a long: a double would round nothing here, but a cast of an out-of-range one is undefined.
     internal fun toArray() = doubleArrayOf(
         nCtx.toDouble(), temperature.toDouble(), topK.toDouble(), topP.toDouble(), minP.toDouble(),
-        repeatPenalty.toDouble(), repeatLastN.toDouble(), maxTokens.toDouble(), seed.toDouble(),
+        repeatPenalty.toDouble(), repeatLastN.toDouble(), maxTokens.toDouble(),
     )
 
     internal companion object {
@@ -83,9 +89,16 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
             streaming = true
         }
         var stats: DoubleArray? = null
+        // The core keeps a cancel until its send returns, so a cancel must never reach it for a send that will not run:
+        // the reply says it is starting before it looks for a stop, the stop is asked for before it looks for a start,
+        // and at least one of them sees the other.
+        val nativeStarted = AtomicBoolean(false)
+        val stopRequested = AtomicBoolean(false)
         try {
             val reply = launch(Dispatchers.IO) {
                 val replyJob = coroutineContext.job
+                nativeStarted.set(true)
+                if (stopRequested.get()) return@launch
                 stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece ->
                     // Each piece waits for the collector, and the wait is a child of this reply: when the collector goes
                     // (cancelled, take(n)) the reply is cancelled and so is the wait. The channel alone is not enough:
@@ -103,7 +116,8 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
                 reply.join()
             } finally {
                 if (!reply.isCompleted) { // cancelled while generating: the native call cannot be interrupted, so ask it to stop
-                    FoxNative.chatCancel(handle)
+                    stopRequested.set(true)
+                    if (nativeStarted.get()) FoxNative.chatCancel(handle)
                     withContext(NonCancellable) { reply.join() }
                 }
             }
@@ -115,12 +129,21 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
 
     /** Forgets the conversation (the KV cache too). */
     fun reset() = synchronized(lock) {
-        check(!streaming) { "a reply is streaming; cancel it first" }
+        idle()
         FoxNative.chatReset(handle)
     }
 
     /** The token ids of the last reply (for tests and logs). */
-    fun lastTokens(): IntArray = FoxNative.chatLastTokens(handle)
+    fun lastTokens(): IntArray = synchronized(lock) {
+        idle()
+        FoxNative.chatLastTokens(handle)
+    }
+
+    // Under the lock: the handle is live and no reply is changing what it holds.
+    private fun idle() {
+        check(!closed) { "the chat is closed" }
+        check(!streaming) { "a reply is streaming; cancel it first" }
+    }
 
     /** Frees the chat; a streaming reply is cancelled and the chat freed when it stops. */
     override fun close() {

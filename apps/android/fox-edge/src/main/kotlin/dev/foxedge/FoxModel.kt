@@ -1,5 +1,12 @@
 package dev.foxedge
 
+import kotlinx.coroutines.CancellationException
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.NonCancellable
+import kotlinx.coroutines.currentCoroutineContext
+import kotlinx.coroutines.ensureActive
+import kotlinx.coroutines.withContext
+
 /** What went wrong in the native core: [status] says the kind, the message says what and how to fix it. */
 class FoxException(val status: Status, message: String) : Exception(message) {
     /** fox_status, in the header's order. */
@@ -23,36 +30,67 @@ class FoxModel private constructor(private val handle: Long) : AutoCloseable {
     private val chats = mutableSetOf<FoxChat>()
     private var closed = false
     private var freed = false
+    private var inUse = 0 // native calls running on the handle: close() frees it only after the last returns
 
     companion object {
-        /** Opens [bundleDir]; [threads] 0 runs on the performance cores only. Throws [FoxException]. */
+        /** Opens [bundleDir]; [threads] 0 runs on the performance cores only. Blocks: see [load]. Throws [FoxException]. */
         fun open(bundleDir: String, threads: Int = 0, useMmap: Boolean? = null): FoxModel =
             FoxModel(FoxNative.modelOpen(bundleDir.encodeToByteArray(), threads, useMmap?.let { if (it) 1 else 0 } ?: -1))
+
+        /** [open] on [Dispatchers.IO]. Cancelled while loading, it closes the model it loaded and throws the cancellation. */
+        suspend fun load(bundleDir: String, threads: Int = 0, useMmap: Boolean? = null): FoxModel {
+            val model = withContext(Dispatchers.IO + NonCancellable) { open(bundleDir, threads, useMmap) }
+            try {
+                currentCoroutineContext().ensureActive()
+            } catch (e: CancellationException) {
+                model.close()
+                throw e
+            }
+            return model
+        }
 
         /** The CPU features the loaded llama.cpp CPU backend uses ("NEON DOTPROD ..."): the variant chosen for this phone. */
         fun cpuFeatures(): String = FoxNative.cpuFeatures().decodeToString()
     }
 
-    /** Every file's sha256 against the manifest: seconds for a 1 GB model, so at install or first launch, off the main thread. */
-    fun verify() = FoxNative.modelVerify(live())
+    /** Every file's sha256 against the manifest: seconds for a 1 GB model, so at install or first launch. Blocks: see [verifyFiles]. */
+    fun verify() = using { FoxNative.modelVerify(it) }
 
-    val threads: Int get() = FoxNative.modelThreads(live())
+    /** [verify] on [Dispatchers.IO]; a model closed meanwhile is freed when the check returns. */
+    suspend fun verifyFiles() = withContext(Dispatchers.IO) { verify() }
+
+    val threads: Int get() = using { FoxNative.modelThreads(it) }
 
     /** The conversation as the bundle's chat template writes it. */
-    fun render(messages: List<Message>, addGenerationPrompt: Boolean = true): String =
+    fun render(messages: List<Message>, addGenerationPrompt: Boolean = true): String = using { handle ->
         FoxNative.modelRenderChat(
-            live(),
+            handle,
             messages.map { it.role.encodeToByteArray() }.toTypedArray(),
             messages.map { it.content.encodeToByteArray() }.toTypedArray(),
             addGenerationPrompt,
         ).decodeToString()
+    }
 
     /** The manifest's generation defaults. */
-    fun defaultChatParams(): ChatParams = ChatParams.of(FoxNative.chatDefaults(live()))
+    fun defaultChatParams(): ChatParams = using { ChatParams.of(FoxNative.chatDefaults(it)) }
 
-    /** A conversation with its own KV cache. */
-    fun newChat(params: ChatParams = defaultChatParams()): FoxChat = synchronized(chats) {
-        FoxChat(FoxNative.chatNew(live(), params.toArray(), params.systemPrompt?.encodeToByteArray()), this).also { chats += it }
+    /** A conversation with its own KV cache (its context is allocated here). Blocks: see [startChat]. */
+    fun newChat(params: ChatParams = defaultChatParams()): FoxChat = using { handle ->
+        val chat = FoxChat(FoxNative.chatNew(handle, params.toArray(), params.seed, params.systemPrompt?.encodeToByteArray()), this)
+        synchronized(chats) { chats += chat }
+        chat
+    }
+
+    /** [newChat] on [Dispatchers.IO]. Cancelled meanwhile, it closes the chat it made and throws the cancellation. */
+    suspend fun startChat(params: ChatParams = defaultChatParams()): FoxChat {
+        val chat = withContext(Dispatchers.IO + NonCancellable) { newChat(params) }
+        try {
+            currentCoroutineContext().ensureActive()
+        } catch (e: CancellationException) {
+            chat.close()
+            throw e
+        }
+        return chat
     }
 
     // A chat was freed: the model goes once it is closed and no chat uses it.
@@ -70,8 +108,19 @@ class FoxModel private constructor(private val handle: Long) : AutoCloseable {
         if (synchronized(chats) { claimFree() }) FoxNative.modelClose(handle)
     }
 
-    // True once: when the model is closed and unused (called under the lock).
-    private fun claimFree(): Boolean = closed && chats.isEmpty() && !freed && true.also { freed = true }
+    // True once: when the model is closed, no chat uses it and no call runs on it (called under the lock).
+    private fun claimFree(): Boolean = closed && chats.isEmpty() && inUse == 0 && !freed && true.also { freed = true }
 
-    private fun live(): Long = synchronized(chats) { handle.also { check(!closed) { "the model is closed" } } }
+    // [block] on the live handle; a close() meanwhile frees the model after [block] returns, never under it.
+    private inline fun <T> using(block: (Long) -> T): T {
+        synchronized(chats) {
+            check(!closed) { "the model is closed" }
+            inUse++
+        }
+        try {
+            return block(handle)
+        } finally {
+            if (synchronized(chats) { inUse--; claimFree() }) FoxNative.modelClose(handle)
+        }
+    }
 }

@@ -20,7 +20,7 @@ internal object FoxNative {
     @JvmStatic external fun modelThreads(model: Long): Int
     @JvmStatic external fun modelRenderChat(model: Long, roles: Array<ByteArray>, contents: Array<ByteArray>, addGenerationPrompt: Boolean): ByteArray
     @JvmStatic external fun chatDefaults(model: Long): DoubleArray
-    @JvmStatic external fun chatNew(model: Long, params: DoubleArray, systemPrompt: ByteArray?): Long
+    @JvmStatic external fun chatNew(model: Long, params: DoubleArray, seed: Long, systemPrompt: ByteArray?): Long
     @JvmStatic external fun chatSend(chat: Long, message: ByteArray, sink: TextSink): DoubleArray
     @JvmStatic external fun chatCancel(chat: Long)
     @JvmStatic external fun chatReset(chat: Long)

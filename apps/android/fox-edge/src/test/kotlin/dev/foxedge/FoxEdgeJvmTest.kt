@@ -90,12 +90,34 @@ fun main(args: Array<String>) = runBlocking {
             val holder = launch(Dispatchers.Default) { chat.send("Hold").collect { busy.complete(Unit) } }
             busy.await()
             check(raises<IllegalStateException> { runBlocking { chat.send("Second").collect() } } != null, "a second send while one streams is refused")
+            check(raises<IllegalStateException> { chat.reset() } != null, "reset during a reply is refused")
+            check(raises<IllegalStateException> { chat.lastTokens() } != null, "lastTokens during a reply is refused")
             holder.cancel()
             holder.join()
+
+            // A reply stopped before its native send began leaves no cancel behind for the next one (the core keeps a
+            // cancel until the send it was meant for returns).
+            val short = model.newChat(params.copy(maxTokens = 3))
+            var leaked = 0
+            repeat(20) {
+                val stopped = launch(Dispatchers.Default) { short.send("Hi").collect() }
+                stopped.cancel()
+                stopped.join()
+                short.send("Again").toList()
+                if (short.lastStats?.stopReason != ChatStats.StopReason.MAX_TOKENS) leaked++
+            }
+            check(leaked == 0, "a reply cancelled before it started does not cancel the next") { "$leaked of 20 next replies cancelled" }
+            short.close()
         }
         val closed = model.newChat(params)
         closed.close()
         check(raises<IllegalStateException> { runBlocking { closed.send("Hi").collect() } } != null, "a closed chat refuses to send")
+        check(raises<IllegalStateException> { closed.lastTokens() } != null, "a closed chat refuses lastTokens")
+        check(raises<IllegalStateException> { closed.reset() } != null, "a closed chat refuses reset")
+        check(raises<IllegalArgumentException> { params.copy(seed = -1) } != null && raises<IllegalArgumentException> { params.copy(seed = 1L shl 32) } != null,
+              "a seed outside 32 bits is refused")
+        val seeded = (1..2).map { model.newChat(params.copy(seed = 0xFFFFFFFEL, maxTokens = 6)).use { c -> c.send("Hi").toList(); c.lastTokens().toList() } }
+        check(seeded[0] == seeded[1], "the largest seeds reach the core unchanged") { "$seeded" }
     }
 
     // Closing the model while a reply streams: the reply is cancelled and the model freed after it stops.
@@ -108,6 +130,18 @@ fun main(args: Array<String>) = runBlocking {
     job.join()
     check(chat.lastStats?.stopReason == ChatStats.StopReason.CANCELLED, "closing the model cancels a streaming reply") { "${chat.lastStats}" }
     check(raises<IllegalStateException> { model.newChat() } != null, "a closed model refuses new chats")
+
+    // The suspending forms, and a model closed while a call runs on it: freed after the call, never under it.
+    FoxModel.load(spec.getProperty("greedy.bundle")).let { loaded ->
+        loaded.verifyFiles()
+        val talk = loaded.startChat(loaded.defaultChatParams().copy(temperature = 0f, maxTokens = 4))
+        check(talk.send("Hi").toList().isNotEmpty(), "load, verifyFiles and startChat work as open, verify and newChat")
+        talk.close()
+        val verifying = launch(Dispatchers.Default) { repeat(50) { runCatching { loaded.verify() } } }
+        loaded.close()
+        verifying.join()
+        check(raises<IllegalStateException> { loaded.verify() } != null, "a closed model refuses verify")
+    }
 
     val missing = raises<FoxException> { FoxModel.open(spec.getProperty("missing.bundle")) }
     check(missing?.status == FoxException.Status.BUNDLE && "manifest.json" in missing.message.orEmpty(), "a folder without a bundle is a FoxException") { "$missing" }
