@@ -4,6 +4,7 @@ the performance cores of fake sysfs trees. The C++ test program (native/tests/te
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -60,8 +61,10 @@ def run_core(spec: dict, folder: Path) -> subprocess.CompletedProcess:
 
     core = build_core()
     path = folder / "spec.json"
-    path.write_text(json.dumps(spec, ensure_ascii=False))
-    return subprocess.run([str(core / "fox_edge_tests"), str(path)], capture_output=True, text=True, timeout=600)
+    path.write_text(json.dumps({"version": importlib.metadata.version("fox-edge")} | spec, ensure_ascii=False))
+    result = subprocess.run([str(core / "fox_edge_tests"), str(path)], capture_output=True, text=True, timeout=600)
+    assert "llama_model_load" not in result.stderr, result.stderr[-2000:]  # the log went to fox_log_set's callback
+    return result
 
 
 @pytest.mark.prepared("x86-64 native core")

@@ -202,7 +202,8 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
         for cpu, spec in specs.items():
             # One thread each: the CPUs run at once, and two-thread pools spinning at their barriers under emulation
             # cost three times the work (the qemu test took 9 min beside the suite so).
-            (root / "work" / f"spec-{cpu}.json").write_text(json.dumps({"n_threads": 1, **spec}, ensure_ascii=False))
+            spec = {"n_threads": 1, "version": importlib.metadata.version("fox-edge"), **spec}
+            (root / "work" / f"spec-{cpu}.json").write_text(json.dumps(spec, ensure_ascii=False))
         results = each_cpu(run_on, list(specs))
         shutil.rmtree(root / "work", ignore_errors=True)
     return results

@@ -125,6 +125,17 @@ FOX_API int32_t fox_performance_cores(const char * sysfs_cpu);
  * the CPU it runs on: armv8.0 cores get plain NEON, newer ones dotprod, i8mm, SVE. */
 FOX_API int64_t fox_cpu_features(char * out, size_t out_size);
 
+/* Where log lines go: llama.cpp and ggml write theirs to stderr, which goes nowhere on Android and iOS. */
+typedef enum fox_log_level { FOX_LOG_DEBUG = 1, FOX_LOG_INFO, FOX_LOG_WARN, FOX_LOG_ERROR } fox_log_level;
+/* One line of llama.cpp's or ggml's log (`text` ends with its newline; a line may come in several pieces, each
+ * with the level of the line). Called on whichever thread logs. */
+typedef void (*fox_log_callback)(fox_log_level level, const char * text, void * user_data);
+/* Routes the log to `callback` (logcat, os_log), at `min_level` and above; NULL restores stderr. Any time, any thread. */
+FOX_API void fox_log_set(fox_log_callback callback, fox_log_level min_level, void * user_data);
+
+/* "fox-edge 0.1.0 (llama.cpp b1234-abcdef0)": what an app's bug report should carry. */
+FOX_API const char * fox_version(void);
+
 #ifdef __cplusplus
 }
 #endif

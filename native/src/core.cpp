@@ -5,6 +5,7 @@
 
 #include "fox_edge.h"
 
+#include "build-info.h"
 #include "chat.h"
 #include "ggml-backend.h"
 #include "llama.h"
@@ -750,6 +751,44 @@ int32_t fox_performance_cores(const char * sysfs_cpu) {
     } catch (...) {
         return 1;
     }
+}
+
+namespace {
+struct LogRoute {
+    std::mutex       lock;
+    fox_log_callback callback  = nullptr;
+    void *           user_data = nullptr;
+    int              min_level = FOX_LOG_DEBUG;
+    int              last      = GGML_LOG_LEVEL_INFO;  // the level a GGML_LOG_LEVEL_CONT piece continues
+};
+LogRoute & log_route() {
+    static LogRoute route;
+    return route;
+}
+void route_log(ggml_log_level level, const char * text, void *) {
+    LogRoute &                  route = log_route();
+    std::lock_guard<std::mutex> hold(route.lock);
+    int                         real  = level == GGML_LOG_LEVEL_CONT ? route.last : static_cast<int>(level);
+    route.last                        = real;
+    if (route.callback == nullptr || text == nullptr || real < route.min_level || real == GGML_LOG_LEVEL_NONE) return;
+    route.callback(static_cast<fox_log_level>(std::clamp(real, 1, 4)), text, route.user_data);
+}
+}  // namespace
+
+void fox_log_set(fox_log_callback callback, fox_log_level min_level, void * user_data) {
+    {
+        LogRoute &                  route = log_route();
+        std::lock_guard<std::mutex> hold(route.lock);
+        route.callback  = callback;
+        route.user_data = user_data;
+        route.min_level = min_level;
+    }
+    llama_log_set(callback != nullptr ? route_log : nullptr, nullptr);  // llama.cpp passes it on to ggml; NULL: stderr
+}
+
+const char * fox_version(void) {
+    static const std::string version = std::string("fox-edge ") + FOX_EDGE_VERSION + " (llama.cpp " + llama_build_info() + ")";
+    return version.c_str();
 }
 
 int64_t fox_cpu_features(char * out, size_t out_size) {

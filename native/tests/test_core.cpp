@@ -282,6 +282,17 @@ static void test_threads(const json & cases) {
     }
 }
 
+struct LogLines {
+    std::atomic<int> lines{0};
+    std::atomic<int> below_minimum{0};
+};
+
+static void count_log(fox_log_level level, const char * text, void * data) {
+    auto * log = static_cast<LogLines *>(data);
+    if (level < FOX_LOG_INFO) log->below_minimum++;
+    if (text != nullptr && text[0] != '\0') log->lines++;
+}
+
 int main(int argc, char ** argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: fox_edge_tests SPEC.json\n");
@@ -290,6 +301,12 @@ int main(int argc, char ** argv) {
     std::ifstream in(argv[1]);
     json spec = json::parse(in);
     spec_threads = spec.value("n_threads", 0);
+    // llama.cpp's log goes to the callback, not to stderr (which goes nowhere on a phone): tests/test_native.py checks
+    // that stderr stays clean.
+    LogLines log;
+    fox_log_set(count_log, FOX_LOG_INFO, &log);
+    const std::string version = fox_version();
+    check(version.rfind("fox-edge " + spec.value("version", std::string("?")) + " (llama.cpp ", 0) == 0, "fox_version names fox-edge and llama.cpp", version);
     char features[512] = "";
     check(fox_cpu_features(features, sizeof features) >= 0, "a CPU backend is loaded", "none found");
     std::printf("cpu features: %s\n", features);
@@ -300,6 +317,9 @@ int main(int argc, char ** argv) {
     if (spec.contains("overflow")) test_overflow(spec["overflow"]);
     if (spec.contains("bundles")) test_bundles(spec["bundles"]);
     if (spec.contains("threads")) test_threads(spec["threads"]);
+    check(log.lines.load() > 0 && log.below_minimum.load() == 0, "llama.cpp's log lines reach the callback, at its level and above",
+          std::to_string(log.lines.load()) + " lines, " + std::to_string(log.below_minimum.load()) + " below the level");
+    fox_log_set(nullptr, FOX_LOG_INFO, nullptr);
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }
