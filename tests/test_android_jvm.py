@@ -22,6 +22,14 @@ def properties(values: dict[str, str]) -> str:
     return "".join(f"{key}={value.translate(escape)}\n" for key, value in values.items())
 
 
+def flipped_copy(bundle, copy):
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "model.gguf").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.gguf").write_bytes(bytes(data))
+    return copy
+
+
 @pytest.mark.prepared("x86-64 native core")
 def test_kotlin_api_on_the_host_jvm(tiny_bundle, scripted_bundle, tmp_path):
     from fox_edge.testing.android import run_tests
@@ -43,6 +51,7 @@ def test_kotlin_api_on_the_host_jvm(tiny_bundle, scripted_bundle, tmp_path):
                 "render.expected": unicode_case["expected"],
                 "endless.bundle": str(edit_manifest(tiny_bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0]))),
                 "missing.bundle": str(tmp_path / "no-bundle-here"),
+                "flipped.bundle": str(flipped_copy(tiny_bundle, tmp_path / "flipped")),
             }
         ),  # fmt: skip
         encoding="utf-8",

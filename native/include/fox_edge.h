@@ -53,6 +53,10 @@ FOX_API fox_model_params fox_model_default_params(void);
 FOX_API fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_model ** model, char * error, size_t error_size);
 /* Every file's sha256 against the manifest: seconds for a 1 GB model on a phone, so at install or first launch. */
 FOX_API fox_status fox_model_verify(const fox_model * model, char * error, size_t error_size);
+/* The same check of the bundle folder `bundle_dir` without loading the model: the manifest read whole, every file
+ * present at its size and sha256 (FOX_ERROR_BUNDLE or FOX_ERROR_INTEGRITY otherwise). For a copy that must be proven
+ * before it replaces a good one. */
+FOX_API fox_status fox_bundle_verify(const char * bundle_dir, char * error, size_t error_size);
 FOX_API void       fox_model_close(fox_model * model);
 
 FOX_API int32_t fox_model_n_ctx_default(const fox_model * model);

@@ -191,6 +191,27 @@ llama_token token_or_null(const json & parent, const char * key, const std::stri
     return value.get<llama_token>();
 }
 
+// The cheap check of every launch: each file present at its size.
+void check_sizes(const std::string & folder, const Manifest & manifest) {
+    for (const BundleFile & file : manifest.files) {
+        long long size = file_size(folder + "/" + file.path);
+        if (size < 0) throw Failure{FOX_ERROR_BUNDLE, file.path + " is missing; copy the whole bundle again"};
+        if (size != file.size) {
+            throw Failure{FOX_ERROR_BUNDLE, file.path + " is " + std::to_string(size) + " bytes, the manifest says " + std::to_string(file.size) +
+                                                ": the copy is incomplete"};
+        }
+    }
+}
+
+// The full check: every file's sha256.
+void check_hashes(const std::string & folder, const Manifest & manifest) {
+    for (const BundleFile & file : manifest.files) {
+        if (sha256_file(folder + "/" + file.path) != file.sha256) {
+            throw Failure{FOX_ERROR_INTEGRITY, file.path + " does not match its sha256: the file is damaged; copy the bundle again"};
+        }
+    }
+}
+
 Manifest read_manifest(const std::string & folder) {
     json m;
     try {
@@ -478,14 +499,7 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
         model->folder   = bundle_dir;
         model->manifest = read_manifest(model->folder);
         const Manifest & m = model->manifest;
-        for (const BundleFile & file : m.files) {  // the cheap check of every launch: each file present at its size
-            long long size = file_size(model->folder + "/" + file.path);
-            if (size < 0) throw Failure{FOX_ERROR_BUNDLE, file.path + " is missing; copy the whole bundle again"};
-            if (size != file.size) {
-                throw Failure{FOX_ERROR_BUNDLE, file.path + " is " + std::to_string(size) + " bytes, the manifest says " + std::to_string(file.size) +
-                                                    ": the copy is incomplete"};
-            }
-        }
+        check_sizes(model->folder, m);  // the cheap check of every launch
         if (cpu_backend() == nullptr) {
             throw Failure{FOX_ERROR_LOAD, "no CPU backend: package the libggml-cpu-*.so files beside libfox_edge"};
         }
@@ -524,11 +538,26 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
 fox_status fox_model_verify(const fox_model * model, char * error, size_t error_size) {
     if (model == nullptr) return FOX_ERROR_ARGUMENT;
     try {
-        for (const BundleFile & file : model->manifest.files) {
-            if (sha256_file(model->folder + "/" + file.path) != file.sha256) {
-                throw Failure{FOX_ERROR_INTEGRITY, file.path + " does not match its sha256: the file is damaged; copy the bundle again"};
-            }
-        }
+        check_hashes(model->folder, model->manifest);
+        return FOX_OK;
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return failure.status;
+    } catch (...) {  // std::bad_alloc
+        set_error(error, error_size, "out of memory while verifying the bundle");
+        return FOX_ERROR_INTEGRITY;
+    }
+}
+
+fox_status fox_bundle_verify(const char * bundle_dir, char * error, size_t error_size) {
+    if (bundle_dir == nullptr) {
+        set_error(error, error_size, "fox_bundle_verify needs a bundle folder");
+        return FOX_ERROR_ARGUMENT;
+    }
+    try {
+        const Manifest manifest = read_manifest(bundle_dir);
+        check_sizes(bundle_dir, manifest);
+        check_hashes(bundle_dir, manifest);
         return FOX_OK;
     } catch (const Failure & failure) {
         set_error(error, error_size, failure.message);

@@ -263,6 +263,14 @@ static void test_bundles(const json & spec) {
     model = open(spec["flipped_byte"], error);
     check(model != nullptr && fox_model_verify(model, buffer, sizeof buffer) == FOX_ERROR_INTEGRITY, "verify finds a flipped byte", buffer);
     fox_model_close(model);
+    // Without loading the model: the same verdicts.
+    check(fox_bundle_verify(spec["good"].get<std::string>().c_str(), buffer, sizeof buffer) == FOX_OK, "fox_bundle_verify passes a good bundle", buffer);
+    check(fox_bundle_verify(spec["flipped_byte"].get<std::string>().c_str(), buffer, sizeof buffer) == FOX_ERROR_INTEGRITY,
+          "fox_bundle_verify finds a flipped byte", buffer);
+    for (const json & damaged : spec["refused"]) {
+        fox_status status = fox_bundle_verify(damaged[0].get<std::string>().c_str(), buffer, sizeof buffer);
+        check(status == FOX_ERROR_BUNDLE, "fox_bundle_verify refuses " + damaged[1].get<std::string>(), buffer);
+    }
     for (const json & damaged : spec["refused"]) {
         fox_model * refused = nullptr;
         fox_status status = fox_model_open(damaged[0].get<std::string>().c_str(), fox_model_default_params(), &refused, buffer, sizeof buffer);

@@ -77,6 +77,12 @@ FOX_JNI(void, modelVerify)(JNIEnv * env, jclass, jlong model) {
     if (status != FOX_OK) raise(env, status, error);
 }
 
+FOX_JNI(void, bundleVerify)(JNIEnv * env, jclass, jbyteArray folder) {
+    char error[1024] = "";
+    fox_status status = fox_bundle_verify(bytes(env, folder).c_str(), error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
 FOX_JNI(void, modelClose)(JNIEnv *, jclass, jlong model) { fox_model_close(model_of(model)); }
 
 FOX_JNI(jint, modelThreads)(JNIEnv *, jclass, jlong model) { return fox_model_n_threads(model_of(model)); }

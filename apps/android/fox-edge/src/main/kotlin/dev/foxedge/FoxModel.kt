@@ -49,6 +49,13 @@ class FoxModel private constructor(private val handle: Long) : AutoCloseable {
             return model
         }
 
+        /**
+         * Every file of the bundle at [bundleDir] against its manifest (sizes and sha256) without loading the model: a copy
+         * proven before it replaces a good one. Blocks for seconds on a 1 GB model: call it off the main thread. Throws
+         * [FoxException] (BUNDLE, INTEGRITY).
+         */
+        fun verifyBundle(bundleDir: String) = FoxNative.bundleVerify(bundleDir.encodeToByteArray())
+
         /** The CPU features the loaded llama.cpp CPU backend uses ("NEON DOTPROD ..."): the variant chosen for this phone. */
         fun cpuFeatures(): String = FoxNative.cpuFeatures().decodeToString()
     }

@@ -16,6 +16,7 @@ internal object FoxNative {
 
     @JvmStatic external fun modelOpen(folder: ByteArray, threads: Int, useMmap: Int): Long
     @JvmStatic external fun modelVerify(model: Long)
+    @JvmStatic external fun bundleVerify(folder: ByteArray)
     @JvmStatic external fun modelClose(model: Long)
     @JvmStatic external fun modelThreads(model: Long): Int
     @JvmStatic external fun modelRenderChat(model: Long, roles: Array<ByteArray>, contents: Array<ByteArray>, addGenerationPrompt: Boolean): ByteArray

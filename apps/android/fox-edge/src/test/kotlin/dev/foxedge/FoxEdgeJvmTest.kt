@@ -143,6 +143,9 @@ fun main(args: Array<String>) = runBlocking {
         check(raises<IllegalStateException> { loaded.verify() } != null, "a closed model refuses verify")
     }
 
+    FoxModel.verifyBundle(spec.getProperty("greedy.bundle"))
+    check(raises<FoxException> { FoxModel.verifyBundle(spec.getProperty("flipped.bundle")) }?.status == FoxException.Status.INTEGRITY,
+          "verifyBundle finds a flipped byte without loading the model")
     val missing = raises<FoxException> { FoxModel.open(spec.getProperty("missing.bundle")) }
     check(missing?.status == FoxException.Status.BUNDLE && "manifest.json" in missing.message.orEmpty(), "a folder without a bundle is a FoxException") { "$missing" }
 

@@ -23,7 +23,7 @@ object Bundles {
             val partial = File(context.filesDir, "bundles/$name.part")
             partial.deleteRecursively()
             copyAssets(context, name, partial)
-            FoxModel.open(partial.path, threads).use { it.verify() } // a damaged copy never replaces a good one
+            FoxModel.verifyBundle(partial.path) // a damaged copy never replaces a good one (and the model loads once)
             target.deleteRecursively()
             check(partial.renameTo(target)) { "cannot move the bundle into ${target.path}" }
         }
