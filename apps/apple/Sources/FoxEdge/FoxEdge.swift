@@ -2,6 +2,7 @@
 // stop ids, KV cache, context overflow and UTF-8 assembly live in the core, tested on fox-edge's CI.
 import FoxEdgeCore
 import Foundation
+import os
 
 public struct FoxError: Error, CustomStringConvertible {
     public let status: fox_status
@@ -58,8 +59,13 @@ public final class FoxChat: @unchecked Sendable {
     private let model: FoxModel
     private let handle: OpaquePointer
     private let lock = NSLock()
+    // Under `lock`. The core keeps a cancel until the send it was meant for returns, so a cancel is sent only while the
+    // native send has not returned (`streaming && !nativeReturned`): never one left behind for the next reply.
     private var streaming = false
-    public private(set) var lastStats: ChatStats?
+    private var nativeReturned = false
+    private var closed = false
+    private var freed = false
+    private var stats: ChatStats?
 
     fileprivate init(model: FoxModel, parameters: fox_chat_params, systemPrompt: String?) throws {
         self.model = model
@@ -72,39 +78,61 @@ public final class FoxChat: @unchecked Sendable {
         handle = chat!
     }
 
-    deinit { fox_chat_free(handle) }
+    deinit {
+        if !freed { fox_chat_free(handle) }
+    }
+
+    /// How the last reply went (nil before the first).
+    public var lastStats: ChatStats? {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
 
     /// Sends `message` as the user and streams the reply, whole characters per element. Cancelling the consuming task
-    /// (or breaking out of the loop) stops generation within one token. One reply at a time per chat.
+    /// (or breaking out of the loop) stops generation within one token, a Stop right after Send before the prompt is
+    /// evaluated. One reply at a time per chat.
     public func send(_ message: String) -> AsyncThrowingStream<String, Error> {
         AsyncThrowingStream { continuation in
             lock.lock()
-            if streaming {
+            if streaming || closed {
                 lock.unlock()
-                continuation.finish(throwing: FoxError(status: FOX_ERROR_ARGUMENT, description: "a reply is already streaming on this chat"))
+                let why = closed ? "the chat is closed" : "a reply is already streaming on this chat"
+                continuation.finish(throwing: FoxError(status: FOX_ERROR_ARGUMENT, description: why))
                 return
             }
             streaming = true
+            nativeReturned = false
             lock.unlock()
-            continuation.onTermination = { [handle] _ in fox_chat_cancel(handle) }  // a no-op once the reply is done
+            // `self`, not the handle: an OpaquePointer is not Sendable, and this closure is (an error in Swift 6 mode).
+            continuation.onTermination = { [weak self] termination in
+                if case .cancelled = termination { self?.stopReply() }  // .finished: the reply ended by itself
+            }
             // The core blocks while it generates: a thread of its own, not one of Swift concurrency's few.
             Thread { [self] in
-                let box = Unmanaged.passRetained(Box(continuation)).toOpaque()
-                var stats = fox_chat_stats()
+                let box = Unmanaged.passRetained(Box(continuation, handle)).toOpaque()
+                var result = fox_chat_stats()
                 var error = [CChar](repeating: 0, count: 1024)
                 let capacity = error.count
                 let status = fox_chat_send(handle, message, { text, length, data in
+                    let box = Unmanaged<Box>.fromOpaque(data!).takeUnretainedValue()
                     let bytes = UnsafeRawBufferPointer(start: text, count: length)  // whole characters: the core assembles them
-                    Unmanaged<Box>.fromOpaque(data!).takeUnretainedValue().continuation.yield(String(decoding: bytes, as: UTF8.self))
-                }, box, &stats, &error, capacity)
+                    if case .terminated = box.continuation.yield(String(decoding: bytes, as: UTF8.self)) {
+                        fox_chat_cancel(box.chat)  // nobody listens any more: stop at the next token
+                    }
+                }, box, &result, &error, capacity)
                 Unmanaged<Box>.fromOpaque(box).release()
                 lock.lock()
-                lastStats = ChatStats(promptTokens: Int(stats.prompt_tokens), promptEvaluated: Int(stats.prompt_evaluated),
-                                      promptTokensPerSecond: stats.prompt_tokens_per_second, generatedTokens: Int(stats.generated_tokens),
-                                      tokensPerSecond: stats.tokens_per_second, droppedTurns: Int(stats.dropped_turns),
-                                      cancelled: status == FOX_ERROR_CANCELLED)
+                nativeReturned = true
+                stats = ChatStats(promptTokens: Int(result.prompt_tokens), promptEvaluated: Int(result.prompt_evaluated),
+                                  promptTokensPerSecond: result.prompt_tokens_per_second, generatedTokens: Int(result.generated_tokens),
+                                  tokensPerSecond: result.tokens_per_second, droppedTurns: Int(result.dropped_turns),
+                                  cancelled: status == FOX_ERROR_CANCELLED)
                 streaming = false
+                let freeNow = closed && !freed
+                if freeNow { freed = true }
                 lock.unlock()
+                if freeNow { fox_chat_free(handle) }
                 if status == FOX_OK || status == FOX_ERROR_CANCELLED {
                     continuation.finish()
                 } else {
@@ -114,11 +142,58 @@ public final class FoxChat: @unchecked Sendable {
         }
     }
 
-    /// Forgets the conversation.
-    public func reset() { fox_chat_reset(handle) }
+    /// Forgets the conversation. Throws while a reply streams (cancel it first) or once the chat is closed.
+    public func reset() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        if closed || streaming {
+            throw FoxError(status: FOX_ERROR_ARGUMENT, description: closed ? "the chat is closed" : "a reply is streaming; cancel it first")
+        }
+        fox_chat_reset(handle)
+    }
+
+    /// Frees the chat now, or, while a reply streams, cancels it and frees the chat when it stops. Later calls throw.
+    public func close() {
+        lock.lock()
+        if streaming && !nativeReturned { fox_chat_cancel(handle) }
+        let freeNow = !closed && !streaming
+        closed = true
+        if freeNow { freed = true }
+        lock.unlock()
+        if freeNow { fox_chat_free(handle) }
+    }
+
+    private func stopReply() {
+        lock.lock()
+        if streaming && !nativeReturned { fox_chat_cancel(handle) }
+        lock.unlock()
+    }
 
     private final class Box {
         let continuation: AsyncThrowingStream<String, Error>.Continuation
-        init(_ continuation: AsyncThrowingStream<String, Error>.Continuation) { self.continuation = continuation }
+        let chat: OpaquePointer  // alive: the thread that calls the core holds the chat
+        init(_ continuation: AsyncThrowingStream<String, Error>.Continuation, _ chat: OpaquePointer) {
+            self.continuation = continuation
+            self.chat = chat
+        }
     }
 }
+
+/// The native core's diagnostics: its version, and llama.cpp's log routed to the unified log instead of a lost stderr.
+public enum FoxEdge {
+    public static var version: String { String(cString: fox_version()) }
+
+    /// Every file of a bundle folder against its manifest (sizes and sha256) without loading the model.
+    public static func verifyBundle(_ bundle: URL) throws { try call { fox_bundle_verify(bundle.path, $0, $1) } }
+
+    /// llama.cpp's and ggml's log lines at `level` and above go to os_log (subsystem "dev.foxedge").
+    public static func logToUnifiedLog(level: fox_log_level = FOX_LOG_WARN) {
+        fox_log_set({ level, text, _ in
+            guard let text else { return }
+            let type: OSLogType = level == FOX_LOG_ERROR ? .error : level == FOX_LOG_WARN ? .default : .info
+            os_log("%{public}s", log: foxLog, type: type, text)
+        }, level, nil)
+    }
+}
+
+private let foxLog = OSLog(subsystem: "dev.foxedge", category: "llama.cpp")

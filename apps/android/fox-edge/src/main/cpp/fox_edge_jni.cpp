@@ -9,6 +9,10 @@
 
 #include <jni.h>
 
+#ifdef __ANDROID__
+#    include <android/log.h>
+#endif
+
 #include <string>
 #include <vector>
 
@@ -52,6 +56,15 @@ void deliver(const char * text, size_t length, void * data) {
     sink->env->DeleteLocalRef(piece);
     if (sink->env->ExceptionCheck()) fox_chat_cancel(sink->chat);  // the Kotlin side threw: stop generating
 }
+
+#ifdef __ANDROID__
+// llama.cpp's log to logcat (tag "fox-edge"): Android's stderr goes nowhere.
+void to_logcat(fox_log_level level, const char * text, void *) {
+    int priority = level == FOX_LOG_ERROR ? ANDROID_LOG_ERROR : level == FOX_LOG_WARN ? ANDROID_LOG_WARN : level == FOX_LOG_INFO ? ANDROID_LOG_INFO
+                                                                                                                              : ANDROID_LOG_DEBUG;
+    __android_log_write(priority, "fox-edge", text);
+}
+#endif
 
 fox_model * model_of(jlong handle) { return reinterpret_cast<fox_model *>(handle); }
 fox_chat * chat_of(jlong handle) { return reinterpret_cast<fox_chat *>(handle); }
@@ -187,3 +200,10 @@ FOX_JNI(jbyteArray, cpuFeatures)(JNIEnv * env, jclass) {
     int64_t length = fox_cpu_features(features, sizeof features);
     return to_bytes(env, features, length < 0 ? 0 : std::char_traits<char>::length(features));
 }
+
+#ifdef __ANDROID__
+extern "C" JNIEXPORT jint JNI_OnLoad(JavaVM *, void *) {
+    fox_log_set(to_logcat, FOX_LOG_INFO, nullptr);
+    return JNI_VERSION_1_6;
+}
+#endif

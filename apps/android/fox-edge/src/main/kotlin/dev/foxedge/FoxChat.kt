@@ -93,23 +93,28 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
         // the reply says it is starting before it looks for a stop, the stop is asked for before it looks for a start,
         // and at least one of them sees the other.
         val nativeStarted = AtomicBoolean(false)
+        val nativeReturned = AtomicBoolean(false)
         val stopRequested = AtomicBoolean(false)
         try {
             val reply = launch(Dispatchers.IO) {
                 val replyJob = coroutineContext.job
                 nativeStarted.set(true)
                 if (stopRequested.get()) return@launch
-                stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece ->
-                    // Each piece waits for the collector, and the wait is a child of this reply: when the collector goes
-                    // (cancelled, take(n)) the reply is cancelled and so is the wait. The channel alone is not enough:
-                    // once the flow's producer is cancelled through its parent, cancelling its channel is a no-op,
-                    // so a sender waiting on it (trySendBlocking) could wait forever.
-                    val delivered = try {
-                        runBlocking(replyJob) { runCatching { send(piece.decodeToString()) }.isSuccess }
-                    } catch (e: CancellationException) {
-                        false
+                try {
+                    stats = FoxNative.chatSend(handle, message.encodeToByteArray()) { piece ->
+                        // Each piece waits for the collector, and the wait is a child of this reply: when the collector goes
+                        // (cancelled, take(n)) the reply is cancelled and so is the wait. The channel alone is not enough:
+                        // once the flow's producer is cancelled through its parent, cancelling its channel is a no-op,
+                        // so a sender waiting on it (trySendBlocking) could wait forever.
+                        val delivered = try {
+                            runBlocking(replyJob) { runCatching { send(piece.decodeToString()) }.isSuccess }
+                        } catch (e: CancellationException) {
+                            false
+                        }
+                        if (!delivered) FoxNative.chatCancel(handle) // stop at the next token, from this very thread
                     }
-                    if (!delivered) FoxNative.chatCancel(handle) // stop at the next token, from this very thread
+                } finally {
+                    nativeReturned.set(true)
                 }
             }
             try {
@@ -117,7 +122,7 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
             } finally {
                 if (!reply.isCompleted) { // cancelled while generating: the native call cannot be interrupted, so ask it to stop
                     stopRequested.set(true)
-                    if (nativeStarted.get()) FoxNative.chatCancel(handle)
+                    if (nativeStarted.get() && !nativeReturned.get()) FoxNative.chatCancel(handle)
                     withContext(NonCancellable) { reply.join() }
                 }
             }
