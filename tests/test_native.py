@@ -154,8 +154,10 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp
         "greedy": spec["greedy"] + [greedy_case(smollm2_bundle, "SmolLM2", at="/work/smollm2-bundle", turns=TURNS[:1])],
     }
     cpus = (*CPUS, "max")  # max: i8mm, SVE and SVE2 as well
+    # max loads its variant by name (through the loader's search path), as an app whose libraries stay in its APK does.
+    by_name = spec | {"cpu_backend_folder": "/no-such-folder"}
     results = run_native_tests(
-        {cpu: with_smollm2 if cpu in CPUS else spec for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
+        {cpu: with_smollm2 if cpu in CPUS else by_name for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
     )
     for cpu in cpus:
         result = results[cpu]
@@ -170,12 +172,20 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp
     assert "DOTPROD" in features["cortex-a76"], features
     # Android 15's 16 KB pages: every shared library's loadable segments aligned to 16 KB.
     from fox_edge.downloads import cache_dir
-    from fox_edge.testing.arm64 import build_native_core
+    from fox_edge.testing.arm64 import build_native_core, native_libraries
 
     build = build_native_core(cache_dir() / "arm64")
-    libraries = [p for p in [*build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")] if not p.is_symlink()]
+    libraries = [p for p in native_libraries(build) if not p.is_symlink()]
     misaligned = {p.name: load_alignments(p) for p in libraries if min(load_alignments(p)) < 16384}
     assert len(libraries) >= 10 and not misaligned, misaligned
+    # Every CPU variant in the folder Android packages (configured as AGP configures it), none left behind in bin/.
+    variants = {p.name for p in libraries if p.name.startswith("libggml-cpu-")}
+    assert len(variants) >= 7 and {"libfox_edge.so", "libllama.so", "libggml.so", "libggml-base.so"} <= {
+        p.name for p in native_libraries(build)
+    }, variants
+    assert "DOTPROD" in next(line for line in results["max"].stdout.splitlines() if line.startswith("cpu features:")), results[
+        "max"
+    ].stdout[:500]
 
 
 def load_alignments(library: Path) -> list[int]:

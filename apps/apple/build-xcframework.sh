@@ -2,7 +2,7 @@
 # Builds FoxEdgeCore.xcframework (iOS devices, iOS simulator, macOS; arm64) from native/ and llama.cpp, on a Mac with
 # Xcode. Usage: apps/apple/build-xcframework.sh LLAMA_CPP_SOURCE
 # LLAMA_CPP_SOURCE: the llama.cpp tree the pinned llama-cpp-python vendors
-#   (python -c "from fox_edge.testing.assets import llama_cpp_source; print(llama_cpp_source())").
+#   (python -c "from fox_edge.testing.suite_assets import llama_cpp_source; print(llama_cpp_source())").
 # Written only: fox-edge's CI has no Apple SDK; it cross-compiles native/ for aarch64-macos with zig (compile only).
 set -euo pipefail
 LLAMA=${1:?usage: build-xcframework.sh LLAMA_CPP_SOURCE}
@@ -19,9 +19,10 @@ build() {  # name sysroot extra-cmake-args...
         -DFOX_EDGE_STATIC=ON -DGGML_METAL=ON -DGGML_METAL_EMBED_LIBRARY=ON -DGGML_OPENMP=OFF "$@"
     cmake --build "$WORK/$name" --config Release --target fox_edge
     libtool -static -o "$WORK/$name/libFoxEdgeCore.a" $(find "$WORK/$name" -name '*.a' -path '*Release*')
-    mkdir -p "$WORK/$name/headers"
-    cp "$NATIVE/include/fox_edge.h" "$WORK/$name/headers/"
-    printf 'module FoxEdgeCore {\n    header "fox_edge.h"\n    export *\n}\n' > "$WORK/$name/headers/module.modulemap"
+    # Headers/FoxEdgeCore/: a module map directly in Headers/ collides with any other static xcframework's in the app.
+    mkdir -p "$WORK/$name/headers/FoxEdgeCore"
+    cp "$NATIVE/include/fox_edge.h" "$WORK/$name/headers/FoxEdgeCore/"
+    printf 'module FoxEdgeCore {\n    header "fox_edge.h"\n    export *\n}\n' > "$WORK/$name/headers/FoxEdgeCore/module.modulemap"
 }
 build ios iphoneos -DCMAKE_OSX_DEPLOYMENT_TARGET=16.0
 build ios-simulator iphonesimulator -DCMAKE_OSX_DEPLOYMENT_TARGET=16.0

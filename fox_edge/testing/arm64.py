@@ -173,7 +173,9 @@ def build_native_core(cache: Path) -> Path:
     started = time.monotonic()
     for command in (
         ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file(cache)}", "-DCMAKE_BUILD_TYPE=Release",
-         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DFOX_EDGE_CPU_VARIANTS=ON", "-DFOX_EDGE_16K_PAGES=ON", "-DGGML_OPENMP=OFF"],
+         f"-DFOX_EDGE_LLAMA_SOURCE={llama_cpp_source()}", "-DFOX_EDGE_CPU_VARIANTS=ON", "-DFOX_EDGE_16K_PAGES=ON", "-DGGML_OPENMP=OFF",
+         # As Gradle's AGP configures it: the folder it packages into the APK, named by the output-folder variables.
+         f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={packaged(build)}", f"-DCMAKE_RUNTIME_OUTPUT_DIRECTORY={packaged(build)}"],
         ["cmake", "--build", str(build), "--target", "fox_edge", "fox_edge_tests", "-j", str(os.cpu_count() or 2)],
     ):  # fmt: skip
         run(command)
@@ -189,7 +191,7 @@ def run_native_tests(specs: dict[str, dict], files: list[Path]) -> dict[str, sub
     target = root / "opt" / "native"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for path in [build / "fox_edge_tests", *native_libraries(build)]:
+    for path in [packaged(build) / "fox_edge_tests", *native_libraries(build)]:
         shutil.copy2(path, target / path.name, follow_symlinks=False)
 
     def run_on(cpu: str) -> subprocess.CompletedProcess:
@@ -222,10 +224,15 @@ def each_cpu(run_on: Callable[[str], T], cpus: list[str]) -> dict[str, T]:
         return dict(zip(cpus, pool.map(run_anywhere, cpus), strict=True))
 
 
+def packaged(build: Path) -> Path:
+    """Where the ARM64 build writes its libraries and programs: the folder an Android build packages (AGP's obj/<abi>)."""
+    return build / "obj" / "arm64-v8a"
+
+
 def native_libraries(build: Path) -> list[Path]:
-    """The shared libraries of the native core's ARM64 build: libfox_edge, libllama, libggml* and the CPU variants
-    (llama.cpp's CMake writes its own to bin/), soname links included."""
-    return [*build.glob("lib*.so*"), *(build / "bin").glob("lib*.so*")]
+    """The shared libraries of the native core's ARM64 build: libfox_edge, libllama, libggml* and the CPU variants,
+    soname links included, all in the folder Android packages."""
+    return sorted(packaged(build).glob("lib*.so*"))
 
 
 def install_fox_edge(root: Path, build: Path) -> None:

@@ -129,6 +129,12 @@ FOX_API int32_t fox_performance_cores(const char * sysfs_cpu);
  * the CPU it runs on: armv8.0 cores get plain NEON, newer ones dotprod, i8mm, SVE. */
 FOX_API int64_t fox_cpu_features(char * out, size_t out_size);
 
+/* Loads the CPU backend now, its variants looked for in `folder` (Android: the app's nativeLibraryDir, which Kotlin
+ * passes; NULL: libfox_edge's own folder) and, where that folder holds none (an app's libraries left inside its APK,
+ * which the loader still finds by name), opened by name, the best for this CPU kept. Call it before anything else:
+ * the first call of any function loads the backend once. FOX_ERROR_LOAD when no variant runs here. */
+FOX_API fox_status fox_load_cpu_backend(const char * folder, char * error, size_t error_size);
+
 /* Where log lines go: llama.cpp and ggml write theirs to stderr, which goes nowhere on Android and iOS. */
 typedef enum fox_log_level { FOX_LOG_DEBUG = 1, FOX_LOG_INFO, FOX_LOG_WARN, FOX_LOG_ERROR } fox_log_level;
 /* One line of llama.cpp's or ggml's log (`text` ends with its newline; a line may come in several pieces, each

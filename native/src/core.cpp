@@ -106,19 +106,45 @@ std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string &
 
 // The CPU backend. A build with CPU variants (GGML_BACKEND_DL) has one libggml-cpu-*.so per ARM feature level
 // beside libfox_edge; ggml scores each against the running CPU and keeps the best, so one APK runs on an armv8.0
-// core without SIGILL and uses dotprod or i8mm where they exist. Loaded from this library's own folder: on Android
-// that is the app's nativeLibraryDir (the current directory and the executable's folder are not the app's).
+// core without SIGILL and uses dotprod or i8mm where they exist. Looked for in the folder fox_load_cpu_backend names
+// (an Android app's nativeLibraryDir), else in this library's own folder; where that folder holds none (an app whose
+// libraries stay inside its APK), each variant is opened by name through the system loader and the best one kept.
+std::string & cpu_backend_folder() {
+    static std::string folder;
+    return folder;
+}
+
+#ifdef GGML_BACKEND_DL
+void load_best_variant_by_name() {
+    std::string files = FOX_EDGE_CPU_VARIANT_FILES, best;
+    int         best_score = 0;
+    for (size_t start = 0; start < files.size();) {
+        size_t      end  = std::min(files.find(':', start), files.size());
+        std::string name = files.substr(start, end - start);
+        start            = end + 1;
+        void * handle    = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (handle == nullptr) continue;
+        auto * score = reinterpret_cast<int (*)(void)>(dlsym(handle, "ggml_backend_score"));
+        int    value = score != nullptr ? score() : 0;  // 0: this CPU lacks what the variant was compiled for
+        if (value > best_score) best_score = value, best = name;
+        dlclose(handle);
+    }
+    if (!best.empty()) ggml_backend_load(best.c_str());
+}
+#endif
+
 ggml_backend_dev_t cpu_backend() {
     static std::once_flag once;
     std::call_once(once, [] {
 #ifdef GGML_BACKEND_DL
-        Dl_info info{};
-        std::string folder = ".";
-        if (dladdr(reinterpret_cast<void *>(&fox_cpu_features), &info) != 0 && info.dli_fname != nullptr) {
+        std::string folder = cpu_backend_folder();
+        Dl_info     info{};
+        if (folder.empty() && dladdr(reinterpret_cast<void *>(&fox_cpu_features), &info) != 0 && info.dli_fname != nullptr) {
             folder = info.dli_fname;
             folder = folder.find('/') == std::string::npos ? "." : folder.substr(0, folder.rfind('/'));
         }
-        ggml_backend_load_all_from_path(folder.c_str());
+        ggml_backend_load_all_from_path(folder.empty() ? "." : folder.c_str());
+        if (ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) == nullptr) load_best_variant_by_name();
 #endif
     });
     return ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
@@ -818,6 +844,18 @@ void fox_log_set(fox_log_callback callback, fox_log_level min_level, void * user
 const char * fox_version(void) {
     static const std::string version = std::string("fox-edge ") + FOX_EDGE_VERSION + " (llama.cpp " + llama_build_info() + ")";
     return version.c_str();
+}
+
+fox_status fox_load_cpu_backend(const char * folder, char * error, size_t error_size) {
+    try {
+        if (folder != nullptr) cpu_backend_folder() = folder;  // read once, by the first cpu_backend()
+        if (cpu_backend() != nullptr) return FOX_OK;
+        set_error(error, error_size, "no CPU backend: package the libggml-cpu-*.so files with libfox_edge (" + std::string(folder ? folder : "") + ")");
+        return FOX_ERROR_LOAD;
+    } catch (...) {
+        set_error(error, error_size, "no CPU backend could be loaded");
+        return FOX_ERROR_LOAD;
+    }
 }
 
 int64_t fox_cpu_features(char * out, size_t out_size) {

@@ -315,6 +315,11 @@ int main(int argc, char ** argv) {
     fox_log_set(count_log, FOX_LOG_INFO, &log);
     const std::string version = fox_version();
     check(version.rfind("fox-edge " + spec.value("version", std::string("?")) + " (llama.cpp ", 0) == 0, "fox_version names fox-edge and llama.cpp", version);
+    if (spec.contains("cpu_backend_folder")) {  // before anything loads the backend: a folder without the variants
+        char error[512] = "";
+        fox_status status = fox_load_cpu_backend(spec["cpu_backend_folder"].get<std::string>().c_str(), error, sizeof error);
+        check(status == FOX_OK, "the CPU variants load by name when the folder holds none", error);
+    }
     char features[512] = "";
     check(fox_cpu_features(features, sizeof features) >= 0, "a CPU backend is loaded", "none found");
     std::printf("cpu features: %s\n", features);

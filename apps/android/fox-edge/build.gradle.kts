@@ -22,6 +22,9 @@ android {
                     "-DGGML_OPENMP=OFF",
                     "-DANDROID_SUPPORT_FLEXIBLE_PAGE_SIZES=ON", // 16 KB pages (Android 15)
                     "-DCMAKE_BUILD_TYPE=Release",
+                    // About 13 shared libraries (the core, llama.cpp, ggml and its CPU variants) that throw and catch across
+                    // each other: the NDK's static C++ runtime is safe only with one.
+                    "-DANDROID_STL=c++_shared",
                 )
             }
         }
@@ -34,8 +37,9 @@ android {
         }
     }
     packaging {
-        // ggml looks for its CPU variants (libggml-cpu-*.so) in a real folder, the app's nativeLibraryDir:
-        // extract native libraries at install instead of mapping them from the APK.
+        // ggml looks for its CPU variants (libggml-cpu-*.so) in a real folder, the app's nativeLibraryDir: extract native
+        // libraries at install. This does not reach a consuming app; the core loads the variants by name where an app
+        // keeps them in its APK (FoxAndroid.init).
         jniLibs.useLegacyPackaging = true
     }
     compileOptions {

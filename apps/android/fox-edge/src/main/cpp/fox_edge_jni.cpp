@@ -195,6 +195,12 @@ FOX_JNI(jintArray, chatLastTokens)(JNIEnv * env, jclass, jlong chat) {
     return array;
 }
 
+FOX_JNI(void, loadCpuBackend)(JNIEnv * env, jclass, jbyteArray folder) {
+    char error[1024] = "";
+    fox_status status = fox_load_cpu_backend(folder == nullptr ? nullptr : bytes(env, folder).c_str(), error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
 FOX_JNI(jbyteArray, cpuFeatures)(JNIEnv * env, jclass) {
     char features[512] = "";
     int64_t length = fox_cpu_features(features, sizeof features);

@@ -56,6 +56,14 @@ class FoxModel private constructor(private val handle: Long) : AutoCloseable {
          */
         fun verifyBundle(bundleDir: String) = FoxNative.bundleVerify(bundleDir.encodeToByteArray())
 
+        /**
+         * Loads llama.cpp's CPU backend, its variants (libggml-cpu-*.so) looked for in [nativeLibraryDir] and, where that
+         * folder holds none (an app whose libraries stay inside its APK), opened by name. Call it once, before [open]:
+         * on Android with `context.applicationInfo.nativeLibraryDir` ([dev.foxedge.android.FoxAndroid.init] does).
+         * Throws [FoxException] (LOAD) when no variant runs on this CPU.
+         */
+        fun loadCpuBackend(nativeLibraryDir: String? = null) = FoxNative.loadCpuBackend(nativeLibraryDir?.encodeToByteArray())
+
         /** The CPU features the loaded llama.cpp CPU backend uses ("NEON DOTPROD ..."): the variant chosen for this phone. */
         fun cpuFeatures(): String = FoxNative.cpuFeatures().decodeToString()
     }

@@ -28,4 +28,5 @@ internal object FoxNative {
     @JvmStatic external fun chatFree(chat: Long)
     @JvmStatic external fun chatLastTokens(chat: Long): IntArray
     @JvmStatic external fun cpuFeatures(): ByteArray
+    @JvmStatic external fun loadCpuBackend(folder: ByteArray?)
 }

@@ -29,6 +29,7 @@ fun main(args: Array<String>) = runBlocking {
     val spec = Properties().apply { File(args[0]).reader(Charsets.UTF_8).use { load(it) } }
     val reply = spec.getProperty("scripted.reply")
 
+    FoxModel.loadCpuBackend(File(args[0]).parent) // a folder without variants: the host build's CPU backend is built in
     check(FoxModel.cpuFeatures().isNotEmpty(), "a CPU backend is loaded")
 
     // A model whose greedy reply is `reply`, one byte per token outside ASCII; opened from a folder named in emoji.

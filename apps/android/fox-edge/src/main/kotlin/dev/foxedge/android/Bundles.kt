@@ -10,6 +10,16 @@ import kotlinx.coroutines.withContext
  * The only android.* code of the library (not compiled on fox-edge's CI; keep it this thin). A bundle shipped in
  * the APK's assets cannot be memory-mapped from there: it is copied once into the app's files, then opened.
  */
+/** The library's Android start-up: call [init] once (Application.onCreate) before opening a model. */
+object FoxAndroid {
+    /**
+     * Loads llama.cpp's CPU variants from the app's own native library folder, or by name where the app keeps its
+     * libraries inside the APK (an app that does not set `jniLibs.useLegacyPackaging`: the library's setting does not
+     * reach it).
+     */
+    fun init(context: Context) = FoxModel.loadCpuBackend(context.applicationInfo.nativeLibraryDir)
+}
+
 object Bundles {
     /**
      * Copies `assets/<name>/` (a fox-edge bundle folder) to `filesDir/bundles/<name>/` on first use, and again when its
