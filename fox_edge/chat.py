@@ -6,9 +6,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from fox_edge.backends.base import droppable_span
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.runner import GenerationStats, Runner, chat_prompt, generate_tokens, stream_text
 from fox_edge.sampling import SamplingParams
+
+FULL_AFTER_DROPPING = 0.75  # of the context, where the KV cache cannot move: the room the next turns fill before another drop
 
 
 @dataclass
@@ -19,6 +22,10 @@ class ChatSession:
     on_message: OnMessage = ignore_message
     history: list[dict] = field(default_factory=list)  # user and assistant messages, oldest first
     last_stats: GenerationStats = field(default_factory=GenerationStats)
+    # When the context fills: move the kept turns down in the KV cache where the backend can (llama.cpp), so a full chat
+    # evaluates only its new message; elsewhere drop turns down to FULL_AFTER_DROPPING of the context, so the next few
+    # turns fit and reuse their prefix. False: recompute after every drop (benchmarks/long_chat.py compares).
+    move_cache: bool = True
 
     def reset(self) -> None:
         self.history.clear()
@@ -31,18 +38,25 @@ class ChatSession:
         reserve = min(self.params.max_tokens, self.runner.n_ctx // 4)
         history = self.history + [{"role": "user", "content": user_text}]
         tokens = chat_prompt(self.runner, self._messages(history))
-        dropped = 0
-        while len(tokens) + reserve > self.runner.n_ctx and len(history) > 1:
+        dropped, limit = 0, self.runner.n_ctx
+        while len(tokens) + reserve > limit and len(history) > 1:
             history = history[2:] if len(history) > 2 else history[1:]
             dropped += 1
             tokens = chat_prompt(self.runner, self._messages(history))
+            if self.move_cache and not self._can_move():
+                limit = int(self.runner.n_ctx * FULL_AFTER_DROPPING)
         self.runner.check_fits(len(tokens), "this message with the chat template", room=1)
+        if dropped and self.move_cache and (span := droppable_span(self.runner.cached_tokens, tokens)):
+            self.runner.drop_cached(*span)
         if dropped:
             self.history = history[:-1]
             self.on_message(
                 f"[context full: dropped the oldest {dropped} turn{'s' if dropped > 1 else ''} to fit {self.runner.n_ctx} tokens]"
             )
         return tokens
+
+    def _can_move(self) -> bool:
+        return type(self.runner).drop_cached is not Runner.drop_cached
 
     def send(self, user_text: str, cancel: threading.Event | None = None) -> Iterator[str]:
         """Stream the assistant's reply to `user_text`; the reply joins the history when the stream ends."""

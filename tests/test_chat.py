@@ -119,3 +119,21 @@ def test_message_text_never_becomes_a_control_token(kind, tiny_fox1, tiny_gguf, 
             "<|user|>\nTell me about the school.<eos>\n<|assistant|>\n" if "<|user|>" in (runner.chat_template or "") else "", special=True
         )
         assert not rendered or chat_prompt(runner, plain)[-len(rendered) :] == rendered  # ordinary text: tokenized whole, as before
+
+
+def test_a_full_chat_moves_its_cache_instead_of_recomputing_it(tiny_gguf):
+    """Once the context is full every turn drops the oldest one: llama.cpp's KV shift keeps the rest cached, so a turn
+    evaluates about its new message, where recomputing evaluates nearly the whole conversation again."""
+    evaluated = {}
+    for move in (True, False):
+        with open_runner(tiny_gguf["f32"], n_ctx=256) as runner:
+            drops: list[str] = []
+            session = ChatSession(runner, SamplingParams.greedy(8), system="You are terse.", on_message=drops.append, move_cache=move)
+            turns = []
+            for i in range(14):
+                reply = "".join(session.send(f"Message {i}: the castle stood on the hill by the sea."))
+                turns.append((session.last_stats.prompt_evaluated, session.last_stats.prompt_tokens, bool(reply) or True))
+            assert len(drops) >= 4, drops  # the context filled and turns were dropped
+            evaluated[move] = turns[-4:]
+    assert all(done < total / 3 for done, total, _ in evaluated[True]), evaluated[True]
+    assert all(done > total / 2 for done, total, _ in evaluated[False]), evaluated[False]

@@ -152,6 +152,16 @@ class Runner:
         """Make the KV cache hold exactly `tokens`, reusing its longest common prefix; return the last position's logits."""
         raise NotImplementedError
 
+    def drop_cached(self, start: int, end: int) -> bool:
+        """Removes positions [start, end) from the KV cache and moves the later ones down (a chat dropping its oldest
+        turns keeps the rest cached); False where the backend cannot, and the next prefill recomputes from `start`."""
+        return False
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose keys and values the KV cache holds, in order."""
+        return list(getattr(self, "_cached", []))
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -179,6 +189,21 @@ def stop_ids(eos_ids: Iterable[int | None], special_id: Callable[[str], int | No
     stops = {t for t in eos_ids if t is not None}
     stops |= {t for t in map(special_id, END_OF_TURN_TOKENS) if t is not None}
     return frozenset(stops)
+
+
+MIN_MOVED_RUN = 8  # tokens: a shorter match after a gap is not worth moving the cache for
+
+
+def droppable_span(cached: Sequence[int], tokens: Sequence[int]) -> tuple[int, int] | None:
+    """The cached positions [start, end) to drop so that what follows them, moved down, continues `tokens` past their
+    common prefix by at least MIN_MOVED_RUN tokens (a chat whose oldest turns were dropped); None when nothing does."""
+    start = common_prefix(cached, tokens)
+    if start + MIN_MOVED_RUN > len(tokens):
+        return None
+    for end in range(start + 1, len(cached) - MIN_MOVED_RUN + 1):
+        if cached[end] == tokens[start] and common_prefix(cached[end : end + MIN_MOVED_RUN], tokens[start:]) == MIN_MOVED_RUN:
+            return start, end
+    return None
 
 
 def common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:

@@ -330,6 +330,15 @@ class LlamaCppRunner(Runner):
         self.n_evaluated = len(tokens) - common
         return logits[-1]
 
+    def drop_cached(self, start: int, end: int) -> bool:
+        """llama.cpp's own KV shift: the positions removed, the later keys re-rotated to their new positions."""
+        self._require_context()
+        if not _lib_can_shift(self._memory) or not C.llama_memory_seq_rm(self._memory, 0, start, end):
+            return False
+        C.llama_memory_seq_add(self._memory, 0, end, -1, start - end)
+        self._cached = self._cached[:start] + self._cached[end:]
+        return True
+
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             C.llama_batch_free(self._batch)
@@ -341,6 +350,13 @@ class LlamaCppRunner(Runner):
 
     def __del__(self):
         self.close()
+
+
+def _lib_can_shift(memory) -> bool:
+    """llama_memory_can_shift, which llama-cpp-python does not bind."""
+    function = C.llama_cpp._lib.llama_memory_can_shift
+    function.argtypes, function.restype = [ctypes.c_void_p], ctypes.c_bool
+    return bool(function(memory))
 
 
 def load_failure(log: list[str]) -> str:

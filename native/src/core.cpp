@@ -467,6 +467,26 @@ struct fox_chat {
         llama_batch_free(batch);
     }
 
+    // As fox_edge.backends.base.droppable_span and LlamaCppRunner.drop_cached: when the oldest turns were dropped, the
+    // cached positions before the kept ones go and the kept ones move down (llama.cpp re-rotates their keys), so a full
+    // chat evaluates about its new message instead of the whole conversation again.
+    void move_cache_for(const std::vector<llama_token> & tokens) {
+        constexpr size_t MIN_MOVED_RUN = 8;
+        size_t start = 0;
+        while (start < cached.size() && start < tokens.size() && cached[start] == tokens[start]) start++;
+        if (start + MIN_MOVED_RUN > tokens.size()) return;
+        const auto wanted = tokens.begin() + static_cast<long>(start);
+        for (size_t end = start + 1; end + MIN_MOVED_RUN <= cached.size(); end++) {
+            const auto kept = cached.begin() + static_cast<long>(end);
+            if (!std::equal(kept, kept + MIN_MOVED_RUN, wanted)) continue;
+            llama_memory_t memory = llama_get_memory(ctx);
+            if (!llama_memory_can_shift(memory) || !llama_memory_seq_rm(memory, 0, static_cast<llama_pos>(start), static_cast<llama_pos>(end))) return;
+            llama_memory_seq_add(memory, 0, static_cast<llama_pos>(end), -1, static_cast<llama_pos>(start) - static_cast<llama_pos>(end));
+            cached.erase(cached.begin() + static_cast<long>(start), kept);
+            return;
+        }
+    }
+
     // The KV cache made to hold exactly `tokens`, reusing its longest common prefix; returns how many were computed.
     size_t prefill(const std::vector<llama_token> & tokens) {
         size_t common = 0;
@@ -733,6 +753,7 @@ static fox_status chat_send(fox_chat * chat, const char * message, fox_text_call
                                                  std::to_string(n_ctx) + "-token context; shorten it or use a larger context"};
         }
         chat->history = turns;
+        if (result.dropped_turns > 0) chat->move_cache_for(prompt);
 
         auto started             = std::chrono::steady_clock::now();
         result.prompt_tokens     = static_cast<int32_t>(prompt.size());

@@ -240,13 +240,19 @@ static void test_overflow(const json & spec) {
     fox_chat_new(model, params, &chat, nullptr, 0);
     int dropped = 0;
     bool all_ok = true;
+    fox_chat_stats last{};
     for (const json & message : spec["messages"]) {
         fox_chat_stats stats{};
         std::string text = message;
         all_ok = all_ok && fox_chat_send(chat, text.c_str(), nullptr, nullptr, &stats, nullptr, 0) == FOX_OK;
         dropped += stats.dropped_turns;
+        last = stats;
     }
     check(all_ok && dropped > 0, "overflow drops the oldest turns and goes on", std::to_string(dropped) + " turns dropped");
+    // The kept turns moved down in the KV cache: a full chat's turn does not evaluate the whole conversation again. (It
+    // evaluates from the first kept reply that tokenizes otherwise than it was generated: often, for a random model.)
+    check(last.dropped_turns > 0 && last.prompt_evaluated * 4 < last.prompt_tokens * 3, "a full chat's turn keeps the kept turns cached",
+          std::to_string(last.prompt_evaluated) + " of " + std::to_string(last.prompt_tokens) + " evaluated");
     std::string huge(20000, 'x');
     char buffer[512] = "";
     check(fox_chat_send(chat, huge.c_str(), nullptr, nullptr, nullptr, buffer, sizeof buffer) == FOX_ERROR_CONTEXT, "a message longer than the context alone is refused", buffer);
