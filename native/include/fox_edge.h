@@ -114,6 +114,23 @@ FOX_API fox_status fox_chat_send(fox_chat * chat, const char * message, fox_text
  * evaluated. Call it only for a send that is running or about to run: the next send clears it when it returns. */
 FOX_API void fox_chat_cancel(fox_chat * chat);
 
+/* A conversation that survives the app: fox_chat_save writes the system prompt, the history and the KV cache of its
+ * tokens to `path` (a temporary name, renamed when complete); fox_chat_load replaces `chat`'s conversation with the
+ * saved one, the KV cache included, so the next send evaluates only its new message. A file saved with another model
+ * or a larger context than `chat`'s is refused (FOX_ERROR_ARGUMENT). Not while a reply streams. */
+FOX_API fox_status fox_chat_save(const fox_chat * chat, const char * path, char * error, size_t error_size);
+FOX_API fox_status fox_chat_load(fox_chat * chat, const char * path, char * error, size_t error_size);
+
+/* The history, oldest first: its length, and message `index` (pointers valid until the history next changes). */
+FOX_API size_t      fox_chat_n_messages(const fox_chat * chat);
+FOX_API fox_message fox_chat_message(const fox_chat * chat, size_t index);
+/* Replaces the history (user and assistant messages; the system prompt stays); the KV cache keeps what still matches. */
+FOX_API fox_status  fox_chat_set_history(fox_chat * chat, const fox_message * messages, size_t n_messages, char * error, size_t error_size);
+/* Removes the last exchange (the user message and its reply): then send it again to regenerate it, or another to edit it. */
+FOX_API fox_status  fox_chat_undo(fox_chat * chat);
+/* Sampling for the next sends (n_ctx and system_prompt are the chat's own and ignored here). */
+FOX_API fox_status  fox_chat_set_params(fox_chat * chat, fox_chat_params params, char * error, size_t error_size);
+
 /* The token ids of the last reply, for tests: returns their count, writes at most `capacity`. */
 FOX_API size_t fox_chat_last_tokens(const fox_chat * chat, int32_t * tokens, size_t capacity);
 

@@ -180,6 +180,7 @@ struct Manifest {
     int                      use_mmap = -1;  // -1: the manifest leaves it to the runtime
     bool                     repack   = true;
     fox_chat_params          generation{};   // the sampling fields; n_ctx, seed and system_prompt are not the manifest's
+    std::string              model_sha256;   // which model a saved chat belongs to
 };
 
 // A field of the manifest, or a FOX_ERROR_BUNDLE naming it ("generation.temperature is missing").
@@ -268,6 +269,9 @@ Manifest read_manifest(const std::string & folder) {
     if (!files.is_array()) wrong("files", "a list");
     for (const json & file : files) {
         manifest.files.push_back({text(file, "path", "files[]."), whole_number(file, "size", "files[].", 0), text(file, "sha256", "files[].")});
+    }
+    for (const BundleFile & file : manifest.files) {
+        if (file.path == manifest.model_path) manifest.model_sha256 = file.sha256;
     }
     manifest.n_ctx_default = static_cast<int32_t>(std::min<long long>(whole_number(field(m, "context", ""), "default", "context.", 16), INT32_MAX));
     manifest.chat_template = text(m, "chat_template", "");
@@ -666,9 +670,13 @@ fox_chat_params fox_chat_default_params(const fox_model * model) {
 
 static bool abort_when_cancelled(void * data) { return static_cast<fox_chat *>(data)->cancelled.load(); }
 
+static bool sampling_in_range(const fox_chat_params & params) {
+    return params.max_tokens >= 1 && params.temperature >= 0 && params.top_p > 0 && params.top_p <= 1 && params.min_p >= 0 && params.min_p <= 1 &&
+           params.repeat_penalty > 0 && params.top_k >= 0 && params.repeat_last_n >= 0;
+}
+
 static fox_status chat_new(fox_model * model, fox_chat_params params, fox_chat ** out, char * error, size_t error_size) {
-    if (model == nullptr || out == nullptr || params.max_tokens < 1 || params.temperature < 0 || params.top_p <= 0 || params.top_p > 1 ||
-        params.min_p < 0 || params.min_p > 1 || params.repeat_penalty <= 0 || params.top_k < 0 || params.repeat_last_n < 0) {
+    if (model == nullptr || out == nullptr || !sampling_in_range(params)) {
         set_error(error, error_size, "fox_chat_new: a model, and parameters in range (fox_chat_default_params gives the manifest's)");
         return FOX_ERROR_ARGUMENT;
     }
@@ -704,6 +712,151 @@ fox_status fox_chat_new(fox_model * model, fox_chat_params params, fox_chat ** o
 }
 
 void fox_chat_free(fox_chat * chat) { delete chat; }
+
+}  // extern "C"
+
+namespace {
+constexpr char SAVED_CHAT_MAGIC[] = "fox-edge chat 1\n";
+
+fox_status save_chat(const fox_chat * chat, const std::string & path) {
+    json header;
+    header["model_sha256"] = chat->model->manifest.model_sha256;
+    header["n_ctx"]        = llama_n_ctx(chat->ctx);
+    header["system"]       = chat->system;
+    json history           = json::array();
+    for (const common_chat_msg & m : chat->history) history.push_back({m.role, m.content});
+    header["history"] = history;
+    header["cached"]  = chat->cached;
+    std::vector<uint8_t> state(llama_state_seq_get_size(chat->ctx, 0));
+    state.resize(llama_state_seq_get_data(chat->ctx, state.data(), state.size(), 0));
+    header["state_bytes"] = state.size();
+    const std::string partial = path + ".part";
+    {
+        std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+        const std::string line = header.dump() + "\n";
+        out.write(SAVED_CHAT_MAGIC, sizeof SAVED_CHAT_MAGIC - 1);
+        out.write(line.data(), static_cast<std::streamsize>(line.size()));
+        out.write(reinterpret_cast<const char *>(state.data()), static_cast<std::streamsize>(state.size()));
+        if (!out.flush()) {
+            std::remove(partial.c_str());
+            throw Failure{FOX_ERROR_ARGUMENT, "cannot write " + partial + "; is the folder writable and the disk not full?"};
+        }
+    }
+    if (std::rename(partial.c_str(), path.c_str()) != 0) {
+        std::remove(partial.c_str());
+        throw Failure{FOX_ERROR_ARGUMENT, "cannot rename " + partial + " to " + path};
+    }
+    return FOX_OK;
+}
+
+fox_status load_chat(fox_chat * chat, const std::string & path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Failure{FOX_ERROR_ARGUMENT, path + " cannot be read"};
+    std::string magic(sizeof SAVED_CHAT_MAGIC - 1, '\0'), line;
+    in.read(magic.data(), static_cast<std::streamsize>(magic.size()));
+    if (magic != SAVED_CHAT_MAGIC || !std::getline(in, line)) throw Failure{FOX_ERROR_ARGUMENT, path + " is not a chat saved by fox_chat_save"};
+    json header;
+    try {
+        header = json::parse(line);
+    } catch (const json::exception &) {
+        throw Failure{FOX_ERROR_ARGUMENT, path + " is damaged (its header is not JSON); the chat cannot be restored"};
+    }
+    const Manifest & m = chat->model->manifest;
+    if (!header.is_object() || header.value("model_sha256", std::string()) != m.model_sha256) {
+        throw Failure{FOX_ERROR_ARGUMENT, path + " was saved with another model; open the bundle it was saved with"};
+    }
+    std::vector<llama_token> cached = header.at("cached").get<std::vector<llama_token>>();
+    if (cached.size() > llama_n_ctx(chat->ctx)) {
+        throw Failure{FOX_ERROR_ARGUMENT, path + " holds " + std::to_string(cached.size()) + " tokens, more than this chat's " +
+                                              std::to_string(llama_n_ctx(chat->ctx)) + "-token context; make the chat with a larger n_ctx"};
+    }
+    std::vector<uint8_t> state(header.at("state_bytes").get<size_t>());
+    in.read(reinterpret_cast<char *>(state.data()), static_cast<std::streamsize>(state.size()));
+    if (static_cast<size_t>(in.gcount()) != state.size()) throw Failure{FOX_ERROR_ARGUMENT, path + " is truncated; the chat cannot be restored"};
+    std::vector<common_chat_msg> history;
+    for (const json & entry : header.at("history")) history.push_back(fox_chat::message(entry.at(0), entry.at(1)));
+    llama_memory_clear(llama_get_memory(chat->ctx), true);
+    chat->cached.clear();
+    if (!state.empty() && llama_state_seq_set_data(chat->ctx, state.data(), state.size(), 0) == 0) {
+        llama_memory_clear(llama_get_memory(chat->ctx), true);
+        throw Failure{FOX_ERROR_ARGUMENT, path + "'s KV cache does not fit this chat (another context or cache type); the chat is left empty"};
+    }
+    chat->system  = header.value("system", std::string());
+    chat->history = std::move(history);
+    chat->cached  = std::move(cached);
+    chat->last_reply.clear();
+    return FOX_OK;
+}
+
+template <typename Work> fox_status guarded(char * error, size_t error_size, Work work) {
+    try {
+        return work();
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return failure.status;
+    } catch (const std::exception & exc) {
+        set_error(error, error_size, std::string("the saved chat is damaged: ") + exc.what());
+        return FOX_ERROR_ARGUMENT;
+    } catch (...) {
+        set_error(error, error_size, "out of memory");
+        return FOX_ERROR_ARGUMENT;
+    }
+}
+}  // namespace
+
+extern "C" {
+
+fox_status fox_chat_save(const fox_chat * chat, const char * path, char * error, size_t error_size) {
+    if (chat == nullptr || path == nullptr) return FOX_ERROR_ARGUMENT;
+    return guarded(error, error_size, [&] { return save_chat(chat, path); });
+}
+
+fox_status fox_chat_load(fox_chat * chat, const char * path, char * error, size_t error_size) {
+    if (chat == nullptr || path == nullptr) return FOX_ERROR_ARGUMENT;
+    return guarded(error, error_size, [&] { return load_chat(chat, path); });
+}
+
+size_t fox_chat_n_messages(const fox_chat * chat) { return chat == nullptr ? 0 : chat->history.size(); }
+
+fox_message fox_chat_message(const fox_chat * chat, size_t index) {
+    if (chat == nullptr || index >= chat->history.size()) return {nullptr, nullptr};
+    return {chat->history[index].role.c_str(), chat->history[index].content.c_str()};
+}
+
+fox_status fox_chat_set_history(fox_chat * chat, const fox_message * messages, size_t n_messages, char * error, size_t error_size) {
+    if (chat == nullptr || (messages == nullptr && n_messages > 0)) return FOX_ERROR_ARGUMENT;
+    return guarded(error, error_size, [&] {
+        std::vector<common_chat_msg> history;
+        for (size_t i = 0; i < n_messages; i++) {
+            const std::string role = messages[i].role != nullptr ? messages[i].role : "";
+            if ((role != "user" && role != "assistant") || messages[i].content == nullptr) {
+                throw Failure{FOX_ERROR_ARGUMENT, "message " + std::to_string(i) + ": the history holds user and assistant messages with text"};
+            }
+            history.push_back(fox_chat::message(role, messages[i].content));
+        }
+        chat->history = std::move(history);  // the KV cache keeps its common prefix with the next prompt
+        chat->last_reply.clear();
+        return FOX_OK;
+    });
+}
+
+fox_status fox_chat_undo(fox_chat * chat) {
+    if (chat == nullptr || chat->history.size() < 2) return FOX_ERROR_ARGUMENT;
+    chat->history.resize(chat->history.size() - 2);
+    chat->last_reply.clear();
+    return FOX_OK;
+}
+
+fox_status fox_chat_set_params(fox_chat * chat, fox_chat_params params, char * error, size_t error_size) {
+    if (chat == nullptr || !sampling_in_range(params)) {
+        set_error(error, error_size, "fox_chat_set_params: parameters in range (fox_chat_default_params gives the manifest's)");
+        return FOX_ERROR_ARGUMENT;
+    }
+    params.n_ctx         = chat->params.n_ctx;
+    params.system_prompt = nullptr;  // the chat keeps its own copy
+    chat->params         = params;
+    return FOX_OK;
+}
 
 void fox_chat_reset(fox_chat * chat) {
     if (chat != nullptr) chat->history.clear();

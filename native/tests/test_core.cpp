@@ -260,6 +260,97 @@ static void test_overflow(const json & spec) {
     fox_model_close(model);
 }
 
+static std::vector<int32_t> last_tokens(fox_chat * chat) {
+    std::vector<int32_t> tokens(fox_chat_last_tokens(chat, nullptr, 0));
+    fox_chat_last_tokens(chat, tokens.data(), tokens.size());
+    return tokens;
+}
+
+// A conversation saved, the app killed, the conversation restored: the next reply is the uninterrupted one's, and only
+// the new message is evaluated (re-processing the history evaluates all of it).
+static void test_resume(const json & spec) {
+    std::string error;
+    fox_model * model = open(spec["bundle"], error);
+    if (model == nullptr) return check(false, "resume", error);
+    fox_chat_params params = fox_chat_default_params(model);
+    params.temperature     = 0.0f;
+    params.repeat_penalty  = 1.0f;
+    params.max_tokens      = spec["max_tokens"];
+    params.n_ctx           = spec["n_ctx"];
+    std::vector<std::string> turns = spec["turns"];
+    const std::string saved = spec["file"], last = turns.back();
+    char buffer[512] = "";
+    fox_chat * original = nullptr;
+    fox_chat_new(model, params, &original, nullptr, 0);
+    for (size_t i = 0; i + 1 < turns.size(); i++) fox_chat_send(original, turns[i].c_str(), nullptr, nullptr, nullptr, nullptr, 0);
+    check(fox_chat_save(original, saved.c_str(), buffer, sizeof buffer) == FOX_OK, "a chat saves", buffer);
+    std::vector<std::string> roles, contents;  // the history as saved
+    for (size_t i = 0; i < fox_chat_n_messages(original); i++) {
+        roles.push_back(fox_chat_message(original, i).role);
+        contents.push_back(fox_chat_message(original, i).content);
+    }
+    fox_chat_stats uninterrupted{};
+    fox_chat_send(original, last.c_str(), nullptr, nullptr, &uninterrupted, nullptr, 0);
+    const std::vector<int32_t> expected = last_tokens(original);
+
+    fox_chat * resumed = nullptr;
+    fox_chat_new(model, params, &resumed, nullptr, 0);
+    fox_status loaded = fox_chat_load(resumed, saved.c_str(), buffer, sizeof buffer);
+    bool same_history = fox_chat_n_messages(resumed) == roles.size() && roles.size() >= 2;
+    for (size_t i = 0; same_history && i < roles.size(); i++) same_history = contents[i] == fox_chat_message(resumed, i).content;
+    check(loaded == FOX_OK && same_history, "a saved chat restores its history", buffer);
+    fox_chat_stats after{};
+    fox_chat_send(resumed, last.c_str(), nullptr, nullptr, &after, nullptr, 0);
+    check(last_tokens(resumed) == expected, "a restored chat gives the uninterrupted chat's next reply",
+          json(last_tokens(resumed)).dump() + " != " + json(expected).dump());
+    // The same history set as messages: the KV cache is rebuilt, every token evaluated again (the replies re-tokenized
+    // from their text, which for a random model is often not how they were generated, so its reply may differ).
+    std::vector<fox_message> history;
+    for (size_t i = 0; i < roles.size(); i++) history.push_back({roles[i].c_str(), contents[i].c_str()});
+    fox_chat * reprocessed = nullptr;
+    fox_chat_new(model, params, &reprocessed, nullptr, 0);
+    fox_chat_set_history(reprocessed, history.data(), history.size(), nullptr, 0);
+    fox_chat_stats again{};
+    fox_chat_send(reprocessed, last.c_str(), nullptr, nullptr, &again, nullptr, 0);
+    check(after.prompt_tokens == again.prompt_tokens && after.prompt_evaluated * 10 <= again.prompt_evaluated,
+          "restoring evaluates only the new message, a tenth or less of re-processing",
+          std::to_string(after.prompt_evaluated) + " against " + std::to_string(again.prompt_evaluated) + " of " + std::to_string(again.prompt_tokens));
+    std::printf("resume: %d prompt tokens, %d evaluated after restoring, %d re-processing\n", after.prompt_tokens, after.prompt_evaluated,
+                again.prompt_evaluated);
+
+    // Undo and regenerate, edit, per-turn sampling.
+    const size_t before_undo = fox_chat_n_messages(resumed);
+    check(fox_chat_undo(resumed) == FOX_OK && fox_chat_n_messages(resumed) == before_undo - 2, "undo removes the last exchange");
+    fox_chat_send(resumed, last.c_str(), nullptr, nullptr, nullptr, nullptr, 0);
+    check(last_tokens(resumed) == expected, "undo then the same message regenerates the same greedy reply");
+    fox_chat_params shorter = params;
+    shorter.max_tokens      = 2;
+    check(fox_chat_set_params(resumed, shorter, nullptr, 0) == FOX_OK, "sampling changes between turns");
+    fox_chat_stats limited{};
+    fox_chat_send(resumed, "Short, please.", nullptr, nullptr, &limited, nullptr, 0);
+    check(limited.generated_tokens <= 2, "the new max_tokens holds for the next reply", std::to_string(limited.generated_tokens));
+    shorter.top_p = 2.0f;
+    check(fox_chat_set_params(resumed, shorter, nullptr, 0) == FOX_ERROR_ARGUMENT, "out-of-range sampling is refused");
+
+    // Files that are not a chat saved with this model: cut short, saved with another model, not a saved chat at all.
+    std::ifstream in(saved, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string sha = "\"model_sha256\":\"";
+    std::string other = bytes;
+    other.replace(other.find(sha) + sha.size(), 64, std::string(64, '0'));
+    const std::vector<std::pair<std::string, std::string>> refused = {
+        {bytes.substr(0, bytes.size() / 2), "a file cut short"}, {other, "a chat saved with another model"}, {"hello\n", "a file that is no saved chat"}};
+    for (const auto & [content, what] : refused) {
+        std::ofstream(saved + ".bad", std::ios::binary | std::ios::trunc) << content;
+        fox_status status = fox_chat_load(resumed, (saved + ".bad").c_str(), buffer, sizeof buffer);
+        check(status == FOX_ERROR_ARGUMENT, "restoring refuses " + what, buffer);
+    }
+    fox_chat_free(original);
+    fox_chat_free(resumed);
+    fox_chat_free(reprocessed);
+    fox_model_close(model);
+}
+
 static void test_bundles(const json & spec) {
     std::string error;
     fox_model * model = open(spec["good"], error);
@@ -335,6 +426,7 @@ int main(int argc, char ** argv) {
     if (spec.contains("cancel")) test_cancel(spec["cancel"]);
     if (spec.contains("overflow")) test_overflow(spec["overflow"]);
     if (spec.contains("bundles")) test_bundles(spec["bundles"]);
+    if (spec.contains("resume")) test_resume(spec["resume"]);
     if (spec.contains("threads")) test_threads(spec["threads"]);
     check(log.lines.load() > 0 && log.below_minimum.load() == 0, "llama.cpp's log lines reach the callback, at its level and above",
           std::to_string(log.lines.load()) + " lines, " + std::to_string(log.below_minimum.load()) + " below the level");

@@ -1,0 +1,128 @@
+"""A long chat at a full context: time to first token per turn, with the KV cache moved when the oldest turns are
+dropped (fox-edge's default since issue 25) and recomputed after every drop (before). Writes benchmarks/LONG_CHAT.md.
+
+    .venv/bin/python benchmarks/long_chat.py [--turns 30] [--ctx 2048] [--model GGUF]
+
+Default model: SmolLM2-135M-Instruct f16 (the demo's GGUF), through fox-edge's Python llama.cpp runner (ChatSession,
+move_cache on and off) and through the native core (fox_edge_chat, moving always on). Each turn is a different
+~100-token message and a greedy reply of up to 64 tokens; the context fills after about ten turns, and from then on
+every turn drops the oldest. Time to first token = the prompt's evaluation (what a user waits for before the first
+piece; sampling the first token adds well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import machine  # noqa: E402
+
+from fox_edge.bundle import make_bundle  # noqa: E402
+from fox_edge.chat import ChatSession  # noqa: E402
+from fox_edge.downloads import cache_dir  # noqa: E402
+from fox_edge.runner import open_runner  # noqa: E402
+from fox_edge.sampling import SamplingParams  # noqa: E402
+from fox_edge.testing.native import build_core  # noqa: E402
+
+TOPICS = ["the castle", "the fox", "the river", "the mill", "the market", "the old bridge", "the forest", "the winter"]
+MAX_TOKENS = 64
+
+
+def message(turn: int) -> str:
+    topic = TOPICS[turn % len(TOPICS)]
+    return (
+        f"Turn {turn}. Tell me more about {topic}: who lives there, what they do in the morning and in the evening, "
+        f"what they fear, what they hope for, how {topic} changed over the years, and what a traveller arriving "
+        f"there for the first time would notice before anything else. Answer in a few sentences."
+    )
+
+
+def python_turns(model: Path, turns: int, n_ctx: int, move: bool) -> list[tuple[int, int, float]]:
+    """(prompt tokens, evaluated, seconds) per turn, through ChatSession."""
+    with open_runner(model, n_ctx=n_ctx) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(MAX_TOKENS), system="You are a storyteller.", move_cache=move)
+        rows = []
+        for turn in range(turns):
+            "".join(session.send(message(turn)))
+            stats = session.last_stats
+            rows.append((stats.prompt_tokens, stats.prompt_evaluated, stats.prompt_seconds))
+        return rows
+
+
+STATS_LINE = re.compile(r"prompt: (\d+) tokens \((\d+) evaluated\) at ([\d.]+) tok/s")
+
+
+def native_turns(model: Path, turns: int, n_ctx: int, work: Path) -> list[tuple[int, int, float]]:
+    """The same conversation through the native core's terminal chat, one message per line."""
+    bundle = make_bundle(model, work / "bundle").folder
+    chat = build_core() / "fox_edge_chat"
+    lines = "".join(message(turn) + "\n" for turn in range(turns))
+    result = subprocess.run(
+        [str(chat), str(bundle), "-c", str(n_ctx), "-n", str(MAX_TOKENS), "--temp", "0", "--repeat-penalty", "1"],
+        input=lines, capture_output=True, text=True, timeout=3600, check=True,
+    )  # fmt: skip
+    rows = []
+    for found in STATS_LINE.finditer(result.stderr):
+        total, evaluated, rate = int(found[1]), int(found[2]), float(found[3])
+        rows.append((total, evaluated, evaluated / rate if rate else 0.0))
+    return rows
+
+
+def table(runs: dict[str, list[tuple[int, int, float]]], turns: int) -> list[str]:
+    names = list(runs)
+    lines = ["| turn | " + " | ".join(f"{n}: prompt / evaluated / TTFT ms" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for turn in range(turns):
+        cells = [f"{runs[n][turn][0]} / {runs[n][turn][1]} / {runs[n][turn][2] * 1000:.0f}" if turn < len(runs[n]) else "-" for n in names]
+        lines.append(f"| {turn + 1} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=30)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--model", type=Path, default=cache_dir() / "demo" / "SmolLM2-135M-Instruct.f16.gguf")
+    args = parser.parse_args()
+    runs = {
+        "Python, recomputed after a drop (before)": python_turns(args.model, args.turns, args.ctx, move=False),
+        "Python, cache moved (after)": python_turns(args.model, args.turns, args.ctx, move=True),
+    }
+    with tempfile.TemporaryDirectory() as work:
+        runs["native core, cache moved"] = native_turns(args.model, args.turns, args.ctx, Path(work))
+    full = {name: [row for row in rows[10:]] for name, rows in runs.items()}  # from turn 11: the context is full
+    summary = [
+        f"- {name}: turns 11-{args.turns}, median TTFT {statistics.median(r[2] for r in rows) * 1000:.0f} ms, "
+        f"median evaluated {statistics.median(r[1] for r in rows):.0f} of {statistics.median(r[0] for r in rows):.0f} tokens"
+        for name, rows in full.items()
+        if rows
+    ]
+    info = machine()
+    text = "\n".join(
+        [
+            "# A long chat at a full context",
+            "",
+            f"{date.today()}, {args.model.name}, {args.ctx}-token context, {args.turns} turns, replies of up to {MAX_TOKENS} tokens (greedy).",
+            f"Machine: {info['cpu']}, {info['memory']}; {info['system']}; {info['versions']}.",
+            'Written by `benchmarks/long_chat.py`; what it means: benchmarks/README.md, "A long chat".',
+            "",
+            *summary,
+            "",
+            *table(runs, args.turns),
+            "",
+        ]
+    )
+    (HERE / "LONG_CHAT.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
