@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -77,6 +78,77 @@ def native_turns(model: Path, turns: int, n_ctx: int, work: Path) -> list[tuple[
     return rows
 
 
+RESUME_TOKENS = 1500  # the conversation resumed: about this many tokens of history
+
+
+def python_resume(model: Path, n_ctx: int, work: Path) -> dict[str, float]:
+    """A ~1,500-token conversation saved, then its next message in a new runner: restored (history and KV cache) against
+    the history re-processed. Seconds to the first token, the runner's loading excluded."""
+    saved = work / "python.chat"
+    with open_runner(model, n_ctx=n_ctx) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(MAX_TOKENS), system="You are a storyteller.")
+        turn = 0
+        while not session.history or session.last_stats.prompt_tokens + session.last_stats.generated_tokens < RESUME_TOKENS:
+            "".join(session.send(message(turn)))
+            turn += 1
+        session.save(saved)
+        history, tokens = session.history, session.last_stats.prompt_tokens + session.last_stats.generated_tokens
+    result = {"history_tokens": tokens, "file_mb": saved.stat().st_size / 1e6}
+    for way in ("restored", "re-processed"):
+        with open_runner(model, n_ctx=n_ctx) as runner:
+            session = ChatSession(runner, SamplingParams.greedy(1), system="You are a storyteller.")
+            started = time.perf_counter()
+            if way == "restored":
+                session.restore(saved)
+            else:
+                session.history = list(history)
+            "".join(session.send(message(turn)))
+            result[way] = time.perf_counter() - started
+            result[f"{way} evaluated"] = session.last_stats.prompt_evaluated
+    return result
+
+
+RESTORED_LINE = re.compile(r"restored \d+ messages from .* in ([\d.]+) ms")
+
+
+def native_resume(model: Path, n_ctx: int, work: Path) -> dict[str, float]:
+    """The same through the native core's terminal chat: the conversation saved after every reply (--resume), then the
+    next message in a new process."""
+    bundle = work / "bundle" if (work / "bundle").is_dir() else make_bundle(model, work / "bundle").folder
+    chat, saved = build_core() / "fox_edge_chat", work / "native.chat"
+    command = [
+        str(chat),
+        str(bundle),
+        "-c",
+        str(n_ctx),
+        "-n",
+        str(MAX_TOKENS),
+        "--temp",
+        "0",
+        "--repeat-penalty",
+        "1",
+        "--resume",
+        str(saved),
+    ]
+    turn, total = 0, 0
+    while total < RESUME_TOKENS:
+        result = subprocess.run(command, input=message(turn) + "\n", capture_output=True, text=True, timeout=600, check=True)
+        found = STATS_LINE.search(result.stderr)
+        total = int(found[1]) + MAX_TOKENS
+        turn += 1
+    result = subprocess.run(
+        [*command[:5], "1", *command[6:]], input=message(turn) + "\n", capture_output=True, text=True, timeout=600, check=True
+    )
+    found, restored = STATS_LINE.search(result.stderr), RESTORED_LINE.search(result.stderr)
+    evaluated, rate = int(found[2]), float(found[3])
+    return {
+        "history_tokens": int(found[1]),
+        "restore_ms": float(restored[1]),
+        "evaluated": evaluated,
+        "ttft_s": float(restored[1]) / 1000 + evaluated / rate,
+    }
+
+
 def table(runs: dict[str, list[tuple[int, int, float]]], turns: int) -> list[str]:
     names = list(runs)
     lines = ["| turn | " + " | ".join(f"{n}: prompt / evaluated / TTFT ms" for n in names) + " |", "|---|" + "---|" * len(names)]
@@ -98,6 +170,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as work:
         runs["native core, cache moved"] = native_turns(args.model, args.turns, args.ctx, Path(work))
+        resumed = python_resume(args.model, args.ctx, Path(work))
+        native = native_resume(args.model, args.ctx, Path(work))
     full = {name: [row for row in rows[10:]] for name, rows in runs.items()}  # from turn 11: the context is full
     summary = [
         f"- {name}: turns 11-{args.turns}, median TTFT {statistics.median(r[2] for r in rows) * 1000:.0f} ms, "
@@ -117,6 +191,14 @@ def main() -> None:
             *summary,
             "",
             *table(runs, args.turns),
+            "",
+            f"## Resuming a {resumed['history_tokens']}-token conversation in a new process",
+            "",
+            f"- Python (ChatSession.save / restore, {resumed['file_mb']:.0f} MB file): first token {resumed['restored'] * 1000:.0f} ms restored "
+            f"({resumed['restored evaluated']} tokens evaluated) against {resumed['re-processed'] * 1000:.0f} ms re-processing the history "
+            f"({resumed['re-processed evaluated']} evaluated): {resumed['re-processed'] / resumed['restored']:.1f}x.",
+            f"- native core (fox_chat_save / fox_chat_load, {native['history_tokens']} tokens): restored in {native['restore_ms']:.0f} ms, "
+            f"first token after {native['ttft_s'] * 1000:.0f} ms ({native['evaluated']} tokens evaluated).",
             "",
         ]
     )

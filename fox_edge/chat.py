@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fox_edge.backends.base import droppable_span
+from fox_edge.errors import InvalidOption
+from fox_edge.files import atomic_output
 from fox_edge.hooks import OnMessage, ignore_message
 from fox_edge.runner import GenerationStats, Runner, chat_prompt, generate_tokens, stream_text
 from fox_edge.sampling import SamplingParams
 
+SAVED_CHAT_FORMAT = "fox-edge chat session 1"
 FULL_AFTER_DROPPING = 0.75  # of the context, where the KV cache cannot move: the room the next turns fill before another drop
 
 
@@ -55,6 +61,40 @@ class ChatSession:
             )
         return tokens
 
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """The conversation and, where the backend can (llama.cpp), its KV cache, to `path` (a temporary name renamed
+        when complete): `restore` in a later process evaluates only the next message."""
+        state = self.runner.cache_state()
+        header = {
+            "format": SAVED_CHAT_FORMAT, "model": _model_identity(self.runner), "system": self.system, "history": self.history,
+            "cached": self.runner.cached_tokens if state else [], "state_bytes": len(state or b""),
+        }  # fmt: skip
+        with atomic_output(Path(path)) as partial:
+            with open(partial, "wb") as file:
+                file.write(json.dumps(header, ensure_ascii=False).encode() + b"\n")
+                file.write(state or b"")
+
+    def restore(self, path: str | os.PathLike[str]) -> None:
+        """The conversation `save` wrote with the same model, its KV cache included where it was saved."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as file:
+                header = json.loads(file.readline())
+                state = file.read()
+            if not isinstance(header, dict) or header.get("format") != SAVED_CHAT_FORMAT:
+                raise ValueError
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise InvalidOption(f"{path} is not a chat saved by fox-edge; save one with ChatSession.save") from None
+        if header.get("model") != _model_identity(self.runner):
+            raise InvalidOption(f"{path} was saved with another model ({header.get('model')}); restore it with that model")
+        if len(state) != header.get("state_bytes"):
+            raise InvalidOption(
+                f"{path} is truncated ({len(state):,} of {header.get('state_bytes'):,} bytes of cache); save the chat again"
+            )
+        self.system, self.history = header.get("system"), list(header.get("history", []))
+        if state:
+            self.runner.restore_cache_state(header.get("cached", []), state)
+
     def _can_move(self) -> bool:
         return type(self.runner).drop_cached is not Runner.drop_cached
 
@@ -69,3 +109,10 @@ class ChatSession:
                 yield piece
         finally:  # a cancelled reply is kept as far as it got, as a chat user sees it
             self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": "".join(reply)}]
+
+
+def _model_identity(runner: Runner) -> dict:
+    """What a saved chat's cache belongs to: the model's name, vocabulary, shape and weights' size (a hash of a 1 GB
+    file would cost seconds on every save)."""
+    return {"name": runner.name, "backend": runner.backend, "n_vocab": runner.n_vocab, "layers": runner.shape.n_layers,
+            "weights_bytes": sum(f.stat().st_size for f in [runner.path] if f.is_file()) or None}  # fmt: skip

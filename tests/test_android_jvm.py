@@ -52,6 +52,7 @@ def test_kotlin_api_on_the_host_jvm(tiny_bundle, scripted_bundle, tmp_path):
                 "endless.bundle": str(edit_manifest(tiny_bundle, tmp_path / "endless", lambda m: m["tokenizer"].update(stop_ids=[0]))),
                 "missing.bundle": str(tmp_path / "no-bundle-here"),
                 "flipped.bundle": str(flipped_copy(tiny_bundle, tmp_path / "flipped")),
+                "resume.file": str(tmp_path / "saved.chat"),
             }
         ),  # fmt: skip
         encoding="utf-8",

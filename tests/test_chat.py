@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from fox_edge.chat import ChatSession
-from fox_edge.errors import FoxEdgeError
+from fox_edge.errors import FoxEdgeError, InvalidOption
 from fox_edge.runner import GenerationStats, chat_prompt, generate_tokens, open_runner
 from fox_edge.sampling import SamplingParams
 
@@ -137,3 +137,34 @@ def test_a_full_chat_moves_its_cache_instead_of_recomputing_it(tiny_gguf):
             evaluated[move] = turns[-4:]
     assert all(done < total / 3 for done, total, _ in evaluated[True]), evaluated[True]
     assert all(done > total / 2 for done, total, _ in evaluated[False]), evaluated[False]
+
+
+def test_a_saved_chat_resumes_in_another_runner_with_the_same_next_reply(tiny_gguf, tmp_path):
+    """Saved (history and KV cache), restored by a new runner as after the app was killed: the next greedy reply is the
+    uninterrupted one's, evaluating only the new message."""
+    turns = [f"Part {i}: " + "the castle stood on the hill above the sleeping town, " * 6 for i in range(4)]
+    saved = tmp_path / "chat.fox"
+    with open_runner(tiny_gguf["f32"], n_ctx=1024) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(12), system="You are terse.")
+        for turn in turns:
+            "".join(session.send(turn))
+        session.save(saved)
+        "".join(session.send("And then?"))
+        expected, history = session.last_stats.tokens, session.history[:-2]
+    with open_runner(tiny_gguf["f32"], n_ctx=1024) as fresh:
+        resumed = ChatSession(fresh, SamplingParams.greedy(12))
+        resumed.restore(saved)
+        assert resumed.history == history and resumed.system == "You are terse."
+        "".join(resumed.send("And then?"))
+        stats = resumed.last_stats
+        assert stats.tokens == expected
+        assert stats.prompt_evaluated * 10 <= stats.prompt_tokens, (stats.prompt_evaluated, stats.prompt_tokens)
+        (tmp_path / "cut.fox").write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+        with pytest.raises(InvalidOption, match="truncated"):
+            resumed.restore(tmp_path / "cut.fox")
+        (tmp_path / "other.fox").write_text("hello\n")
+        with pytest.raises(InvalidOption, match="not a chat saved"):
+            resumed.restore(tmp_path / "other.fox")
+    with open_runner(tiny_gguf["f16"], n_ctx=1024) as other:
+        with pytest.raises(InvalidOption, match="another model"):
+            ChatSession(other).restore(saved)

@@ -93,7 +93,10 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
             "messages": [f"Message {i}: " + "the castle stood on the hill " * 4 for i in range(8)],
         },
         "resume": {
-            "bundle": str(bundle), "n_ctx": 1024, "max_tokens": 16, "file": str(tmp_path / "saved.chat"),
+            "bundle": str(bundle),
+            "n_ctx": 1024,
+            "max_tokens": 16,
+            "file": str(tmp_path / "saved.chat"),
             "turns": [f"Part {i}: " + "the castle stood on the hill above the sleeping town, " * 8 for i in range(6)] + ["And then?"],
         },  # fmt: skip
         "bundles": {

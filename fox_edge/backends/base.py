@@ -157,6 +157,14 @@ class Runner:
         turns keeps the rest cached); False where the backend cannot, and the next prefill recomputes from `start`."""
         return False
 
+    def cache_state(self) -> bytes | None:
+        """The KV cache of `cached_tokens`, as bytes `restore_cache_state` takes back; None where the backend cannot."""
+        return None
+
+    def restore_cache_state(self, tokens: Sequence[int], state: bytes) -> bool:
+        """The KV cache as `cache_state` gave it for `tokens`; False (and an empty cache) where the backend cannot."""
+        return False
+
     @property
     def cached_tokens(self) -> list[int]:
         """The tokens whose keys and values the KV cache holds, in order."""

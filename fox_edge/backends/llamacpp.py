@@ -339,6 +339,24 @@ class LlamaCppRunner(Runner):
         self._cached = self._cached[:start] + self._cached[end:]
         return True
 
+    def cache_state(self) -> bytes | None:
+        self._require_context()
+        buffer = (ctypes.c_uint8 * C.llama_state_seq_get_size(self._ctx, 0))()
+        return bytes(buffer[: C.llama_state_seq_get_data(self._ctx, buffer, len(buffer), 0)])
+
+    def restore_cache_state(self, tokens: Sequence[int], state: bytes) -> bool:
+        self._require_context()
+        C.llama_memory_clear(self._memory, True)
+        self._cached = []
+        if len(tokens) > self.n_ctx or not state:
+            return False
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if C.llama_state_seq_set_data(self._ctx, buffer, len(state), 0) == 0:
+            C.llama_memory_clear(self._memory, True)
+            return False
+        self._cached = list(tokens)
+        return True
+
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             C.llama_batch_free(self._batch)

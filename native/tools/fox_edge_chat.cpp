@@ -1,15 +1,19 @@
 // fox_edge_chat: a terminal chat over the native core, and the core's side of benchmarks/native_overhead.py.
 //
-//     fox_edge_chat BUNDLE [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--repeat-penalty P] [-p PROMPT]
+//     fox_edge_chat BUNDLE [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--repeat-penalty P] [-p PROMPT] [--resume FILE]
 //
+// --resume FILE: the conversation saved in FILE (if it exists) is restored first, and the conversation is saved there
+// after every reply (fox_chat_save / fox_chat_load): a terminal chat that survives being closed.
 // With -p it answers PROMPT once and prints the stats on stderr ("prompt: N tokens at X tok/s; generation: ...");
 // without, it reads one message per line from stdin until EOF.
 
 #include "fox_edge.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -20,11 +24,11 @@ static void print_piece(const char * text, size_t length, void *) {
 
 int main(int argc, char ** argv) {
     if (argc < 2 || std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "--help") == 0) {
-        std::fprintf(stderr, "usage: fox_edge_chat BUNDLE [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--repeat-penalty P] [-p PROMPT]\n");
+        std::fprintf(stderr, "usage: fox_edge_chat BUNDLE [-t THREADS] [-c CTX] [-n MAX_TOKENS] [--temp T] [--repeat-penalty P] [-p PROMPT] [--resume FILE]\n");
         return 2;
     }
     fox_model_params model_params = fox_model_default_params();
-    std::string      prompt;
+    std::string      prompt, resume;
     bool             once = false;
     int32_t          n_ctx = 0, max_tokens = 0;
     float            temperature = -1, repeat_penalty = -1;
@@ -42,6 +46,7 @@ int main(int argc, char ** argv) {
         else if (flag == "--temp") temperature = std::strtof(value, nullptr);
         else if (flag == "--repeat-penalty") repeat_penalty = std::strtof(value, nullptr);
         else if (flag == "-p") prompt = value, once = true;
+        else if (flag == "--resume") resume = value;
         else {
             std::fprintf(stderr, "error: unknown option %s (see --help)\n", flag.c_str());
             return 2;
@@ -64,6 +69,17 @@ int main(int argc, char ** argv) {
         fox_model_close(model);
         return 1;
     }
+    if (!resume.empty() && std::ifstream(resume).good()) {
+        auto started = std::chrono::steady_clock::now();
+        if (fox_chat_load(chat, resume.c_str(), error, sizeof error) != FOX_OK) {
+            std::fprintf(stderr, "error: %s\n", error);
+            fox_chat_free(chat);
+            fox_model_close(model);
+            return 1;
+        }
+        std::fprintf(stderr, "restored %zu messages from %s in %.1f ms\n", fox_chat_n_messages(chat), resume.c_str(),
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+    }
     int status = 0;
     std::string line;
     while (once || std::getline(std::cin, line)) {
@@ -76,6 +92,11 @@ int main(int argc, char ** argv) {
         std::printf("\n");
         std::fprintf(stderr, "prompt: %d tokens (%d evaluated) at %.2f tok/s; generation: %d tokens at %.2f tok/s; threads %d\n", stats.prompt_tokens,
                      stats.prompt_evaluated, stats.prompt_tokens_per_second, stats.generated_tokens, stats.tokens_per_second, fox_model_n_threads(model));
+        if (!resume.empty() && fox_chat_save(chat, resume.c_str(), error, sizeof error) != FOX_OK) {
+            std::fprintf(stderr, "error: %s\n", error);
+            status = 1;
+            break;
+        }
         if (once) break;
     }
     fox_chat_free(chat);

@@ -152,6 +152,54 @@ public final class FoxChat: @unchecked Sendable {
         fox_chat_reset(handle)
     }
 
+    /// Saves the conversation, its KV cache included, to `url` (a temporary name, renamed when complete): a chat that
+    /// survives the app being killed.
+    public func save(to url: URL) throws {
+        try idle { try call { fox_chat_save(handle, url.path, $0, $1) } }
+    }
+
+    /// Replaces the conversation with one `save(to:)` wrote with the same bundle: the next reply evaluates only its message.
+    public func restore(from url: URL) throws {
+        try idle { try call { fox_chat_load(handle, url.path, $0, $1) } }
+    }
+
+    /// The user and assistant messages, oldest first.
+    public func history() throws -> [Message] {
+        try idle {
+            (0..<fox_chat_n_messages(handle)).map { index in
+                let message = fox_chat_message(handle, index)
+                return Message(role: String(cString: message.role), content: String(cString: message.content))
+            }
+        }
+    }
+
+    /// Replaces the history (the system prompt stays); the KV cache keeps what still matches.
+    public func setHistory(_ messages: [Message]) throws {
+        try idle {
+            let roles = messages.map { strdup($0.role) }, contents = messages.map { strdup($0.content) }
+            defer { (roles + contents).forEach { free($0) } }
+            var list = zip(roles, contents).map { fox_message(role: $0, content: $1) }
+            try call { fox_chat_set_history(handle, &list, list.count, $0, $1) }
+        }
+    }
+
+    /// Removes the last exchange: send the same message to regenerate the reply, or another to edit it.
+    @discardableResult public func undo() throws -> Bool { try idle { fox_chat_undo(handle) == FOX_OK } }
+
+    /// Sampling for the next replies (n_ctx and the system prompt stay the chat's own).
+    public func setParameters(_ parameters: fox_chat_params) throws {
+        try idle { try call { fox_chat_set_params(handle, parameters, $0, $1) } }
+    }
+
+    private func idle<T>(_ body: () throws -> T) throws -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        if closed || streaming {
+            throw FoxError(status: FOX_ERROR_ARGUMENT, description: closed ? "the chat is closed" : "a reply is streaming; cancel it first")
+        }
+        return try body()
+    }
+
     /// Frees the chat now, or, while a reply streams, cancels it and frees the chat when it stops. Later calls throw.
     public func close() {
         lock.lock()

@@ -182,6 +182,71 @@ FOX_JNI(jdoubleArray, chatSend)(JNIEnv * env, jclass, jlong chat, jbyteArray mes
 
 FOX_JNI(void, chatCancel)(JNIEnv *, jclass, jlong chat) { fox_chat_cancel(chat_of(chat)); }
 
+FOX_JNI(void, chatSave)(JNIEnv * env, jclass, jlong chat, jbyteArray path) {
+    char error[1024] = "";
+    fox_status status = fox_chat_save(chat_of(chat), bytes(env, path).c_str(), error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
+FOX_JNI(void, chatLoad)(JNIEnv * env, jclass, jlong chat, jbyteArray path) {
+    char error[1024] = "";
+    fox_status status = fox_chat_load(chat_of(chat), bytes(env, path).c_str(), error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
+// The history as role, content, role, content, ... (UTF-8 byte arrays).
+FOX_JNI(jobjectArray, chatHistory)(JNIEnv * env, jclass, jlong chat) {
+    size_t       count = fox_chat_n_messages(chat_of(chat));
+    jobjectArray array = env->NewObjectArray(static_cast<jsize>(2 * count), env->FindClass("[B"), nullptr);
+    for (size_t i = 0; array != nullptr && i < count; i++) {
+        fox_message message = fox_chat_message(chat_of(chat), i);
+        for (int part = 0; part < 2; part++) {
+            const char * text  = part == 0 ? message.role : message.content;
+            jbyteArray   piece = to_bytes(env, text, std::char_traits<char>::length(text));
+            env->SetObjectArrayElement(array, static_cast<jsize>(2 * i + part), piece);
+            env->DeleteLocalRef(piece);
+        }
+    }
+    return array;
+}
+
+FOX_JNI(void, chatSetHistory)(JNIEnv * env, jclass, jlong chat, jobjectArray roles, jobjectArray contents) {
+    jsize count = env->GetArrayLength(roles);
+    std::vector<std::string> role_text, content_text;
+    for (jsize i = 0; i < count; i++) {
+        auto role    = static_cast<jbyteArray>(env->GetObjectArrayElement(roles, i));
+        auto content = static_cast<jbyteArray>(env->GetObjectArrayElement(contents, i));
+        role_text.push_back(bytes(env, role));
+        content_text.push_back(bytes(env, content));
+        env->DeleteLocalRef(role);
+        env->DeleteLocalRef(content);
+    }
+    std::vector<fox_message> messages;
+    for (jsize i = 0; i < count; i++) messages.push_back({role_text[i].c_str(), content_text[i].c_str()});
+    char error[1024] = "";
+    fox_status status = fox_chat_set_history(chat_of(chat), messages.data(), messages.size(), error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
+FOX_JNI(jboolean, chatUndo)(JNIEnv *, jclass, jlong chat) { return fox_chat_undo(chat_of(chat)) == FOX_OK; }
+
+FOX_JNI(void, chatSetParams)(JNIEnv * env, jclass, jlong chat, jdoubleArray values, jlong seed) {
+    double v[8];
+    env->GetDoubleArrayRegion(values, 0, 8, v);
+    fox_chat_params p{};
+    p.temperature    = static_cast<float>(v[1]);
+    p.top_k          = static_cast<int32_t>(v[2]);
+    p.top_p          = static_cast<float>(v[3]);
+    p.min_p          = static_cast<float>(v[4]);
+    p.repeat_penalty = static_cast<float>(v[5]);
+    p.repeat_last_n  = static_cast<int32_t>(v[6]);
+    p.max_tokens     = static_cast<int32_t>(v[7]);
+    p.seed           = static_cast<uint32_t>(seed);
+    char error[1024] = "";
+    fox_status status = fox_chat_set_params(chat_of(chat), p, error, sizeof error);
+    if (status != FOX_OK) raise(env, status, error);
+}
+
 FOX_JNI(void, chatReset)(JNIEnv *, jclass, jlong chat) { fox_chat_reset(chat_of(chat)); }
 
 FOX_JNI(void, chatFree)(JNIEnv *, jclass, jlong chat) { fox_chat_free(chat_of(chat)); }

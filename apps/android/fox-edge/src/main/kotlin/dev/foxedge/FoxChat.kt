@@ -138,6 +138,50 @@ class FoxChat internal constructor(private val handle: Long, private val model: 
         FoxNative.chatReset(handle)
     }
 
+    /**
+     * Saves the conversation, its KV cache included, to [path] (written under a temporary name, then renamed): a chat
+     * that survives the app being killed. Tens of milliseconds for a long chat: off the main thread. Throws
+     * [FoxException].
+     */
+    fun save(path: String) = synchronized(lock) {
+        idle()
+        FoxNative.chatSave(handle, path.encodeToByteArray())
+    }
+
+    /**
+     * Replaces this chat's conversation with the one [save] wrote (the same bundle): the next [send] evaluates only its
+     * new message. Throws [FoxException] (ARGUMENT) for another model's chat, a cut-short or foreign file.
+     */
+    fun restore(path: String) = synchronized(lock) {
+        idle()
+        FoxNative.chatLoad(handle, path.encodeToByteArray())
+    }
+
+    /** The user and assistant messages, oldest first (the system prompt is the chat's own). */
+    var history: List<Message>
+        get() = synchronized(lock) {
+            idle()
+            FoxNative.chatHistory(handle).toList().chunked(2) { (role, content) -> Message(role.decodeToString(), content.decodeToString()) }
+        }
+        set(messages) = synchronized(lock) {
+            idle()
+            FoxNative.chatSetHistory(
+                handle, messages.map { it.role.encodeToByteArray() }.toTypedArray(), messages.map { it.content.encodeToByteArray() }.toTypedArray(),
+            )
+        }
+
+    /** Removes the last exchange; [send] the same message again to regenerate the reply, or another to edit it. False when there is none. */
+    fun undo(): Boolean = synchronized(lock) {
+        idle()
+        FoxNative.chatUndo(handle)
+    }
+
+    /** Sampling for the next replies ([ChatParams.nCtx] and [ChatParams.systemPrompt] stay the chat's own). */
+    fun setParams(params: ChatParams) = synchronized(lock) {
+        idle()
+        FoxNative.chatSetParams(handle, params.toArray(), params.seed)
+    }
+
     /** The token ids of the last reply (for tests and logs). */
     fun lastTokens(): IntArray = synchronized(lock) {
         idle()

@@ -24,6 +24,12 @@ internal object FoxNative {
     @JvmStatic external fun chatNew(model: Long, params: DoubleArray, seed: Long, systemPrompt: ByteArray?): Long
     @JvmStatic external fun chatSend(chat: Long, message: ByteArray, sink: TextSink): DoubleArray
     @JvmStatic external fun chatCancel(chat: Long)
+    @JvmStatic external fun chatSave(chat: Long, path: ByteArray)
+    @JvmStatic external fun chatLoad(chat: Long, path: ByteArray)
+    @JvmStatic external fun chatHistory(chat: Long): Array<ByteArray>
+    @JvmStatic external fun chatSetHistory(chat: Long, roles: Array<ByteArray>, contents: Array<ByteArray>)
+    @JvmStatic external fun chatUndo(chat: Long): Boolean
+    @JvmStatic external fun chatSetParams(chat: Long, params: DoubleArray, seed: Long)
     @JvmStatic external fun chatReset(chat: Long)
     @JvmStatic external fun chatFree(chat: Long)
     @JvmStatic external fun chatLastTokens(chat: Long): IntArray

@@ -61,6 +61,34 @@ fun main(args: Array<String>) = runBlocking {
                 }
             }
         }
+        // A chat that survives: saved, restored in a new chat, the next greedy reply the uninterrupted one's.
+        val saved = File(spec.getProperty("resume.file")).path
+        model.newChat(params).use { original ->
+            turns.forEach { original.send(it).toList() }
+            original.save(saved)
+            val kept = original.history
+            original.send("And then?").toList()
+            val expectedNext = original.lastTokens().toList()
+            model.newChat(params).use { resumed ->
+                resumed.restore(saved)
+                check(resumed.history == kept, "a restored chat has the saved history") { "${resumed.history} != $kept" }
+                resumed.send("And then?").toList()
+                val stats = resumed.lastStats!!
+                check(resumed.lastTokens().toList() == expectedNext && stats.promptEvaluated * 3 <= stats.promptTokens,
+                      "a restored chat gives the uninterrupted next reply, its history not evaluated again") { "${resumed.lastTokens().toList()} != $expectedNext; $stats" }
+                check(resumed.undo() && resumed.history == kept, "undo removes the last exchange")
+                resumed.send("And then?").toList()
+                check(resumed.lastTokens().toList() == expectedNext, "undo and the same message regenerate the same greedy reply")
+                resumed.setParams(params.copy(maxTokens = 2))
+                resumed.send("Short, please.").toList()
+                check(resumed.lastStats!!.generatedTokens <= 2, "sampling changes between turns") { "${resumed.lastStats}" }
+                resumed.history = kept.take(2)
+                check(resumed.history == kept.take(2), "the history can be set")
+                check(raises<FoxException> { resumed.restore(spec.getProperty("missing.bundle")) }?.status == FoxException.Status.ARGUMENT,
+                      "restoring a file that is not a saved chat is a FoxException")
+            }
+        }
+
         val messages = spec.getProperty("render.messages").split("\u001e").map { it.split("\u001f").let { (r, c) -> Message(r, c) } }
         check(model.render(messages) == spec.getProperty("render.expected"), "the template renders as Python's Jinja does") { model.render(messages) }
 
