@@ -43,6 +43,14 @@ MANIFEST_DAMAGE = {
 }
 
 
+def resume_case(bundle: str, file: str, n_ctx: int = 1024) -> dict:
+    """A chat that nearly fills the context (about 770 tokens of 1,024, the random tiny model's; 490 of 512, the trained
+    one's) saved, restored in a new chat, and continued."""
+    parts, repeat = (6, 8) if n_ctx >= 1024 else (5, 4)
+    turns = [f"Part {i}: " + "the castle stood on the hill above the sleeping town, " * repeat for i in range(parts)] + ["And then?"]
+    return {"bundle": bundle, "n_ctx": n_ctx, "max_tokens": 16, "file": file, "turns": turns}
+
+
 def fake_sysfs(folder: Path, cores: dict) -> Path:
     for index, (frequency, capacity) in cores.items():
         cpu = folder / f"cpu{index}"
@@ -92,26 +100,7 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
             "n_ctx": 128,
             "messages": [f"Message {i}: " + "the castle stood on the hill " * 4 for i in range(8)],
         },
-        "resume": {
-            "bundle": str(bundle),
-            "n_ctx": 1024,
-            "max_tokens": 16,
-            "file": str(tmp_path / "saved.chat"),
-            "turns": [f"Part {i}: " + "the castle stood on the hill above the sleeping town, " * 8 for i in range(6)] + ["And then?"],
-        },  # fmt: skip
-        "bundles": {
-            "good": str(bundle),
-            "flipped_byte": str(flipped),
-            "refused": [
-                [str(truncated), "a cut-short model"],
-                [str(missing), "a missing model"],
-                [str(edit_manifest(bundle, tmp_path / "v99", lambda m: m.update(schema_version=99))), "an unknown schema version"],
-                *[
-                    [str(edit_manifest(bundle, tmp_path / label.replace(" ", "-"), change)), label]
-                    for label, change in MANIFEST_DAMAGE.items()
-                ],
-            ],
-        },
+        "resume": resume_case(str(bundle), str(tmp_path / "saved.chat")),
         "threads": [
             {"name": name, "sysfs": str(fake_sysfs(tmp_path / name.replace(" ", "_"), cores)), "expected": expected}
             for name, (cores, expected) in TOPOLOGIES.items()
@@ -162,7 +151,7 @@ def test_native_core_under_qemu(trained_tiny_fox1, scripted_bundle, smollm2, tmp
     }
     cpus = (*CPUS, "max")  # max: i8mm, SVE and SVE2 as well
     # max loads its variant by name (through the loader's search path), as an app whose libraries stay in its APK does.
-    by_name = spec | {"cpu_backend_folder": "/no-such-folder"}
+    by_name = spec | {"cpu_backend_folder": "/no-such-folder", "resume": resume_case("/work/trained-bundle", "/work/saved.chat", 512)}
     results = run_native_tests(
         {cpu: with_smollm2 if cpu in CPUS else by_name for cpu in cpus}, [bundle, endless, scripted_bundle, smollm2_bundle]
     )
