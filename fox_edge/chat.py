@@ -36,6 +36,14 @@ class ChatSession:
     def reset(self) -> None:
         self.history.clear()
 
+    def undo(self) -> bool:
+        """Removes the last exchange: send the same text again to regenerate the reply, or another to edit it. (The
+        sampling of the next reply is `params`, which may change between turns.) False when there is none."""
+        if len(self.history) < 2:
+            return False
+        del self.history[-2:]
+        return True
+
     def _messages(self, history: list[dict]) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + history
 

@@ -47,6 +47,7 @@ BUNDLE_README = "README.md"
 PAST_KEY, PAST_VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{}.key", "present.{}.value"
 ONNX_REWRITE = "re-run `fox-edge convert --to onnx` to rewrite the folder"  # the fix for a damaged folder
+ROTARY_CACHES = ("cos_cache", "sin_cache")  # the graph's RoPE tables, (positions, head size / 2): cos and sin of position x frequency
 LOGITS_TO_KEEP = "logits_to_keep"  # fox-edge's overridable input: logits for the last N positions (0 = all)
 # What an ONNX conversion records in the model's metadata_props: OnnxPlan field -> key (fox_edge/converters/onnx_plan.py
 # writes and reads the plan through it; the runner reads the precision).

@@ -159,6 +159,12 @@ def test_a_saved_chat_resumes_in_another_runner_with_the_same_next_reply(tiny_gg
         stats = resumed.last_stats
         assert stats.tokens == expected
         assert stats.prompt_evaluated * 10 <= stats.prompt_tokens, (stats.prompt_evaluated, stats.prompt_tokens)
+        assert resumed.undo() and resumed.history == history  # regenerate: the same message, the same greedy reply
+        "".join(resumed.send("And then?"))
+        assert resumed.last_stats.tokens == expected
+        resumed.params = SamplingParams.greedy(2)  # sampling per turn
+        "".join(resumed.send("Short, please."))
+        assert resumed.last_stats.generated_tokens <= 2
         (tmp_path / "cut.fox").write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
         with pytest.raises(InvalidOption, match="truncated"):
             resumed.restore(tmp_path / "cut.fox")
@@ -168,3 +174,48 @@ def test_a_saved_chat_resumes_in_another_runner_with_the_same_next_reply(tiny_gg
     with open_runner(tiny_gguf["f16"], n_ctx=1024) as other:
         with pytest.raises(InvalidOption, match="another model"):
             ChatSession(other).restore(saved)
+
+
+def test_onnx_moves_its_cache_as_llama_cpp_does(tiny_fox1, tiny_gguf, tmp_path):
+    """The ONNX runner's KV move (keys rotated back with the graph's RoPE tables) against llama.cpp's own K-shift: the
+    same logits after dropping the same span, which a wrong rotation would not give."""
+    import numpy as np
+
+    from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+
+    folder = convert_to_onnx(tiny_fox1, tmp_path / "fp32", OnnxOptions(precision="fp32")).output
+    with open_runner(folder, n_ctx=256) as onnx, open_runner(tiny_gguf["f32"], n_ctx=256, kv_type="f32", flash_attention=False) as llama:
+        head, dropped, tail = (
+            onnx.tokenize(t) for t in ("The castle", " stood on the hill for years and years,", " and the town slept below it")
+        )
+        results = []
+        for runner in (onnx, llama):
+            runner.prefill(head + dropped + tail)
+            assert runner.drop_cached(len(head), len(head) + len(dropped))
+            assert runner.cached_tokens == head + tail
+            results.append(runner.prefill(head + tail + onnx.tokenize(" quietly")))
+            assert runner.n_evaluated == len(onnx.tokenize(" quietly"))
+        moved_onnx, moved_llama = results
+        fresh = onnx.prefill([onnx.bos_id])  # another context, for scale: the tolerance below is far tighter than this gap
+        assert np.abs(moved_onnx - moved_llama).max() < 1e-3 * np.abs(moved_llama).max() + 1e-3, np.abs(moved_onnx - moved_llama).max()
+        assert np.abs(moved_onnx - fresh).max() > 10 * np.abs(moved_onnx - moved_llama).max()
+
+
+def test_an_onnx_chat_saves_and_resumes_with_its_cache(tiny_fox1, tmp_path):
+    from fox_edge.converters.onnx import OnnxOptions, convert_to_onnx
+
+    folder = convert_to_onnx(tiny_fox1, tmp_path / "fp32", OnnxOptions(precision="fp32")).output
+    saved = tmp_path / "chat.fox"
+    with open_runner(folder, n_ctx=512) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(8), system="You are terse.")
+        for i in range(3):
+            "".join(session.send(f"Part {i}: " + "the castle stood on the hill, " * 5))
+        session.save(saved)
+        "".join(session.send("And then?"))
+        expected = session.last_stats.tokens
+    with open_runner(folder, n_ctx=512) as fresh:
+        resumed = ChatSession(fresh, SamplingParams.greedy(8))
+        resumed.restore(saved)
+        "".join(resumed.send("And then?"))
+        assert resumed.last_stats.tokens == expected
+        assert resumed.last_stats.prompt_evaluated * 5 <= resumed.last_stats.prompt_tokens, resumed.last_stats

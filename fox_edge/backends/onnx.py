@@ -38,6 +38,7 @@ from fox_edge.formats import (
     PAST_VALUE,
     PRESENT_KEY,
     PRESENT_VALUE,
+    ROTARY_CACHES,
     OnnxInitializer,
     identify,
     onnx_folder,
@@ -315,6 +316,46 @@ class OnnxRunner(Runner):
         self._cached = tokens
         self.n_evaluated = len(tokens) - common
         return logits.astype(np.float32, copy=False)
+
+    def drop_cached(self, start: int, end: int) -> bool:
+        """Positions [start, end) out of every layer's cache and the later ones moved down, their keys rotated back by
+        end - start positions with the graph's own RoPE tables (rotate-half, as GroupQueryAttention applies them)."""
+        cos_name, sin_name = ROTARY_CACHES
+        if not self._cache or cos_name not in self._weights.copied or end <= start or end > len(self._cached):
+            return False
+        n, shift = len(self._cached), end - start
+        cos = self._weights.copied[cos_name][shift].astype(np.float32)  # cos and sin of shift x frequency
+        sin = self._weights.copied[sin_name][shift].astype(np.float32)
+        half = self.head_size // 2
+        for index, value in enumerate(self._cache):
+            data = value.numpy()
+            moved = data[:, :, end:n].astype(np.float32)
+            if index % 2 == 0:  # a key: rotate by -shift positions
+                first, second = moved[..., :half].copy(), moved[..., half:].copy()
+                moved[..., :half], moved[..., half:] = first * cos + second * sin, second * cos - first * sin
+            data[:, :, start : n - shift] = moved.astype(data.dtype)
+            value.update_inplace(data)
+        self._cached = self._cached[:start] + self._cached[end:]
+        return True
+
+    def cache_state(self) -> bytes | None:
+        n = len(self._cached)
+        return b"".join(np.ascontiguousarray(value.numpy()[:, :, :n]).tobytes() for value in self._cache) if self._cache and n else None
+
+    def restore_cache_state(self, tokens: Sequence[int], state: bytes) -> bool:
+        if not self._cache:
+            self._allocate_cache()
+        self._cached, n = [], len(tokens)
+        per_value = self.n_kv_heads * n * self.head_size * np.dtype(self._dtype).itemsize
+        if n > self.n_ctx or len(state) != per_value * len(self._cache):
+            return False
+        for index, value in enumerate(self._cache):
+            data = value.numpy()
+            saved = np.frombuffer(state, self._dtype, per_value // np.dtype(self._dtype).itemsize, index * per_value)
+            data[:, :, :n] = saved.reshape(1, self.n_kv_heads, n, self.head_size)
+            value.update_inplace(data)
+        self._cached = list(tokens)
+        return True
 
     def close(self) -> None:
         self._binding = None

@@ -43,6 +43,7 @@ from fox_edge.formats import (
     PAST_VALUE,
     PRESENT_KEY,
     PRESENT_VALUE,
+    ROTARY_CACHES,
 )
 from fox_edge.hooks import OnMessage, Progress, ignore_message
 from fox_edge.quant.blockwise import integer_zero_point, pack, quantize_blockwise, with_offset_blocks
@@ -292,8 +293,8 @@ class GraphBuilder:
         inv_freq = 1.0 / (s.rope_theta ** (np.arange(0, s.head_size, 2, dtype=np.float64) / s.head_size))
         angles = np.outer(np.arange(s.context_length, dtype=np.float64), inv_freq)
         dtype = self.plan.numpy_activation
-        cos = self.float_tensor("cos_cache", iter([np.cos(angles).astype(dtype)]), angles.shape)
-        sin = self.float_tensor("sin_cache", iter([np.sin(angles).astype(dtype)]), angles.shape)
+        cos = self.float_tensor(ROTARY_CACHES[0], iter([np.cos(angles).astype(dtype)]), angles.shape)
+        sin = self.float_tensor(ROTARY_CACHES[1], iter([np.sin(angles).astype(dtype)]), angles.shape)
         return cos, sin
 
     def build(self) -> onnx.ModelProto:
