@@ -219,3 +219,24 @@ def test_an_onnx_chat_saves_and_resumes_with_its_cache(tiny_fox1, tmp_path):
         "".join(resumed.send("And then?"))
         assert resumed.last_stats.tokens == expected
         assert resumed.last_stats.prompt_evaluated * 5 <= resumed.last_stats.prompt_tokens, resumed.last_stats
+
+
+@pytest.mark.slow
+def test_a_1500_token_chat_resumes_with_the_uninterrupted_reply(smollm2_gguf, tmp_path):
+    """A real model's 1,500-token conversation (SmolLM2, 2,048-token context) saved and restored by a new runner."""
+    saved = tmp_path / "chat.fox"
+    with open_runner(smollm2_gguf, n_ctx=2048) as runner:
+        session = ChatSession(runner, SamplingParams.greedy(16))
+        turn = 0
+        while session.last_stats.prompt_tokens + session.last_stats.generated_tokens < 1500:
+            "".join(session.send(f"Part {turn}: " + "the castle stood on the hill above the sleeping town, " * 9))
+            turn += 1
+        session.save(saved)
+        "".join(session.send("And then?"))
+        expected, total = session.last_stats.tokens, session.last_stats.prompt_tokens
+    with open_runner(smollm2_gguf, n_ctx=2048) as fresh:
+        resumed = ChatSession(fresh, SamplingParams.greedy(16))
+        resumed.restore(saved)
+        "".join(resumed.send("And then?"))
+        assert resumed.last_stats.tokens == expected and total >= 1500
+        assert resumed.last_stats.prompt_evaluated * 10 <= resumed.last_stats.prompt_tokens, resumed.last_stats

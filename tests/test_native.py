@@ -44,9 +44,9 @@ MANIFEST_DAMAGE = {
 
 
 def resume_case(bundle: str, file: str, n_ctx: int = 1024) -> dict:
-    """A chat that nearly fills the context (about 770 tokens of 1,024, the random tiny model's; 490 of 512, the trained
-    one's) saved, restored in a new chat, and continued."""
-    parts, repeat = (6, 8) if n_ctx >= 1024 else (5, 4)
+    """A chat that nearly fills the context (about 1,500 tokens of SmolLM2's 2,048; 770 of 1,024, the random tiny
+    model's; 490 of 512, the trained one's) saved, restored in a new chat, and continued."""
+    parts, repeat = {2048: (12, 9), 1024: (6, 8), 512: (5, 4)}[n_ctx]
     turns = [f"Part {i}: " + "the castle stood on the hill above the sleeping town, " * repeat for i in range(parts)] + ["And then?"]
     return {"bundle": bundle, "n_ctx": n_ctx, "max_tokens": 16, "file": file, "turns": turns}
 
@@ -117,8 +117,13 @@ def test_native_core_on_the_tiny_bundle(tiny_bundle, scripted_bundle, tmp_path):
 def test_native_core_on_smollm2(smollm2_gguf, tmp_path):
     """SmolLM2's ChatML template (Jinja with loops and conditionals) and its greedy replies, as the Python side makes them."""
     bundle = make_bundle(smollm2_gguf, tmp_path / "smollm2").folder
-    result = run_core({"templates": template_cases(bundle, "SmolLM2"), "greedy": [greedy_case(bundle, "SmolLM2")]}, tmp_path)
+    spec = {
+        "templates": template_cases(bundle, "SmolLM2"), "greedy": [greedy_case(bundle, "SmolLM2")],
+        "resume": resume_case(str(bundle), str(tmp_path / "saved.chat"), 2048),  # a 1,500-token chat restored
+    }  # fmt: skip
+    result = run_core(spec, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert int(re.search(r"resume: (\d+) prompt tokens", result.stdout)[1]) >= 1500, result.stdout
 
 
 @pytest.mark.slow

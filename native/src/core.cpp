@@ -309,13 +309,15 @@ constexpr int32_t MAX_THREADS_ALIKE_CORES = 8;
 // The CPUs this process may run on (an app's affinity, a container's cpuset); empty when unknown.
 std::set<int> allowed_cpus() {
     std::set<int> cpus;
-    cpu_set_t     set;
+#ifdef __linux__  // Android too; Apple platforms have no affinity to read
+    cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
             if (CPU_ISSET(cpu, &set)) cpus.insert(cpu);
         }
     }
+#endif
     return cpus;
 }
 
@@ -982,6 +984,8 @@ int32_t fox_performance_cores(const char * sysfs_cpu) {
     }
 }
 
+}  // extern "C"
+
 namespace {
 struct LogRoute {
     std::mutex       lock;
@@ -1003,6 +1007,8 @@ void route_log(ggml_log_level level, const char * text, void *) {
     route.callback(static_cast<fox_log_level>(std::clamp(real, 1, 4)), text, route.user_data);
 }
 }  // namespace
+
+extern "C" {
 
 void fox_log_set(fox_log_callback callback, fox_log_level min_level, void * user_data) {
     {

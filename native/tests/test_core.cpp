@@ -312,7 +312,9 @@ static void test_resume(const json & spec) {
     fox_chat_set_history(reprocessed, history.data(), history.size(), nullptr, 0);
     fox_chat_stats again{};
     fox_chat_send(reprocessed, last.c_str(), nullptr, nullptr, &again, nullptr, 0);
-    check(after.prompt_tokens == again.prompt_tokens && after.prompt_evaluated * 10 <= again.prompt_evaluated,
+    // (The two prompts may differ by a few tokens: a random model's reply can hold a NUL byte, which the history keeps
+    // but a fox_message, a C string, cannot carry.)
+    check(after.prompt_evaluated * 10 <= again.prompt_evaluated && again.prompt_evaluated * 10 >= again.prompt_tokens * 9,
           "restoring evaluates only the new message, a tenth or less of re-processing",
           std::to_string(after.prompt_evaluated) + " against " + std::to_string(again.prompt_evaluated) + " of " + std::to_string(again.prompt_tokens));
     std::printf("resume: %d prompt tokens, %d evaluated after restoring, %d re-processing\n", after.prompt_tokens, after.prompt_evaluated,
