@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fox_edge.backends.base import droppable_span
+from fox_edge.backends.base import droppable_span, weights_bytes
 from fox_edge.errors import InvalidOption
 from fox_edge.files import atomic_output
 from fox_edge.hooks import OnMessage, ignore_message
@@ -123,4 +123,4 @@ def _model_identity(runner: Runner) -> dict:
     """What a saved chat's cache belongs to: the model's name, vocabulary, shape and weights' size (a hash of a 1 GB
     file would cost seconds on every save)."""
     return {"name": runner.name, "backend": runner.backend, "n_vocab": runner.n_vocab, "layers": runner.shape.n_layers,
-            "weights_bytes": sum(f.stat().st_size for f in [runner.path] if f.is_file()) or None}  # fmt: skip
+            "weights_bytes": weights_bytes(runner.path)}  # fmt: skip

@@ -66,6 +66,25 @@ void to_logcat(fox_log_level level, const char * text, void *) {
 }
 #endif
 
+// Kotlin's parallel role and content arrays as fox_messages (the strings live as long as this object).
+struct Messages {
+    std::vector<std::string> roles, contents;
+    std::vector<fox_message> list;
+
+    Messages(JNIEnv * env, jobjectArray role_array, jobjectArray content_array) {
+        jsize count = env->GetArrayLength(role_array);
+        for (jsize i = 0; i < count; i++) {  // each element a local reference, freed at once: a long chat would exhaust the table
+            auto role    = static_cast<jbyteArray>(env->GetObjectArrayElement(role_array, i));
+            auto content = static_cast<jbyteArray>(env->GetObjectArrayElement(content_array, i));
+            roles.push_back(bytes(env, role));
+            contents.push_back(bytes(env, content));
+            env->DeleteLocalRef(role);
+            env->DeleteLocalRef(content);
+        }
+        for (jsize i = 0; i < count; i++) list.push_back({roles[i].c_str(), contents[i].c_str()});
+    }
+};
+
 fox_model * model_of(jlong handle) { return reinterpret_cast<fox_model *>(handle); }
 fox_chat * chat_of(jlong handle) { return reinterpret_cast<fox_chat *>(handle); }
 
@@ -101,18 +120,8 @@ FOX_JNI(void, modelClose)(JNIEnv *, jclass, jlong model) { fox_model_close(model
 FOX_JNI(jint, modelThreads)(JNIEnv *, jclass, jlong model) { return fox_model_n_threads(model_of(model)); }
 
 FOX_JNI(jbyteArray, modelRenderChat)(JNIEnv * env, jclass, jlong model, jobjectArray roles, jobjectArray contents, jboolean add_generation_prompt) {
-    jsize count = env->GetArrayLength(roles);
-    std::vector<std::string> role_text, content_text;
-    for (jsize i = 0; i < count; i++) {  // each element a local reference, freed at once: a long chat would exhaust the table
-        auto role    = static_cast<jbyteArray>(env->GetObjectArrayElement(roles, i));
-        auto content = static_cast<jbyteArray>(env->GetObjectArrayElement(contents, i));
-        role_text.push_back(bytes(env, role));
-        content_text.push_back(bytes(env, content));
-        env->DeleteLocalRef(role);
-        env->DeleteLocalRef(content);
-    }
-    std::vector<fox_message> messages;
-    for (jsize i = 0; i < count; i++) messages.push_back({role_text[i].c_str(), content_text[i].c_str()});
+    Messages conversation(env, roles, contents);
+    const std::vector<fox_message> & messages = conversation.list;
     char error[1024] = "";
     int64_t length = fox_model_render_chat(model_of(model), messages.data(), messages.size(), add_generation_prompt, nullptr, 0, error, sizeof error);
     if (length < 0) {
@@ -211,18 +220,8 @@ FOX_JNI(jobjectArray, chatHistory)(JNIEnv * env, jclass, jlong chat) {
 }
 
 FOX_JNI(void, chatSetHistory)(JNIEnv * env, jclass, jlong chat, jobjectArray roles, jobjectArray contents) {
-    jsize count = env->GetArrayLength(roles);
-    std::vector<std::string> role_text, content_text;
-    for (jsize i = 0; i < count; i++) {
-        auto role    = static_cast<jbyteArray>(env->GetObjectArrayElement(roles, i));
-        auto content = static_cast<jbyteArray>(env->GetObjectArrayElement(contents, i));
-        role_text.push_back(bytes(env, role));
-        content_text.push_back(bytes(env, content));
-        env->DeleteLocalRef(role);
-        env->DeleteLocalRef(content);
-    }
-    std::vector<fox_message> messages;
-    for (jsize i = 0; i < count; i++) messages.push_back({role_text[i].c_str(), content_text[i].c_str()});
+    Messages conversation(env, roles, contents);
+    const std::vector<fox_message> & messages = conversation.list;
     char error[1024] = "";
     fox_status status = fox_chat_set_history(chat_of(chat), messages.data(), messages.size(), error, sizeof error);
     if (status != FOX_OK) raise(env, status, error);
