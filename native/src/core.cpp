@@ -53,6 +53,23 @@ struct Failure {
     std::string message;
 };
 
+// `work()`, its Failure returned as its status and message, any other exception as `status` and `what` (with the
+// exception's own words where it has them): what every exported function that can fail runs through.
+template <typename Work> fox_status guarded(char * error, size_t error_size, fox_status status, const char * what, Work work) {
+    try {
+        return work();
+    } catch (const Failure & failure) {
+        set_error(error, error_size, failure.message);
+        return failure.status;
+    } catch (const std::exception & exc) {
+        set_error(error, error_size, std::string(what) + ": " + exc.what());
+        return status;
+    } catch (...) {
+        set_error(error, error_size, what);
+        return status;
+    }
+}
+
 std::string sha256_file(const std::string & path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Failure{FOX_ERROR_BUNDLE, path + " cannot be read"};
@@ -589,16 +606,10 @@ fox_status fox_model_open(const char * bundle_dir, fox_model_params params, fox_
 
 fox_status fox_model_verify(const fox_model * model, char * error, size_t error_size) {
     if (model == nullptr) return FOX_ERROR_ARGUMENT;
-    try {
+    return guarded(error, error_size, FOX_ERROR_INTEGRITY, "out of memory while verifying the bundle", [&] {
         check_hashes(model->folder, model->manifest);
         return FOX_OK;
-    } catch (const Failure & failure) {
-        set_error(error, error_size, failure.message);
-        return failure.status;
-    } catch (...) {  // std::bad_alloc
-        set_error(error, error_size, "out of memory while verifying the bundle");
-        return FOX_ERROR_INTEGRITY;
-    }
+    });
 }
 
 fox_status fox_bundle_verify(const char * bundle_dir, char * error, size_t error_size) {
@@ -606,18 +617,12 @@ fox_status fox_bundle_verify(const char * bundle_dir, char * error, size_t error
         set_error(error, error_size, "fox_bundle_verify needs a bundle folder");
         return FOX_ERROR_ARGUMENT;
     }
-    try {
+    return guarded(error, error_size, FOX_ERROR_INTEGRITY, "out of memory while verifying the bundle", [&] {
         const Manifest manifest = read_manifest(bundle_dir);
         check_sizes(bundle_dir, manifest);
         check_hashes(bundle_dir, manifest);
         return FOX_OK;
-    } catch (const Failure & failure) {
-        set_error(error, error_size, failure.message);
-        return failure.status;
-    } catch (...) {  // std::bad_alloc
-        set_error(error, error_size, "out of memory while verifying the bundle");
-        return FOX_ERROR_INTEGRITY;
-    }
+    });
 }
 
 void fox_model_close(fox_model * model) { delete model; }
@@ -790,32 +795,18 @@ fox_status load_chat(fox_chat * chat, const std::string & path) {
     return FOX_OK;
 }
 
-template <typename Work> fox_status guarded(char * error, size_t error_size, Work work) {
-    try {
-        return work();
-    } catch (const Failure & failure) {
-        set_error(error, error_size, failure.message);
-        return failure.status;
-    } catch (const std::exception & exc) {
-        set_error(error, error_size, std::string("the saved chat is damaged: ") + exc.what());
-        return FOX_ERROR_ARGUMENT;
-    } catch (...) {
-        set_error(error, error_size, "out of memory");
-        return FOX_ERROR_ARGUMENT;
-    }
-}
 }  // namespace
 
 extern "C" {
 
 fox_status fox_chat_save(const fox_chat * chat, const char * path, char * error, size_t error_size) {
     if (chat == nullptr || path == nullptr) return FOX_ERROR_ARGUMENT;
-    return guarded(error, error_size, [&] { return save_chat(chat, path); });
+    return guarded(error, error_size, FOX_ERROR_ARGUMENT, "the chat cannot be saved", [&] { return save_chat(chat, path); });
 }
 
 fox_status fox_chat_load(fox_chat * chat, const char * path, char * error, size_t error_size) {
     if (chat == nullptr || path == nullptr) return FOX_ERROR_ARGUMENT;
-    return guarded(error, error_size, [&] { return load_chat(chat, path); });
+    return guarded(error, error_size, FOX_ERROR_ARGUMENT, "the saved chat is damaged", [&] { return load_chat(chat, path); });
 }
 
 size_t fox_chat_n_messages(const fox_chat * chat) { return chat == nullptr ? 0 : chat->history.size(); }
@@ -827,7 +818,7 @@ fox_message fox_chat_message(const fox_chat * chat, size_t index) {
 
 fox_status fox_chat_set_history(fox_chat * chat, const fox_message * messages, size_t n_messages, char * error, size_t error_size) {
     if (chat == nullptr || (messages == nullptr && n_messages > 0)) return FOX_ERROR_ARGUMENT;
-    return guarded(error, error_size, [&] {
+    return guarded(error, error_size, FOX_ERROR_ARGUMENT, "the history cannot be set", [&] {
         std::vector<common_chat_msg> history;
         for (size_t i = 0; i < n_messages; i++) {
             const std::string role = messages[i].role != nullptr ? messages[i].role : "";
